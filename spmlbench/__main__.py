@@ -1,0 +1,3 @@
+from spmlbench.cli import main
+
+main()
