@@ -1,0 +1,218 @@
+"""The loss contract: a batched module (leading config axis M) and its one-config wrapper.
+
+Every loss is written once, in broadcasting form: hyperparameters become ``(M, 1, 1)`` tensors,
+logits are ``(M, B, C)``, the observed matrix ``(B, C)`` is shared, and the result is ``(M,)``.
+The per-config form (:class:`SingleLoss`) is the ``M = 1`` case of the same module.
+
+State with a row per training image (ROLE's label logits, LL-Cp's corrected labels, EM-APL's
+pseudo labels) has a leading ``M`` axis. It needs the training observed matrix; rows are
+recorded lazily the first time a batch shows them, or all at once with ``init_state``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from spmlbench.errors import ConfigError
+from spmlbench.losses.hparams import HParams
+
+PredictFn = Callable[[], Tensor]
+
+
+def nlog(x: Tensor, eps: Tensor | float) -> Tensor:
+    """``-log(x + eps)``: the reference codes' negative log of a probability."""
+    return -torch.log(x + eps)
+
+
+def spow(logx: Tensor, q: Tensor | float) -> Tensor:
+    """``x ** q`` computed as ``exp(q * log x)``: finite value and gradient at x = 0 and 1."""
+    return torch.exp(q * logx)
+
+
+def mean_bc(mat: Tensor) -> Tensor:
+    """Average the per-entry loss over the last two axes (B x C) -> ``(M,)``."""
+    return mat.mean(dim=(-2, -1))
+
+
+def expected_positive_reg(p: Tensor, k: Tensor) -> Tensor:
+    """EPR regulariser ``(mean_b sum_c p - k)^2 / C^2`` for ``p`` (M, B, C), ``k`` (M,) -> (M,)."""
+    c = p.shape[-1]
+    return (p.sum(dim=-1).mean(dim=-1) - k) ** 2 / c**2
+
+
+class BatchedLoss(nn.Module):
+    """M configs of one loss evaluated together: ``forward(logits (M,B,C), observed (B,C), index)``.
+
+    Subclasses set ``hparams_cls`` and implement :meth:`loss_matrix` (and optionally a
+    regulariser) or override :meth:`forward`. ``self.epoch``/``self.num_epochs`` hold the
+    1-based epoch set by :meth:`start_epoch`.
+    """
+
+    hparams_cls: ClassVar[type[HParams]]
+    needs_rows: ClassVar[bool] = False  # keeps per-training-row state (needs num_train)
+
+    def __init__(self, hparams: Sequence[HParams], num_classes: int, num_train: int | None = None) -> None:
+        super().__init__()
+        if not hparams:
+            raise ConfigError(f"{self.hparams_cls.loss}: no hyperparameter configs given; pass at least one")
+        for hp in hparams:
+            if not isinstance(hp, self.hparams_cls):
+                raise TypeError(f"expected {self.hparams_cls.__name__}, got {type(hp).__name__}")
+        if num_classes < 1:
+            raise ConfigError(f"{self.hparams_cls.loss}: num_classes={num_classes}: must be >= 1")
+        if self.needs_rows and (num_train is None or num_train < 1):
+            raise ConfigError(f"{self.hparams_cls.loss}: num_train={num_train}: this loss keeps one row "
+                              "of state per training image; pass num_train=<training set size>")
+        self.hparams: tuple[HParams, ...] = tuple(hparams)
+        self.num_configs = len(self.hparams)
+        self.num_classes = num_classes
+        self.num_train = num_train
+        self.epoch = 1
+        self.num_epochs = 1
+
+    # -- hyperparameters as tensors ---------------------------------------------------------
+    def values(self, name: str) -> list[Any]:
+        """The value of hyperparameter ``name`` for each config."""
+        return [getattr(h, name) for h in self.hparams]
+
+    def col(self, name: str, like: Tensor) -> Tensor:
+        """Hyperparameter ``name`` as an ``(M, 1, 1)`` tensor with ``like``'s dtype and device."""
+        return self.const(name, self.values(name), like.dtype, like.device)
+
+    def const(self, key: Any, values: Sequence[Any], dtype: torch.dtype | None, device: torch.device,
+              shape: tuple[int, ...] = (-1, 1, 1)) -> Tensor:
+        """A small constant tensor, built once per (key, dtype, device): no host-to-device copy per step."""
+        cache: dict[Any, Tensor] = self.__dict__.setdefault("_const_cache", {})
+        ck = (key, dtype, device, shape)
+        t = cache.get(ck)
+        if t is None:
+            t = torch.tensor(list(values), dtype=dtype, device=device).view(shape)
+            cache[ck] = t
+        return t
+
+    # -- the contract -------------------------------------------------------------------------
+    def start_epoch(self, epoch: int, num_epochs: int) -> None:
+        """Apply schedules before 1-based ``epoch`` of ``num_epochs``."""
+        if epoch < 1 or num_epochs < 1:
+            raise ValueError(f"epoch {epoch} of {num_epochs}: epochs are 1-based")
+        self.epoch = int(epoch)
+        self.num_epochs = int(num_epochs)
+
+    def end_epoch(self, predict_train: PredictFn | None = None) -> None:
+        """After an epoch; ``predict_train()`` -> (M, N, C) train-set logits (EM-APL only)."""
+
+    def init_state(self, observed_train: Tensor, seed: int | torch.Generator = 0) -> None:
+        """Give the (N, C) training observed matrix up front (ROLE needs it; LL-Cp/EM-APL optional)."""
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Extra optimizer groups for learnable loss state (ROLE's label logits); none by default."""
+        return []
+
+    def loss_matrix(self, z: Tensor, s: Tensor, index: Tensor | None) -> Tensor:
+        """Per-entry loss (M, B, C) from logits ``z`` (M, B, C) and observed mask ``s`` (1, B, C) bool."""
+        raise NotImplementedError
+
+    def regulariser(self, z: Tensor, s: Tensor, index: Tensor | None) -> Tensor | None:
+        """Optional (M,) term added after the B x C mean."""
+        return None
+
+    def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
+        """Per-config losses ``(M,)``: mean over B x C of :meth:`loss_matrix` plus the regulariser."""
+        z, s = self.check_inputs(logits, observed, index)
+        value = mean_bc(self.loss_matrix(z, s, index))
+        reg = self.regulariser(z, s, index)
+        return value if reg is None else value + reg
+
+    def check_inputs(self, logits: Tensor, observed: Tensor, index: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Validate shapes; return logits and the observed mask as ``(1, B, C)`` bool."""
+        if logits.dim() != 3 or logits.shape[0] != self.num_configs:
+            raise ValueError(f"logits must be (M={self.num_configs}, B, C), got {tuple(logits.shape)}")
+        if tuple(observed.shape) != tuple(logits.shape[1:]):
+            raise ValueError(f"observed must be (B, C) = {tuple(logits.shape[1:])}, got {tuple(observed.shape)}")
+        if logits.shape[2] != self.num_classes:
+            raise ValueError(f"logits have {logits.shape[2]} classes, the loss was built for {self.num_classes}")
+        if self.needs_rows:
+            if index is None or index.shape != (logits.shape[1],):
+                raise ValueError("index must be the (B,) training-row ids of the batch for this loss")
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()  # losses are evaluated in float32 under autocast
+        return logits, (observed > 0.5).unsqueeze(0)
+
+
+class ObservedStore(nn.Module):
+    """The (N, C) training observed matrix, recorded lazily from batches or all at once."""
+
+    def __init__(self, num_train: int, num_classes: int) -> None:
+        super().__init__()
+        self.register_buffer("observed", torch.zeros(num_train, num_classes, dtype=torch.bool))
+        self.register_buffer("seen", torch.zeros(num_train, dtype=torch.bool))
+
+    @torch.no_grad()
+    def record(self, s: Tensor, index: Tensor) -> None:
+        """Remember the observed rows ``s`` (B, C) bool of training rows ``index`` not seen before.
+
+        A no-op once :meth:`set_all` was called; no host synchronisation either way.
+        """
+        if self.__dict__.get("_all_set", False):
+            return
+        idx = index.to(self.seen.device)
+        seen = self.seen[idx].unsqueeze(1)
+        self.observed[idx] = torch.where(seen, self.observed[idx], s.to(self.observed.device))
+        self.seen[idx] = True
+
+    @torch.no_grad()
+    def set_all(self, observed_train: Tensor) -> None:
+        """Record the whole (N, C) observed matrix."""
+        if tuple(observed_train.shape) != tuple(self.observed.shape):
+            raise ValueError(f"observed_train must be {tuple(self.observed.shape)}, got {tuple(observed_train.shape)}")
+        self.observed.copy_(observed_train.to(self.observed.device) > 0.5)
+        self.seen.fill_(True)
+        self.__dict__["_all_set"] = True
+
+    def complete(self) -> bool:
+        """Whether every training row has been recorded."""
+        return bool(self.seen.all())
+
+
+class SingleLoss(nn.Module):
+    """One config: ``forward(logits (B, C), observed (B, C), index (B,)) -> scalar``.
+
+    The ``M = 1`` case of a :class:`BatchedLoss` (``self.batched``); state lives there.
+    """
+
+    def __init__(self, batched: BatchedLoss) -> None:
+        super().__init__()
+        if batched.num_configs != 1:
+            raise ValueError("SingleLoss wraps a batched loss with exactly one config")
+        self.batched = batched
+
+    @property
+    def hparams(self) -> HParams:
+        """The resolved hyperparameters of this loss."""
+        return self.batched.hparams[0]
+
+    def start_epoch(self, epoch: int, num_epochs: int) -> None:
+        """Apply schedules before 1-based ``epoch`` of ``num_epochs``."""
+        self.batched.start_epoch(epoch, num_epochs)
+
+    def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
+        """Scalar loss of logits (B, C) against observed (B, C) for training rows ``index`` (B,)."""
+        return self.batched(logits.unsqueeze(0), observed, index)[0]
+
+    def end_epoch(self, predict_train: PredictFn | None = None) -> None:
+        """After an epoch; ``predict_train()`` -> (N, C) train-set logits (only EM-APL calls it)."""
+        fn = None if predict_train is None else (lambda: predict_train().unsqueeze(0))
+        self.batched.end_epoch(fn)
+
+    def init_state(self, observed_train: Tensor, seed: int | torch.Generator = 0) -> None:
+        """Give the (N, C) training observed matrix (and ROLE's init seed) before training."""
+        self.batched.init_state(observed_train, seed)
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Extra optimizer groups (ROLE: its label logits at ``lr_mult * lr``)."""
+        return self.batched.param_groups(lr)
+

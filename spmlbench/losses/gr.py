@@ -1,0 +1,149 @@
+"""Chen et al. 2024 (IJCAI), Generalized Robust (GR) loss, with every component as a switch.
+
+Per entry, with ``k`` and ``v`` computed from the detached p::
+
+    s = 1:  nlog(p)                                  (eps 1e-7)
+    s = 0:  v(p) * [k(p) * L2(p) + (1 - k(p)) * L3(p)]
+    k(p) = sigmoid(w p + b),  v(p) = exp(-(p - mu)^2 / (2 sigma^2))
+    L2 = (1 - p^q2) / q2,     L3 = (1 - (1 - p)^q3) / q3
+
+``p^q`` is evaluated as ``exp(q logsigmoid(z))`` (finite gradients at p = 0, 1).
+
+Schedule (set by ``start_epoch(e, T)``, ``n = linear_init``)::
+
+    w(e)  = w0  + (wT  - w0)  * max(e - n - 1, 0) / (T - n)     (b likewise; lag = True)
+    mu(e) = mu0 + (muT - mu0) * max(e - n, 0)     / (T - n)     (sigma likewise)
+
+Switches: ``use_k=False`` -> k = 0; ``use_v=False`` -> v = 1; ``schedule=False`` -> static
+w0, b0, mu0, sigma0 at every epoch (the initial values); ``lag=False`` -> w/b use the same
+``max(e - n, 0)`` as mu/sigma. Before the first ``start_epoch`` the initial values apply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from spmlbench.errors import ConfigError
+from spmlbench.losses.base import BatchedLoss, SingleLoss, nlog
+from spmlbench.losses.hparams import HParams
+
+
+@dataclasses.dataclass(frozen=True)
+class GRParams(HParams):
+    """GR: ``beta = [w0, wT, b0, bT]``, ``alpha = [mu0, sig0, muT, sigT]`` (note the orders)."""
+
+    loss = "gr"
+    beta: tuple[float, ...] = dataclasses.field(default=(0.0, 2.0, -2.0, -2.0), metadata={"length": 4})
+    alpha: tuple[float, ...] = dataclasses.field(default=(0.5, 2.0, 0.8, 0.5), metadata={"length": 4})
+    q2: float = 0.01
+    q3: float = 1.0
+    linear_init: int = 0
+    use_k: bool = True
+    use_v: bool = True
+    schedule: bool = True
+    lag: bool = True
+    eps: float = 1e-7
+
+    def check(self) -> None:
+        self.require("beta", len(self.beta) == 4 and all(math.isfinite(x) for x in self.beta),
+                     "4 finite numbers [w0, wT, b0, bT]")
+        self.require("alpha", len(self.alpha) == 4 and all(math.isfinite(x) for x in self.alpha),
+                     "4 finite numbers [mu0, sig0, muT, sigT]")
+        self.require("alpha", self.alpha[1] > 0 and self.alpha[3] > 0, "[mu0, sig0, muT, sigT] with sig0, sigT > 0")
+        self.positive("q2", "q3", "eps")
+        self.require("linear_init", self.linear_init >= 0, ">= 0 (epochs)")
+
+
+def gr_schedule(hp: GRParams, epoch: int, num_epochs: int) -> tuple[float, float, float, float]:
+    """``(w, b, mu, sigma)`` in effect during 1-based ``epoch`` of ``num_epochs``."""
+    w0, wt, b0, bt = hp.beta
+    mu0, sig0, mut, sigt = hp.alpha
+    if not hp.schedule:
+        return w0, b0, mu0, sig0
+    n = hp.linear_init
+    span = num_epochs - n
+    if span <= 0:
+        raise ConfigError(f"gr.linear_init={n}: must be < the number of epochs ({num_epochs}); "
+                          "lower linear_init or train longer")
+    f_mu = max(epoch - n, 0) / span
+    f_w = max(epoch - n - 1, 0) / span if hp.lag else f_mu
+    return w0 + (wt - w0) * f_w, b0 + (bt - b0) * f_w, mu0 + (mut - mu0) * f_mu, sig0 + (sigt - sig0) * f_mu
+
+
+class GRLossBatched(BatchedLoss):
+    """[gr] batched form; current ``w, b, mu, sigma`` are (M,) float64 buffers."""
+
+    hparams_cls = GRParams
+
+    def __init__(self, hparams: Any, num_classes: int, num_train: int | None = None) -> None:
+        super().__init__(hparams, num_classes, num_train)
+        init = [(h.beta[0], h.beta[2], h.alpha[0], h.alpha[1]) for h in self.hparams]  # type: ignore[attr-defined]
+        for i, name in enumerate(("w", "b", "mu", "sigma")):
+            self.register_buffer(name, torch.tensor([row[i] for row in init], dtype=torch.float64))
+
+    def start_epoch(self, epoch: int, num_epochs: int) -> None:
+        super().start_epoch(epoch, num_epochs)
+        rows = [gr_schedule(h, epoch, num_epochs) for h in self.hparams]  # type: ignore[arg-type]
+        for i, name in enumerate(("w", "b", "mu", "sigma")):
+            getattr(self, name).copy_(torch.tensor([r[i] for r in rows], dtype=torch.float64))
+
+    def current(self) -> dict[str, Tensor]:
+        """The schedule values in effect: ``{"w", "b", "mu", "sigma"}`` -> (M,) float64."""
+        return {n: getattr(self, n).clone() for n in ("w", "b", "mu", "sigma")}
+
+    def _shaped(self, name: str, like: Tensor, dims: int) -> Tensor:
+        return getattr(self, name).to(device=like.device, dtype=like.dtype).view(-1, *([1] * dims))
+
+    def _switch(self, name: str, like: Tensor, dims: int) -> Tensor:
+        return self.const(name, self.values(name), torch.bool, like.device, (-1, *([1] * dims)))
+
+    def _k(self, p: Tensor, dims: int) -> Tensor:
+        k = torch.sigmoid(self._shaped("w", p, dims) * p + self._shaped("b", p, dims))
+        return torch.where(self._switch("use_k", p, dims), k, torch.zeros_like(k))
+
+    def _v(self, p: Tensor, dims: int) -> Tensor:
+        mu, sig = self._shaped("mu", p, dims), self._shaped("sigma", p, dims)
+        v = torch.exp(-((p - mu) ** 2) / (2 * sig**2))
+        return torch.where(self._switch("use_v", p, dims), v, torch.ones_like(v))
+
+    def k(self, p: Tensor) -> Tensor:
+        """Soft pseudo-label ``k(p)`` per config: p of any shape S -> (M, *S)."""
+        return self._k(p.unsqueeze(0), p.dim())
+
+    def v(self, p: Tensor) -> Tensor:
+        """Reweighting ``v(p)`` per config: p of any shape S -> (M, *S)."""
+        return self._v(p.unsqueeze(0), p.dim())
+
+    def loss_matrix(self, z: Tensor, s: Tensor, index: Tensor | None) -> Tensor:
+        q2, q3 = self.col("q2", z), self.col("q3", z)
+        p = torch.sigmoid(z)
+        pd = p.detach()
+        k, v = self._k(pd, 2), self._v(pd, 2)
+        l1 = nlog(p, self.col("eps", z))
+        l2 = -torch.expm1(q2 * F.logsigmoid(z)) / q2  # (1 - p^q2) / q2
+        l3 = -torch.expm1(q3 * F.logsigmoid(-z)) / q3  # (1 - (1-p)^q3) / q3
+        return torch.where(s, l1, v * (k * l2 + (1 - k) * l3))
+
+
+class GRLoss(SingleLoss):
+    """[gr] one config, with its schedule values and k/v functions exposed."""
+
+    batched: GRLossBatched
+
+    def current(self) -> dict[str, float]:
+        """``{"w", "b", "mu", "sigma"}`` in effect now (floats)."""
+        return {n: float(t[0]) for n, t in self.batched.current().items()}
+
+    def k(self, p: Tensor) -> Tensor:
+        """``k(p)`` (same shape as p)."""
+        return self.batched.k(p)[0]
+
+    def v(self, p: Tensor) -> Tensor:
+        """``v(p)`` (same shape as p)."""
+        return self.batched.v(p)[0]

@@ -1,0 +1,155 @@
+"""Kim et al. 2022 (CVPR), "Large Loss Matters": LL-R, LL-Ct, LL-Cp.
+
+Base loss: assume-negative BCE on logits (``softplus``; the reference uses
+``binary_cross_entropy_with_logits``, so there is no eps). Epoch 1 is unmodified. From epoch
+``e >= 2``, per batch, the unobserved entries whose AN loss is ``>=`` the k-th largest unobserved
+AN loss are rejected (LL-R: loss 0) or corrected (LL-Ct/Cp: ``-log p`` instead).
+
+k = ceil(B C (e - 1) delta_rel / 100) for LL-R/Ct and ceil(B C delta_rel / 100) for LL-Cp, with
+``B`` the actual batch size; the product is rounded to 9 decimals before ``ceil`` so that float
+noise (e.g. 0.1 * 3) cannot add one. Selection is restricted to unobserved entries (observed
+positives are never rejected or "corrected", even when the k-th value is 0).
+
+LL-Cp keeps a corrected observed matrix (M, N, C): selected entries become observed positives
+for all later batches and epochs. It is filled lazily from the first batch that shows a row, or
+at once with ``init_state(observed_train)``; once a row is stored, the ``observed`` argument for
+that row is ignored in favour of the stored (corrected) row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from spmlbench.losses.base import BatchedLoss, ObservedStore, mean_bc
+from spmlbench.losses.hparams import HParams
+
+
+@dataclasses.dataclass(frozen=True)
+class LLRParams(HParams):
+    """LL-R: ``delta_rel`` in percent per epoch (default 0.5)."""
+
+    loss = "ll_r"
+    delta_rel: float = 0.5
+
+    def check(self) -> None:
+        self.require("delta_rel", 0.0 < self.delta_rel < 100.0, "in (0, 100) (percent)")
+
+
+@dataclasses.dataclass(frozen=True)
+class LLCtParams(LLRParams):
+    """LL-Ct: default ``delta_rel`` 0.2."""
+
+    loss = "ll_ct"
+    delta_rel: float = 0.2
+
+
+@dataclasses.dataclass(frozen=True)
+class LLCpParams(LLRParams):
+    """LL-Cp: default ``delta_rel`` 0.1 (constant k)."""
+
+    loss = "ll_cp"
+    delta_rel: float = 0.1
+
+
+def ll_num_selected(batch: int, num_classes: int, epoch: int, delta_rel: float, permanent: bool) -> int:
+    """k for one batch: ``ceil(B C (e-1) delta_rel / 100)`` (LL-Cp: ``ceil(B C delta_rel / 100)``), 0 in epoch 1."""
+    if epoch < 2:
+        return 0
+    factor = 1 if permanent else epoch - 1
+    k = math.ceil(round(batch * num_classes * factor * delta_rel / 100.0, 9))
+    return min(k, batch * num_classes)
+
+
+class LLRLoss(BatchedLoss):
+    """[ll_r] large-loss rejection."""
+
+    hparams_cls = LLRParams
+    mode: ClassVar[str] = "reject"
+
+    def num_selected(self, batch: int) -> list[int]:
+        """k per config for a batch of ``batch`` rows at the current epoch."""
+        return [ll_num_selected(batch, self.num_classes, self.epoch, d, self.mode == "permanent")
+                for d in self.values("delta_rel")]
+
+    def observed_for(self, s: Tensor, index: Tensor | None) -> Tensor:
+        """The observed mask to use: (1, B, C) as given; LL-Cp returns its stored (M, B, C)."""
+        return s
+
+    def select(self, loss_an: Tensor, s_eff: Tensor) -> Tensor:
+        """(M, B, C) bool: unobserved entries with AN loss >= the k-th largest unobserved AN loss."""
+        m, b, c = loss_an.shape
+        ks = self.num_selected(b)
+        if max(ks) == 0:
+            return torch.zeros(loss_an.shape, dtype=torch.bool, device=loss_an.device)
+        unobs = ~s_eff.expand(m, b, c)
+        ranked = torch.where(unobs, loss_an.detach(), torch.zeros_like(loss_an)).reshape(m, b * c)
+        top = torch.topk(ranked, max(ks), dim=1).values
+        kk = self.const(("k", tuple(ks)), ks, torch.long, loss_an.device, (-1,))
+        thr = top.gather(1, (kk - 1).clamp(min=0).view(m, 1))
+        chosen = (ranked >= thr) & (kk > 0).view(m, 1)
+        return chosen.view(m, b, c) & unobs
+
+    def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
+        z, s = self.check_inputs(logits, observed, index)
+        s_eff = self.observed_for(s, index)
+        to_pos, to_neg = F.softplus(-z), F.softplus(z)
+        loss_an = torch.where(s_eff, to_pos, to_neg)
+        chosen = self.select(loss_an, s_eff)
+        if self.mode == "reject":
+            mat = torch.where(chosen, torch.zeros_like(loss_an), loss_an)
+        else:
+            mat = torch.where(chosen, to_pos, loss_an)
+        if self.mode == "permanent":
+            self.store_flips(chosen, index)
+        return mean_bc(mat)
+
+    def store_flips(self, chosen: Tensor, index: Tensor | None) -> None:
+        """LL-Cp only."""
+
+
+class LLCtLoss(LLRLoss):
+    """[ll_ct] large-loss temporary correction (this batch only)."""
+
+    hparams_cls = LLCtParams
+    mode = "temporary"
+
+
+class LLCpLoss(LLRLoss):
+    """[ll_cp] large-loss permanent correction (stored observed matrix, constant k)."""
+
+    hparams_cls = LLCpParams
+    mode = "permanent"
+    needs_rows = True
+
+    def __init__(self, hparams: Any, num_classes: int, num_train: int | None = None) -> None:
+        super().__init__(hparams, num_classes, num_train)
+        assert num_train is not None
+        self.store = ObservedStore(num_train, num_classes)
+        self.register_buffer("corrected", torch.zeros(self.num_configs, num_train, num_classes, dtype=torch.bool))
+
+    def init_state(self, observed_train: Tensor, seed: int | torch.Generator = 0) -> None:
+        """Record the whole (N, C) training observed matrix (optional: rows are also recorded lazily)."""
+        self.store.set_all(observed_train)
+
+    def observed_for(self, s: Tensor, index: Tensor | None) -> Tensor:
+        assert index is not None
+        self.store.record(s[0], index)
+        idx = index.to(self.corrected.device)
+        stored = self.store.observed[idx].unsqueeze(0) | self.corrected[:, idx]
+        return stored.to(s.device)
+
+    @torch.no_grad()
+    def store_flips(self, chosen: Tensor, index: Tensor | None) -> None:
+        assert index is not None
+        idx = index.to(self.corrected.device)
+        self.corrected[:, idx] |= chosen.to(self.corrected.device)
+
+    def observed_matrix(self) -> Tensor:
+        """The current corrected observed matrix (M, N, C) bool (original positives plus flips)."""
+        return self.store.observed.unsqueeze(0) | self.corrected

@@ -1,0 +1,118 @@
+"""Large Loss Matters (LL-R, LL-Ct, LL-Cp): k per epoch, tie rule, permanent flips, by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from spmlbench.losses import build_loss
+from spmlbench.losses.ll import ll_num_selected
+
+
+def sp(x: float) -> float:
+    """softplus: -log(sigmoid(-x)) = AN loss of a negative with logit x."""
+    return math.log1p(math.exp(x))
+
+
+def test_k_per_epoch() -> None:
+    # ll_r/ll_ct: ceil(B C (e-1) delta_rel / 100); ll_cp: ceil(B C delta_rel / 100); epoch 1: 0
+    assert [ll_num_selected(16, 20, e, 0.2, False) for e in range(1, 6)] == [0, 1, 2, 2, 3]  # 0.64, 1.28, 1.92, 2.56
+    assert [ll_num_selected(16, 20, e, 0.5, False) for e in range(1, 5)] == [0, 2, 4, 5]  # 1.6, 3.2, 4.8
+    assert [ll_num_selected(16, 20, e, 0.1, True) for e in range(1, 5)] == [0, 1, 1, 1]  # 0.32 every epoch
+    assert ll_num_selected(3, 200, 6, 1.1, False) == 33  # 3*200*5*1.1/100 = 33.00000000000001 in floats
+    assert ll_num_selected(2, 2, 9, 90, False) == 4  # capped at B*C
+
+
+# one image, 5 classes, class 0 observed; unobserved AN losses softplus(3), softplus(2), softplus(-1), softplus(1)
+Z1 = torch.tensor([[0.0, 3.0, 2.0, -1.0, 1.0]], dtype=torch.float64)
+S1 = torch.tensor([[1, 0, 0, 0, 0]])
+
+
+def _value(name: str, epoch: int, z: torch.Tensor = Z1, **kw: float) -> float:
+    loss = build_loss(name, num_classes=5, num_train=4, **kw)
+    loss.start_epoch(epoch, 10)
+    return float(loss(z, S1, torch.tensor([0])))
+
+
+def test_ll_r_rejects_k_largest_per_epoch() -> None:
+    # delta_rel = 20 %: k = ceil(5 (e-1) 0.2) = e - 1
+    base = [sp(-0.0), sp(3.0), sp(2.0), sp(-1.0), sp(1.0)]
+    for epoch, rejected in ((1, []), (2, [1]), (3, [1, 2]), (4, [1, 2, 4])):
+        want = sum(v for i, v in enumerate(base) if i not in rejected) / 5
+        assert _value("ll_r", epoch, delta_rel=20) == pytest.approx(want, rel=1e-12)
+
+
+def test_ll_ct_corrects_k_largest_per_epoch() -> None:
+    base = [sp(-0.0), sp(3.0), sp(2.0), sp(-1.0), sp(1.0)]
+    corrected = [sp(-0.0), sp(-3.0), sp(-2.0), sp(1.0), sp(-1.0)]  # -log p
+    for epoch, chosen in ((1, []), (2, [1]), (3, [1, 2]), (4, [1, 2, 4])):
+        want = sum(corrected[i] if i in chosen else base[i] for i in range(5)) / 5
+        assert _value("ll_ct", epoch, delta_rel=20) == pytest.approx(want, rel=1e-12)
+
+
+def test_tie_rule_selects_every_entry_at_the_kth_value() -> None:
+    z = torch.tensor([[0.0, 2.0, 2.0, -1.0, 1.0]], dtype=torch.float64)
+    # k = ceil(5 * 1 * 0.1) = 1, but two entries tie at the largest loss softplus(2) -> both rejected
+    want_r = (math.log(2) + sp(-1.0) + sp(1.0)) / 5  # 0.6931472 + 0.3132617 + 1.3132617 = 2.3196706
+    assert want_r == pytest.approx(2.3196706 / 5, abs=1e-7)
+    assert _value("ll_r", 2, z, delta_rel=10) == pytest.approx(want_r, rel=1e-12)
+    want_ct = (math.log(2) + 2 * sp(-2.0) + sp(-1.0) + sp(1.0)) / 5
+    assert _value("ll_ct", 2, z, delta_rel=10) == pytest.approx(want_ct, rel=1e-12)
+
+
+def test_observed_positive_never_selected() -> None:
+    # all unobserved losses tiny, the observed positive's loss is large: still only unobserved ones are ranked
+    z = torch.tensor([[-9.0, -5.0, -6.0, -7.0, -8.0]], dtype=torch.float64)
+    want = (sp(9.0) + 0 + sp(-6.0) + sp(-7.0) + sp(-8.0)) / 5  # k = 1 rejects class 1 (z = -5)
+    assert _value("ll_r", 2, z, delta_rel=10) == pytest.approx(want, rel=1e-12)
+
+
+def test_ll_cp_flips_persist_to_later_batches_and_epochs() -> None:
+    # N = 3 images, C = 4; batch of 2: k = ceil(8 * 10 / 100) = 1 (constant in every epoch >= 2)
+    obs_train = torch.tensor([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]])
+    loss = build_loss("ll_cp", num_classes=4, num_train=3, delta_rel=10)
+    z_a = torch.tensor([[2.0, -1.0, 4.0, 0.0], [0.5, 1.0, -2.0, -3.0]], dtype=torch.float64)
+    z_b = torch.tensor([[2.0, 1.5, 4.0, 0.0], [0.0, 0.0, 1.0, -0.5]], dtype=torch.float64)
+
+    loss.start_epoch(1, 3)  # epoch 1: plain AN, nothing stored
+    v = float(loss(z_a, obs_train[[0, 1]], torch.tensor([0, 1])))
+    assert v == pytest.approx((sp(-2) + sp(-1) + sp(4) + sp(0) + sp(0.5) + sp(-1) + sp(-2) + sp(-3)) / 8, rel=1e-12)
+    assert int(loss.batched.corrected.sum()) == 0
+
+    loss.start_epoch(2, 3)  # largest unobserved loss: image 0, class 2 (z = 4) -> flipped for good
+    v = float(loss(z_a, obs_train[[0, 1]], torch.tensor([0, 1])))
+    assert v == pytest.approx((sp(-2) + sp(-1) + sp(-4) + sp(0) + sp(0.5) + sp(-1) + sp(-2) + sp(-3)) / 8, rel=1e-12)
+    flipped = loss.batched.observed_matrix()[0]
+    assert flipped[0].tolist() == [True, False, True, False]
+    assert int(flipped.sum()) == 3  # 2 recorded positives (image 2 not seen yet) + 1 flip
+
+    # a later batch with image 0: (0, 2) now counts as observed positive; k = 1 picks (0, 1) (z = 1.5)
+    v = float(loss(z_b, obs_train[[0, 2]], torch.tensor([0, 2])))
+    want = (sp(-2) + sp(-1.5) + sp(-4) + sp(0) + sp(0) + sp(0) + sp(-1) + sp(-0.5)) / 8
+    assert v == pytest.approx(want, rel=1e-12)
+    loss.start_epoch(3, 3)  # flips persist into the next epoch
+    assert loss.batched.observed_matrix()[0, 0].tolist() == [True, True, True, False]
+
+    # ll_ct on the same sequence does not remember: (0, 2) is unobserved again and corrected only if selected
+    ct = build_loss("ll_ct", num_classes=4, delta_rel=10)
+    ct.start_epoch(2, 3)
+    ct(z_a, obs_train[[0, 1]], torch.tensor([0, 1]))
+    v = float(ct(z_b, obs_train[[0, 2]], torch.tensor([0, 2])))
+    want = (sp(-2) + sp(1.5) + sp(-4) + sp(0) + sp(0) + sp(0) + sp(-1) + sp(-0.5)) / 8  # (0, 2) z=4 selected again
+    assert v == pytest.approx(want, rel=1e-12)
+
+
+def test_ll_cp_init_state_equals_lazy_recording() -> None:
+    obs_train = torch.tensor([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]])
+    eager = build_loss("ll_cp", num_classes=4, num_train=3, delta_rel=10)
+    eager.init_state(obs_train)
+    lazy = build_loss("ll_cp", num_classes=4, num_train=3, delta_rel=10)
+    z = torch.tensor([[2.0, -1.0, 4.0, 0.0], [0.5, 1.0, -2.0, -3.0]], dtype=torch.float64)
+    for loss in (eager, lazy):
+        loss.start_epoch(2, 3)
+    assert float(eager(z, obs_train[[0, 1]], torch.tensor([0, 1]))) == float(lazy(z, obs_train[[0, 1]], torch.tensor([0, 1])))
+    assert torch.equal(eager.batched.observed_matrix()[:, :2], lazy.batched.observed_matrix()[:, :2])
+    assert eager.batched.observed_matrix()[0, 2].tolist() == [False, False, True, False]  # given up front
+    assert not lazy.batched.observed_matrix()[0, 2].any()  # not seen yet
