@@ -37,7 +37,7 @@ def test_bad_hyperparameter_one_line_exit_2(cli) -> None:
     res = cli("losses", "--check", "gr.q3=-1")
     assert res.code == 2
     lines = res.err.strip().splitlines()
-    assert len(lines) == 1 and "gr.q3=-1: must be > 0" in lines[0]
+    assert len(lines) == 1 and "gr.q3=-1: must be >= 0" in lines[0]
     res = cli("losses", "--check", "ll_r.delta_rel=150")
     assert res.code == 2 and "ll_r.delta_rel=150: must be in (0, 100)" in res.err
     res = cli("losses", "--check", "nosuch.x=1")

@@ -29,8 +29,8 @@ def test_registry_names_and_info() -> None:
 
 
 @pytest.mark.parametrize(("name", "kw", "message"), [
-    ("gr", {"q3": -1}, "gr.q3=-1: must be > 0"),
-    ("gr", {"q2": 0}, "gr.q2=0: must be > 0"),
+    ("gr", {"q3": -1}, "gr.q3=-1: must be >= 0"),
+    ("gr", {"q2": -0.5}, "gr.q2=-0.5: must be >= 0"),
     ("gr", {"alpha": [0.5, 0.0, 0.8, 0.5]}, "gr.alpha=[0.5, 0, 0.8, 0.5]: must be"),
     ("gr", {"beta": [0, 1]}, "gr.beta=[0, 1]: must be a list of 4 numbers"),
     ("gr", {"use_k": "maybe"}, "gr.use_k=maybe: must be true or false"),

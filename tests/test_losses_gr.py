@@ -113,3 +113,19 @@ def test_invalid_schedule_length() -> None:
     loss = build_loss("gr", num_classes=4, linear_init=8)
     with pytest.raises(ConfigError, match="gr.linear_init=8"):
         loss.start_epoch(1, 8)
+
+
+def test_q_zero_is_exact_log_limit() -> None:
+    """q2 = q3 = 0 gives L2 = -log p, L3 = -log(1-p) (the q -> 0 limit used by the ablation)."""
+    loss = build_loss("gr", num_classes=4, q2=0.0, q3=0.0)
+    loss.start_epoch(2, 8)
+    p = sig(Z)
+    w, b, mu, sg = 0.25, -2.0, 0.575, 1.625  # epoch 2 of 8: w lags one epoch
+    k = 1 / (1 + np.exp(-(w * p + b)))
+    v = np.exp(-((p - mu) ** 2) / (2 * sg**2))
+    want = np.where(S == 1, -np.log(p + 1e-7), v * (k * -np.log(p) + (1 - k) * -np.log(1 - p))).mean()
+    assert float(loss(torch.tensor(Z), torch.tensor(S))) == pytest.approx(float(want), rel=1e-9)
+    # and a tiny q is already close to it
+    near = build_loss("gr", num_classes=4, q2=1e-6, q3=1e-6)
+    near.start_epoch(2, 8)
+    assert float(near(torch.tensor(Z), torch.tensor(S))) == pytest.approx(float(want), rel=1e-4)

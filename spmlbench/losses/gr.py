@@ -56,7 +56,8 @@ class GRParams(HParams):
         self.require("alpha", len(self.alpha) == 4 and all(math.isfinite(x) for x in self.alpha),
                      "4 finite numbers [mu0, sig0, muT, sigT]")
         self.require("alpha", self.alpha[1] > 0 and self.alpha[3] > 0, "[mu0, sig0, muT, sigT] with sig0, sigT > 0")
-        self.positive("q2", "q3", "eps")
+        self.nonnegative("q2", "q3")  # q = 0 is the exact log-loss limit (ablation)
+        self.positive("eps")
         self.require("linear_init", self.linear_init >= 0, ">= 0 (epochs)")
 
 
@@ -126,9 +127,16 @@ class GRLossBatched(BatchedLoss):
         pd = p.detach()
         k, v = self._k(pd, 2), self._v(pd, 2)
         l1 = nlog(p, self.col("eps", z))
-        l2 = -torch.expm1(q2 * F.logsigmoid(z)) / q2  # (1 - p^q2) / q2
-        l3 = -torch.expm1(q3 * F.logsigmoid(-z)) / q3  # (1 - (1-p)^q3) / q3
+        l2 = _robust_log(F.logsigmoid(z), q2)  # (1 - p^q2) / q2, -log p at q2 = 0
+        l3 = _robust_log(F.logsigmoid(-z), q3)  # (1 - (1-p)^q3) / q3, -log(1-p) at q3 = 0
         return torch.where(s, l1, v * (k * l2 + (1 - k) * l3))
+
+
+def _robust_log(log_x: Tensor, q: Tensor) -> Tensor:
+    """``(1 - x^q) / q`` from ``log x``; its q -> 0 limit ``-log x`` where ``q == 0``."""
+    zero = q == 0
+    q_safe = torch.where(zero, torch.ones_like(q), q)
+    return torch.where(zero, -log_x, -torch.expm1(q_safe * log_x) / q_safe)
 
 
 class GRLoss(SingleLoss):
