@@ -1,5 +1,58 @@
-"""CLI commands of this module (placeholder until its issue lands)."""
+"""``spmlbench report``: tables, paired tests and figures from whatever result records exist."""
 
 from __future__ import annotations
 
-from spmlbench.cli.app import app  # noqa: F401
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from spmlbench.atomic import atomic_write_text
+from spmlbench.cli.app import app, console
+from spmlbench.errors import ConfigError
+from spmlbench.paths import default_results_dir
+
+
+@app.command()
+def report(
+    experiment: Optional[str] = typer.Option(None, "--experiment", "-e", help="Report one experiment (table1, ablation-gr, grid-gr, figures or a .toml path)."),
+    fmt: str = typer.Option("console", "--format", "-f", help="console | md | latex | csv | html"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write report files (and plots/) into this folder."),
+    plots: bool = typer.Option(False, "--plots", help="Also write the figures as PNG (into --out/plots, default ./report/plots)."),
+    results: Optional[Path] = typer.Option(None, "--results", help="Folder holding records/ (default ./results)."),
+) -> None:
+    """Turn result records into tables (mean ± std, published numbers, paired tests) and figures."""
+    from spmlbench.report import FORMATS, build_report
+    from spmlbench.report.render import EXTENSIONS, render_text, to_console, to_csv
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt!r}: unknown format; choose one of: {', '.join(FORMATS)}")
+    results_dir = results if results is not None else default_results_dir()
+    plots_dir = None
+    if plots:
+        plots_dir = (out if out is not None else Path("report")) / "plots"
+    rep = build_report(results_dir, experiment, plots_dir=plots_dir)
+    if out is not None and plots_dir is not None:
+        rep.figures = [p.relative_to(out) for p in rep.figures]  # links in md/html relative to the report
+    if fmt == "console":
+        to_console(rep, console)
+        if out is not None:
+            for key, text in to_csv(rep).items():
+                atomic_write_text(out / f"{key}.csv", text)
+    elif fmt == "csv":
+        files = to_csv(rep)
+        if out is None:
+            typer.echo(files.get("main", next(iter(files.values()), "")), nl=False)
+        else:
+            for key, text in files.items():
+                atomic_write_text(out / f"{key}.csv", text)
+    else:
+        text = render_text(rep, fmt)
+        if out is None:
+            typer.echo(text, nl=False)
+        else:
+            atomic_write_text(out / f"report.{EXTENSIONS[fmt]}", text)
+    if out is not None:
+        console.print(f"report written to {out}", highlight=False)
+    if plots_dir is not None:
+        console.print(f"{len(rep.figures)} figures in {plots_dir}", highlight=False)

@@ -1,0 +1,214 @@
+"""Inputs of a report: result records, published reference numbers, and records matched to a spec.
+
+Records follow "Jobs and result records" in docs/architecture.md (one Parquet row per job in
+``<results>/records/<job_id>.parquet``). ``runs`` is the tidy table every report table is built
+from: one row per ok record that belongs to the report, with ``group``, ``coords`` and ``row``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from spmlbench.errors import DataError
+from spmlbench.experiments.spec import Experiment
+
+REFERENCE_COLUMNS = ["method", "label", "dataset", "setting", "map", "std", "source", "note"]
+_JOB_KEYS = {"dataset", "loss", "hparams", "seed", "mode", "dump_predictions"}
+
+
+def reference_path() -> Path:
+    """Path of the published-results data file (``data_manifests/reference_results.csv``)."""
+    return Path(__file__).resolve().parents[2] / "data_manifests" / "reference_results.csv"
+
+
+def load_reference(path: str | os.PathLike[str] | None = None) -> pd.DataFrame:
+    """Read the published numbers: one row per (method, dataset, setting, source); std NaN if none."""
+    path = Path(path) if path is not None else reference_path()
+    try:
+        df = pd.read_csv(path, dtype={"std": "float64", "map": "float64"}, keep_default_na=False, na_values={"std": [""]})
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read reference results ({exc}); restore the file from the repository") from None
+    missing = [c for c in REFERENCE_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: missing columns {missing}; expected {', '.join(REFERENCE_COLUMNS)}")
+    return df[REFERENCE_COLUMNS]
+
+
+def _read_records_dir(out_dir: Path) -> pd.DataFrame:
+    files = sorted((out_dir / "records").glob("*.parquet"))
+    frames = []
+    for f in files:
+        try:
+            frames.append(pq.read_table(f).to_pandas())
+        except Exception as exc:  # pyarrow raises several types for corrupt files
+            raise DataError(f"{f}: unreadable result record ({exc}); delete it and re-run the job") from None
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def load_results(out_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """All result records under ``out_dir`` (the runner's ``load_records`` when present), hparams parsed to ``hp``."""
+    out_dir = Path(out_dir)
+    try:
+        from spmlbench.experiments.records import load_records  # the runner's reader, when it exists
+    except ImportError:
+        df = _read_records_dir(out_dir)
+    else:
+        df = load_records(out_dir) if (out_dir / "records").is_dir() else pd.DataFrame()
+    if df.empty:
+        return df
+    df = df.copy()
+    df["hp"] = [json.loads(h) if isinstance(h, str) else dict(h or {}) for h in df["hparams"]]
+    df["mode"] = df["mode"].map(normalise_mode)
+    return df
+
+
+def normalise_mode(mode: Any) -> str:
+    """``linear_init`` and ``linear-init`` are the same mode."""
+    return str(mode).replace("_", "-")
+
+
+def values_equal(a: Any, b: Any) -> bool:
+    """Equality for hyperparameter values: numbers to 1e-9 relative, lists element-wise."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(values_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b or a == b and type(a) is type(b)
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def loss_defaults(loss: str) -> dict[str, Any]:
+    """Checkable hyperparameter defaults of a loss from the registry; empty if unavailable.
+
+    Defaults that are None or set per dataset (EM alpha, EPR expected positives, ...) are left
+    out: the trainer may resolve them to dataset values, so a record is not compared on them.
+    """
+    try:
+        from spmlbench.losses import loss_info
+    except ImportError:
+        return {}
+    try:
+        info = loss_info(loss)
+    except Exception:  # unknown loss or registry not ready: match on explicit hparams only
+        return {}
+    raw = info.get("defaults") if isinstance(info, Mapping) else getattr(info, "defaults", None)
+    per_ds = info.get("per_dataset") if isinstance(info, Mapping) else getattr(info, "per_dataset", None)
+    if not isinstance(raw, Mapping):
+        return {}
+    varying = {k for table in (per_ds or {}).values() for k in table}
+    return {k: v for k, v in raw.items() if v is not None and k not in varying}
+
+
+def _job_matches(job: dict[str, Any], rec: Mapping[str, Any], defaults: dict[str, Any]) -> bool:
+    if rec["dataset"] != job["dataset"] or rec["loss"] != job["loss"]:
+        return False
+    if int(rec["seed"]) != int(job["seed"]) or normalise_mode(rec["mode"]) != normalise_mode(job["mode"]):
+        return False
+    hp = rec["hp"]
+    wanted = {**{k: v for k, v in defaults.items() if k in hp}, **job["hparams"]}
+    for key, value in wanted.items():
+        if key not in hp or not values_equal(hp[key], value):
+            return False
+    for key, value in job.items():
+        if key in _JOB_KEYS:
+            continue
+        if key in rec and not values_equal(rec[key], value):
+            return False
+    return True
+
+
+def match_experiment(records: pd.DataFrame, exp: Experiment) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Assign ok records to the experiment's cells.
+
+    Returns ``(runs, missing)``: ``runs`` has one row per matched cell (record columns plus
+    ``group``, ``coords``, ``row``), ``missing`` lists cells without an ok record (group,
+    dataset, loss, seed, coords). A record matching several cells goes to the most specific one
+    (most explicit hparams); several records for one cell: the one from this experiment, then
+    the newest.
+    """
+    cells = exp.cells()
+    ok = records[records["status"] == "ok"] if not records.empty else records
+    recs = ok.to_dict("records") if not ok.empty else []
+    # A cell wants its explicit hparams and the registry defaults for the rest (so a no-k record
+    # never fills the plain GR cell); without the registry, explicit hparams only.
+    defaults = {loss: loss_defaults(loss) for loss in {c.job["loss"] for c in cells}}
+    candidates: dict[int, list[int]] = {}
+    for ri, rec in enumerate(recs):
+        hits = [ci for ci, c in enumerate(cells) if _job_matches(c.job, rec, defaults[c.job["loss"]])]
+        if not hits:
+            continue
+        best = max(len(cells[ci].job["hparams"]) for ci in hits)
+        for ci in hits:
+            if len(cells[ci].job["hparams"]) == best:
+                candidates.setdefault(ci, []).append(ri)
+    rows, missing = [], []
+    for ci, cell in enumerate(cells):
+        options = candidates.get(ci)
+        if not options:
+            missing.append(
+                {"group": cell.group, "dataset": cell.job["dataset"], "loss": cell.job["loss"],
+                 "seed": cell.job["seed"], "coords": cell.coords}
+            )
+            continue
+        chosen = max(options, key=lambda ri: (recs[ri].get("experiment") == exp.name, str(recs[ri].get("created", ""))))
+        row = dict(recs[chosen])
+        row.update(group=cell.group, coords=cell.coords, row=cell.job["loss"])
+        rows.append(row)
+    runs = pd.DataFrame(rows)
+    # One cell per (group, dataset, loss, coords, seed): duplicates in a spec are dropped.
+    if not runs.empty:
+        key = runs[["group", "dataset", "loss", "seed"]].astype(str).agg("/".join, axis=1) + runs["coords"].map(repr)
+        runs = runs[~key.duplicated()].reset_index(drop=True)
+    miss = pd.DataFrame(missing, columns=["group", "dataset", "loss", "seed", "coords"])
+    if not miss.empty:
+        key = miss[["group", "dataset", "loss", "seed"]].astype(str).agg("/".join, axis=1) + miss["coords"].map(repr)
+        miss = miss[~key.duplicated()].reset_index(drop=True)
+    return runs, miss
+
+
+def _canon(hp: dict[str, Any]) -> str:
+    return json.dumps(hp, sort_keys=True, default=str)
+
+
+def runs_without_experiment(records: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """All ok records as runs; a loss run with several hparam configs gets one row per config.
+
+    The most frequent config of a loss keeps the plain loss name; others are labelled
+    ``loss (key=value, ...)`` with the keys that differ. ``missing`` holds the (dataset, loss,
+    seed) combinations of the seen datasets x rows x seeds without an ok record.
+    """
+    ok = records[records["status"] == "ok"].copy() if not records.empty else pd.DataFrame()
+    if ok.empty:
+        return ok, pd.DataFrame(columns=["group", "dataset", "loss", "seed", "coords"])
+    ok["canon"] = ok["hp"].map(_canon)
+    labels: dict[tuple[str, str], str] = {}
+    for loss, sub in ok.groupby("loss", sort=False):
+        counts = sub["canon"].value_counts()
+        main = json.loads(counts.index[0])
+        for canon in counts.index:
+            hp = json.loads(canon)
+            diff = {k: v for k, v in hp.items() if k not in main or not values_equal(main[k], v)}
+            labels[(loss, canon)] = loss if not diff else f"{loss} ({', '.join(f'{k}={v}' for k, v in sorted(diff.items()))})"
+    ok["row"] = [labels[(l, c)] for l, c in zip(ok["loss"], ok["canon"])]
+    ok["group"] = "all"
+    ok["coords"] = [{} for _ in range(len(ok))]
+    ok = ok.sort_values("created" if "created" in ok.columns else "job_id")
+    ok = ok.drop_duplicates(subset=["row", "dataset", "mode", "seed"], keep="last").reset_index(drop=True)
+    missing = []
+    for mode, sub in ok.groupby("mode", sort=False):
+        have = set(zip(sub["row"], sub["dataset"], sub["seed"]))
+        for row in sub["row"].unique():
+            for ds in sub["dataset"].unique():
+                for seed in sorted(sub["seed"].unique()):
+                    if (row, ds, seed) not in have:
+                        missing.append({"group": "all", "dataset": ds, "loss": row, "seed": int(seed), "coords": {}})
+    return ok, pd.DataFrame(missing, columns=["group", "dataset", "loss", "seed", "coords"])
