@@ -1,5 +1,111 @@
-"""CLI commands of this module (placeholder until its issue lands)."""
+"""``spmlbench prepare`` and ``spmlbench datasets``: thin wrappers over spmlbench.data."""
 
 from __future__ import annotations
 
-from spmlbench.cli.app import app  # noqa: F401
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from spmlbench.cli.app import app, console, err_console
+from spmlbench.data.protocol import PROTOCOL_SEED
+from spmlbench.errors import ConfigError
+
+
+def _confirm(yes: bool) -> Callable[[str], bool]:
+    """Show the terms; accept with --yes, else ask on stdin (no stdin counts as no)."""
+
+    def ask(prompt: str) -> bool:
+        console.print(prompt, markup=False, highlight=False, soft_wrap=True)
+        if yes:
+            console.print("accepted with --yes")
+            return True
+        console.print("[y/N] ", end="", markup=False)
+        try:
+            line = sys.stdin.readline() if sys.stdin is not None else ""
+        except (OSError, ValueError):
+            line = ""
+        if not line:
+            console.print()
+            err_console.print("no input available to answer; pass --yes to accept the terms in scripts")
+            return False
+        return line.strip().lower() in ("y", "yes")
+
+    return ask
+
+
+@app.command()
+def prepare(
+    dataset: str = typer.Argument("digits", help="voc, coco, nuswide, cub or digits (offline demo)."),
+    source: Optional[Path] = typer.Option(  # noqa: UP007 - typer needs Optional on older Pythons
+        None, "--from", help="A local archive (verified by checksum) or an already-extracted folder."
+    ),
+    mirror: Optional[str] = typer.Option(  # noqa: UP007
+        None, "--mirror", help="URL tried first: the file itself, or a folder URL (ending in /) holding the files."
+    ),
+    home: Optional[Path] = typer.Option(None, "--home", help="Data home (default $SPMLBENCH_HOME or the platform data dir)."),  # noqa: UP007
+    yes: bool = typer.Option(False, "--yes", "-y", help="Accept the terms of use without asking (scripts)."),
+    label_seed: int = typer.Option(PROTOCOL_SEED, "--label-seed", help="Seed of the single-positive draw (protocol: 1200)."),
+    features: str = typer.Option("default", "--features", help="default|extract (the dataset's default backbone), zenodo, none."),
+    drop_unlabeled: bool = typer.Option(
+        False, "--drop-unlabeled", help="Drop rows without any label (a named protocol deviation)."
+    ),
+) -> None:
+    """Download (or take --from), format, sample single positives and split one dataset."""
+    from spmlbench.data.prepare import FEATURE_MODES, PrepareOptions, prepare_dataset, run_features
+
+    if features not in FEATURE_MODES:
+        raise ConfigError(f"--features {features!r}: unknown mode; choose one of {', '.join(FEATURE_MODES)}")
+    if not 0 <= label_seed < 2**32:
+        raise ConfigError(f"--label-seed {label_seed}: must be in [0, 2**32); pick another seed")
+    opts = PrepareOptions(source=source, mirror=mirror, label_seed=label_seed, drop_unlabeled=drop_unlabeled)
+    result = prepare_dataset(
+        dataset,
+        opts,
+        home=home,
+        confirm=_confirm(yes),
+        say=lambda msg: console.print(msg, markup=False, highlight=False),
+        warn=lambda msg: err_console.print(f"[bold red]WARNING[/bold red] {msg}", highlight=False),
+    )
+    if features != "none":
+        path = run_features(dataset, features, home=home, source=source)
+        if path is not None:
+            console.print(f"{dataset}: features in {path}", markup=False, highlight=False)
+    if result.count_mismatches:
+        err_console.print(
+            f"[bold red]{dataset}: {len(result.count_mismatches)} count(s) differ from the manifest; see above[/bold red]"
+        )
+
+
+def _fmt(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+@app.command()
+def datasets(
+    home: Optional[Path] = typer.Option(None, "--home", help="Data home (default $SPMLBENCH_HOME or the platform data dir)."),  # noqa: UP007
+) -> None:
+    """List every dataset: prepared or not, where, rows per split, classes, positives, feature caches."""
+    from spmlbench.data.summary import all_statuses
+
+    table = Table(title="spmlbench datasets")
+    for col in ("dataset", "prepared", "path", "train", "val", "test", "classes", "avg pos", "features"):
+        table.add_column(col, no_wrap=col in ("dataset", "path"))
+    for st in all_statuses(home):
+        counts = st.counts or {}
+        prepared = "yes" if st.prepared else ("no: " + st.problem if st.problem else "no")
+        table.add_row(
+            st.name,
+            prepared,
+            str(st.path),
+            _fmt(counts.get("train")),
+            _fmt(counts.get("val")),
+            _fmt(counts.get("test")),
+            _fmt(st.num_classes),
+            "-" if st.avg_positives is None else f"{st.avg_positives:.2f}",
+            ", ".join(st.features) or "-",
+        )
+    console.print(table)
