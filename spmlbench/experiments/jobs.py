@@ -1,0 +1,228 @@
+"""Jobs: one fully resolved training run (dataset, loss, hparams, seed, mode, settings) and its id.
+
+``JobSpec`` is frozen and holds the *resolved* values (recipe defaults from
+``data_manifests/recipes.toml``, per-dataset loss defaults, user overrides), so its id (sha256 of
+its canonical JSON) changes whenever anything that affects the result changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import itertools
+import json
+import math
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from spmlbench.errors import ConfigError
+from spmlbench.train.linear import TrainConfig, freeze_hparams
+
+RECIPES_FILE = Path(__file__).resolve().parents[2] / "data_manifests" / "recipes.toml"
+MODES = ("linear", "e2e", "linear-init")
+VAL_MODES = ("clean", "observed")
+EARLY_STOP_CHOICES = ("paper", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSpec:
+    """One job, fully resolved. ``hparams``: sorted ``(name, value)`` pairs (lists as tuples).
+
+    ``early_stop`` is the resolved rule: ``none``, ``no_improve`` or ``drop:<points>``.
+    """
+
+    dataset: str
+    loss: str
+    hparams: tuple[tuple[str, Any], ...]
+    mode: str
+    seed: int
+    label_seed: int
+    split_seed: int
+    backbone: str
+    epochs: int
+    batch_size: int
+    lr: float
+    val: str
+    early_stop: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of the spec (hparams as a dict with lists)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["hparams"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.hparams}
+        return out
+
+    def canonical_json(self) -> str:
+        """Canonical JSON (sorted keys, no spaces): the input of :attr:`job_id`."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+    @property
+    def job_id(self) -> str:
+        """First 16 hex characters of the sha256 of :meth:`canonical_json`."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+
+    def train_config(self) -> TrainConfig:
+        """The trainer's view of this job."""
+        return TrainConfig(self.loss, self.hparams, self.seed, self.lr, self.batch_size, self.epochs,
+                           self.early_stop, self.val)
+
+    def cohort_key(self) -> tuple[Any, ...]:
+        """Jobs with the same key can be trained together (same data, batch size and epochs)."""
+        return (self.dataset, self.backbone, self.label_seed, self.split_seed, self.mode, self.batch_size, self.epochs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """Training defaults of one loss on one dataset (linear mode)."""
+
+    lr: float
+    batch_size: int
+    epochs: int
+    early_stop: str  # resolved rule
+    source: str
+
+
+@functools.cache
+def _recipes() -> dict[str, Any]:
+    with open(RECIPES_FILE, "rb") as fh:
+        return tomllib.load(fh)["linear"]
+
+
+def recipe(loss: str, dataset: str) -> Recipe:
+    """The loss's linear-mode recipe on ``dataset`` (default < family < family.datasets.<dataset>)."""
+    table = _recipes()
+    merged: dict[str, Any] = dict(table["default"])
+    for family in table.get("families", {}).values():
+        if loss in family.get("losses", []):
+            merged.update({k: v for k, v in family.items() if k not in ("losses", "datasets")})
+            merged.update(family.get("datasets", {}).get(dataset, {}))
+    rule = merged["early_stop"]
+    if rule == "drop":
+        rule = f"drop:{float(merged['early_stop_drop']):g}"
+    return Recipe(float(merged["lr"]), int(merged["batch_size"]), int(merged["epochs"]), rule, str(merged["source"]))
+
+
+def parse_set(text: str) -> tuple[str, str, Any]:
+    """``loss.param=value`` -> ``(loss, param, value)`` (value JSON-decoded when possible)."""
+    from spmlbench.losses import parse_override
+
+    return parse_override(text)
+
+
+def parse_grid(text: str) -> tuple[str, str, list[Any]]:
+    """``loss.param=v1,v2,...`` -> ``(loss, param, [v1, v2, ...])``; a JSON list value is one point."""
+    key, sep, raw = text.partition("=")
+    loss, dot, param = key.strip().partition(".")
+    if not sep or not dot or not loss or not param or not raw.strip():
+        raise ConfigError(f"--grid {text!r}: expected LOSS.PARAM=V1,V2,...; e.g. gr.q3=1,1.5")
+    values: list[Any] = []
+    depth, start = 0, 0
+    raw = raw.strip()
+    for i, ch in enumerate(raw + ","):  # split on commas outside brackets
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            part = raw[start:i].strip()
+            if not part:
+                raise ConfigError(f"--grid {text!r}: empty value; give comma-separated values")
+            try:
+                values.append(json.loads(part))
+            except json.JSONDecodeError:
+                values.append(part)
+            start = i + 1
+    return loss, param.strip(), values
+
+
+def resolve_hparams(loss: str, dataset: str, overrides: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:
+    """All hyperparameters of ``loss`` on ``dataset``: paper < dataset defaults < ``overrides``.
+
+    Where the loss needs the expected number of positives and the dataset has no published value
+    (e.g. ``digits``), it comes from the labels metadata (``expected_positives``).
+    """
+    from spmlbench.losses import dataset_defaults, loss_info
+    from spmlbench.losses import resolve_hparams as resolve
+
+    over = dict(overrides)
+    info = loss_info(loss)
+    if "expected_num_pos" in info.defaults and "expected_num_pos" not in over:
+        if dataset_defaults(loss, dataset).get("expected_num_pos") is None and info.defaults["expected_num_pos"] is None:
+            exp = meta.get("expected_positives", {}) or {}
+            value = exp.get("paper") if exp.get("paper") is not None else exp.get("computed")
+            if value is not None:
+                over["expected_num_pos"] = float(value)
+    return resolve(loss, dataset, **over).as_dict()
+
+
+def expand_jobs(
+    *,
+    dataset: str,
+    losses: Sequence[str],
+    seeds: Sequence[int],
+    meta: Mapping[str, Any],
+    backbone: str,
+    mode: str = "linear",
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    val: str = "clean",
+    early_stop: str = "paper",
+    sets: Sequence[str] = (),
+    grids: Sequence[str] = (),
+    hparams: Mapping[str, Any] | None = None,
+) -> list[JobSpec]:
+    """Jobs for every loss x grid point x seed, resolved against recipes and the labels metadata ``meta``.
+
+    ``sets``/``grids``: ``loss.param=value`` / ``loss.param=v1,v2``; ``hparams``: overrides applied
+    to every loss (experiment specs). Invalid names or values raise ConfigError.
+    """
+    from spmlbench.losses import LOSSES
+
+    if mode not in MODES:
+        raise ConfigError(f"--mode {mode!r}: unknown; choose one of: {', '.join(MODES)}")
+    if val not in VAL_MODES:
+        raise ConfigError(f"--val {val!r}: unknown; choose clean or observed")
+    if early_stop not in EARLY_STOP_CHOICES and not early_stop.startswith(("drop:", "no_improve")):
+        raise ConfigError(f"--early-stop {early_stop!r}: unknown; choose paper or none")
+    for name, value in (("epochs", epochs), ("batch-size", batch_size)):
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name} {value}: must be >= 1")
+    if lr is not None and not (lr > 0 and math.isfinite(lr)):
+        raise ConfigError(f"--lr {lr}: must be > 0")
+    for loss in losses:
+        LOSSES.get(loss)
+    fixed: dict[str, dict[str, Any]] = {}
+    for text in sets:
+        loss, param, value = parse_set(text)
+        LOSSES.get(loss)
+        if loss not in losses:
+            raise ConfigError(f"--set {text}: loss {loss!r} is not in this run; add it to --losses or drop the --set")
+        fixed.setdefault(loss, {})[param] = value
+    axes: dict[str, list[tuple[str, list[Any]]]] = {}
+    for text in grids:
+        loss, param, values = parse_grid(text)
+        LOSSES.get(loss)
+        if loss not in losses:
+            raise ConfigError(f"--grid {text}: loss {loss!r} is not in this run; add it to --losses or drop the --grid")
+        axes.setdefault(loss, []).append((param, values))
+    label_seed = int(meta.get("protocol", {}).get("label_seed", 1200))
+    split_seed = int(meta.get("protocol", {}).get("split_seed", 1200))
+    jobs: list[JobSpec] = []
+    for loss in losses:
+        rec = recipe(loss, dataset)
+        rule = rec.early_stop if early_stop == "paper" else early_stop
+        params = [p for p, _ in axes.get(loss, [])]
+        for point in itertools.product(*(v for _, v in axes.get(loss, []))):
+            over = {**dict(hparams or {}), **fixed.get(loss, {}), **dict(zip(params, point))}
+            hp = freeze_hparams(resolve_hparams(loss, dataset, over, meta))
+            for seed in seeds:
+                jobs.append(JobSpec(
+                    dataset=dataset, loss=loss, hparams=hp, mode=mode, seed=int(seed), label_seed=label_seed,
+                    split_seed=split_seed, backbone=backbone, epochs=epochs or rec.epochs,
+                    batch_size=batch_size or rec.batch_size, lr=float(lr if lr is not None else rec.lr),
+                    val=val, early_stop=rule,
+                ))
+    return list(dict.fromkeys(jobs))

@@ -1,0 +1,111 @@
+"""The reference path: a plain one-config-at-a-time training loop (``spmlbench run --reference-loop``).
+
+Written the way the papers' trainers are: a ``DataLoader`` over a ``TensorDataset``, an
+``nn.Linear`` head, ``torch.optim.Adam`` and the loss's per-config form. It uses the same matched
+seeds as the batched path (:mod:`spmlbench.train.seeding`), so both must give the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from spmlbench.train.evaluate import average_precision, mean_ap
+from spmlbench.train.linear import (
+    ConfigResult,
+    EarlyStop,
+    LinearData,
+    ProgressFn,
+    EpochProgress,
+    TrainConfig,
+    _check_config,
+    uses_clean_labels,
+)
+from spmlbench.train.seeding import epoch_orders, head_init
+
+
+def train_reference(
+    data: LinearData,
+    configs: Sequence[TrainConfig],
+    *,
+    device: str | torch.device = "cpu",
+    progress: ProgressFn | None = None,
+) -> list[ConfigResult]:
+    """Train each config on its own with the reference loop; one :class:`ConfigResult` per config."""
+    return [train_one(data, c, device=device, progress=progress) for c in configs]
+
+
+def train_one(
+    data: LinearData, config: TrainConfig, *, device: str | torch.device = "cpu", progress: ProgressFn | None = None
+) -> ConfigResult:
+    """Train one config: DataLoader + nn.Linear + torch.optim.Adam + the per-config loss."""
+    from spmlbench.losses import build_loss
+
+    _check_config(config)
+    dev = torch.device(device)
+    n, d, c = data.x_train.shape[0], data.dim, data.num_classes
+    observed_train = data.y_train if uses_clean_labels(config.loss) else data.s_train
+    loss = build_loss(config.loss, num_classes=c, num_train=n, dataset=data.dataset, **config.hparams_dict()).to(dev)
+    loss.init_state(observed_train.to(dev), config.seed)
+    head = nn.Linear(d, c).to(dev)
+    weight, bias = head_init(config.seed, d, c)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        head.bias.copy_(bias)
+    optimizer = torch.optim.Adam([{"params": head.parameters(), "lr": config.lr}, *loss.param_groups(config.lr)],
+                                 lr=config.lr)
+    orders = epoch_orders(config.seed, n, config.epochs, d, c)
+    dataset = TensorDataset(data.x_train, observed_train, torch.arange(n))
+    x_train, x_val, x_test = data.x_train.to(dev), data.x_val.to(dev), data.x_test.to(dev)
+    y_val = (data.y_val if config.val == "clean" else data.s_val).to(dev)
+    rule = EarlyStop(config.early_stop)
+    result = ConfigResult()
+    best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+    for epoch in range(1, config.epochs + 1):
+        loss.start_epoch(epoch, config.epochs)
+        loader = DataLoader(dataset, batch_size=config.batch_size, sampler=orders[epoch - 1].tolist())
+        total, steps, failure = 0.0, 0, None
+        head.train()
+        for step, (xb, sb, ib) in enumerate(loader, start=1):
+            xb, sb, ib = xb.to(dev), sb.to(dev), ib.to(dev)
+            logits = head(xb)
+            if not bool(torch.isfinite(logits).all()):
+                failure = f"non-finite logits in epoch {epoch} at step {step}"
+                break
+            value = loss(logits, sb, ib)
+            if not math.isfinite(float(value.detach())):
+                failure = f"non-finite loss in epoch {epoch} at step {step}"
+                break
+            optimizer.zero_grad()
+            value.backward()
+            optimizer.step()
+            total += float(value.detach())
+            steps += 1
+        if failure is not None:
+            result.status, result.error = "failed", failure
+            break
+        head.eval()
+        with torch.no_grad():
+            loss.end_epoch(lambda: head(x_train))
+            val = float(mean_ap(torch.sigmoid(head(x_val)), y_val))
+        result.val_map.append(val)
+        result.train_loss.append(total / max(steps, 1))
+        result.epochs_run = epoch
+        if rule.update(epoch, val):
+            result.best_epoch = epoch
+            best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+        if progress is not None:
+            progress(EpochProgress(epoch, config.epochs, 1, rule.best))
+        if rule.stopped:
+            break
+    if result.best_epoch > 0:
+        head.load_state_dict(best_state)
+        with torch.no_grad():
+            ap = average_precision(torch.sigmoid(head(x_test)), data.y_test.to(dev)).cpu() * 100.0
+        result.test_ap = [float(a) for a in ap]
+        result.test_map = float(ap.mean())
+    return result

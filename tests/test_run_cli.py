@@ -1,0 +1,69 @@
+"""``spmlbench run``: one-line errors (exit 2), skip/--force messages, the offline digits run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from spmlbench.experiments.records import load_records
+from test_linear_support import write_dataset
+
+
+def one_line_error(result, *needles: str) -> None:
+    assert result.code == 2, (result.out, result.err)
+    lines = [ln for ln in result.err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, result.err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_errors(cli, home: Path, tmp_path: Path) -> None:
+    out = str(tmp_path / "res")
+    one_line_error(cli("run", "--dataset", "nope", "--out", out), "nope")
+    one_line_error(cli("run", "--dataset", "voc", "--losses", "an,bogus", "--out", out), "bogus")
+    one_line_error(cli("run", "--dataset", "voc", "--out", out), "spmlbench prepare voc")
+    one_line_error(cli("run", "--mode", "e2e", "--out", out), "not yet available")
+    write_dataset(home, backbone="other")  # labels, but no resnet50 features
+    one_line_error(cli("run", "--dataset", "voc", "--out", out), "spmlbench features voc --backbone resnet50")
+    write_dataset(home)
+    one_line_error(cli("run", "--dataset", "voc", "--losses", "gr", "--set", "gr.nope=1", "--out", out), "nope")
+    one_line_error(cli("run", "--dataset", "voc", "--losses", "gr", "--set", "gr.q3", "--out", out), "gr.q3")
+    one_line_error(cli("run", "--dataset", "voc", "--losses", "gr", "--seeds", "a", "--out", out), "--seeds")
+
+
+def test_skip_and_force(cli, home: Path, tmp_path: Path) -> None:
+    write_dataset(home)
+    out = str(tmp_path / "res")
+    args = ("run", "--dataset", "voc", "--losses", "an,gr", "--seeds", "0,1", "--epochs", "2", "--out", out,
+            "--grid", "gr.q3=1,1.5")
+    r = cli(*args)
+    assert r.code == 0, r.err
+    assert "6 jobs run" in r.out and "gr (q3=1.5)" in r.out and "an" in r.out
+    r = cli(*args)
+    assert r.code == 0 and "6 finished jobs skipped" in r.out and "0 jobs run" in r.out
+    r = cli(*args, "--force")
+    assert r.code == 0 and "6 jobs run" in r.out
+    assert len(load_records(out)) == 6
+
+
+def test_digits_small_run_offline(cli, home: Path, tmp_path: Path) -> None:
+    out = tmp_path / "res"
+    r = cli("run", "--losses", "bce,an", "--seeds", "0", "--epochs", "4", "--out", str(out))
+    assert r.code == 0, r.err
+    df = load_records(out).set_index("loss")
+    assert set(df["dataset"]) == {"digits"} and (df["status"] == "ok").all()
+    assert df.loc["bce", "test_map"] > df.loc["an", "test_map"] > 10
+    assert "bce" in r.out and "digits" in r.out
+
+
+@pytest.mark.slow
+def test_digits_default_run(cli, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    r = cli("run")
+    assert r.code == 0, r.err
+    df = load_records(tmp_path / "results")
+    assert len(df) == 16 * 3 and (df["status"] == "ok").all()
+    means = df.groupby("loss")["test_map"].mean()
+    assert means["bce"] > means["an"]
+    assert "± " in r.out
