@@ -73,6 +73,11 @@ class BatchedLoss(nn.Module):
         self.num_train = num_train
         self.epoch = 1
         self.num_epochs = 1
+        # Small constant tensors (hyperparameter columns, switch masks), built once per
+        # (key, dtype, device) on first use: the step does no list -> tensor conversion and no
+        # host-to-device copy. Not state (a pure function of the hyperparameters); dropped by
+        # ``_apply`` (``.to()``/``.cuda()``) and ``load_state_dict`` with the derived caches.
+        self._const_cache: dict[Any, Any] = {}
 
     # -- hyperparameters as tensors ---------------------------------------------------------
     def values(self, name: str) -> list[Any]:
@@ -80,19 +85,35 @@ class BatchedLoss(nn.Module):
         return [getattr(h, name) for h in self.hparams]
 
     def col(self, name: str, like: Tensor) -> Tensor:
-        """Hyperparameter ``name`` as an ``(M, 1, 1)`` tensor with ``like``'s dtype and device."""
-        return self.const(name, self.values(name), like.dtype, like.device)
+        """Hyperparameter ``name`` as an ``(M, 1, 1)`` tensor with ``like``'s dtype and device (cached)."""
+        ck = (name, like.dtype, like.device)
+        t = self._const_cache.get(ck)
+        if t is None:
+            t = self.const(name, self.values(name), like.dtype, like.device)
+            self._const_cache[ck] = t
+        return t
 
     def const(self, key: Any, values: Sequence[Any], dtype: torch.dtype | None, device: torch.device,
               shape: tuple[int, ...] = (-1, 1, 1)) -> Tensor:
-        """A small constant tensor, built once per (key, dtype, device): no host-to-device copy per step."""
-        cache: dict[Any, Tensor] = self.__dict__.setdefault("_const_cache", {})
-        ck = (key, dtype, device, shape)
-        t = cache.get(ck)
+        """A small constant tensor, built once per (key, dtype, device, shape): no host-to-device copy per step."""
+        ck = ("const", key, dtype, device, shape)
+        t = self._const_cache.get(ck)
         if t is None:
             t = torch.tensor(list(values), dtype=dtype, device=device).view(shape)
-            cache[ck] = t
+            self._const_cache[ck] = t
         return t
+
+    def clear_caches(self) -> None:
+        """Drop the cached constant tensors (rebuilt on next use); called on ``.to()`` and state loads."""
+        self._const_cache.clear()
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> Any:  # .to() / .cuda() / .double()
+        self.clear_caches()
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any) -> None:
+        self.clear_caches()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- the contract -------------------------------------------------------------------------
     def start_epoch(self, epoch: int, num_epochs: int) -> None:
@@ -150,14 +171,16 @@ class ObservedStore(nn.Module):
         super().__init__()
         self.register_buffer("observed", torch.zeros(num_train, num_classes, dtype=torch.bool))
         self.register_buffer("seen", torch.zeros(num_train, dtype=torch.bool))
+        self.all_recorded = False  # host copy of seen.all(): set by set_all / refresh / state loads
 
     @torch.no_grad()
     def record(self, s: Tensor, index: Tensor) -> None:
         """Remember the observed rows ``s`` (B, C) bool of training rows ``index`` not seen before.
 
-        A no-op once :meth:`set_all` was called; no host synchronisation either way.
+        Unconditional masked writes (no host synchronisation); a no-op once every row is known to be
+        recorded (:meth:`set_all`, or :meth:`refresh` at an epoch start or a state load).
         """
-        if self.__dict__.get("_all_set", False):
+        if self.all_recorded:
             return
         idx = index.to(self.seen.device)
         seen = self.seen[idx].unsqueeze(1)
@@ -171,11 +194,19 @@ class ObservedStore(nn.Module):
             raise ValueError(f"observed_train must be {tuple(self.observed.shape)}, got {tuple(observed_train.shape)}")
         self.observed.copy_(observed_train.to(self.observed.device) > 0.5)
         self.seen.fill_(True)
-        self.__dict__["_all_set"] = True
+        self.all_recorded = True
 
     def complete(self) -> bool:
-        """Whether every training row has been recorded."""
+        """Whether every training row has been recorded (one host read)."""
         return bool(self.seen.all())
+
+    def refresh(self) -> None:
+        """Re-derive the host-side "all rows recorded" flag from ``seen`` (one host read; not per step)."""
+        self.all_recorded = self.complete()
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.refresh()  # once at load time: the restored rows decide whether record() is a no-op
 
 
 class SingleLoss(nn.Module):

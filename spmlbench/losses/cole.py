@@ -133,8 +133,7 @@ class EPRLoss(BatchedLoss):
     hparams_cls = EPRParams
 
     def loss_matrix(self, z: Tensor, s: Tensor, index: Tensor | None) -> Tensor:
-        lp = nlog(torch.sigmoid(z), self.col("eps", z))
-        return torch.where(s, lp, torch.zeros_like(lp))
+        return torch.where(s, nlog(torch.sigmoid(z), self.col("eps", z)), 0.0)
 
     def regulariser(self, z: Tensor, s: Tensor, index: Tensor | None) -> Tensor:
         k = self.col("expected_num_pos", z).view(-1)
@@ -162,6 +161,7 @@ class ROLELoss(BatchedLoss):
         assert num_train is not None
         self.G = nn.Parameter(torch.zeros(self.num_configs, num_train, num_classes))
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+        self.ready = False  # host copy of ``initialised``: set by init_state and state loads, read per step
 
     @torch.no_grad()
     def init_state(self, observed_train: Tensor, seed: int | torch.Generator = 0) -> None:
@@ -178,7 +178,11 @@ class ROLELoss(BatchedLoss):
             g[pos] = math.log(self.POS_INIT / (1 - self.POS_INIT))
             self.G[m].copy_(g.to(self.G.device))
         self.initialised.fill_(True)
-        self.__dict__["_ready"] = True  # python flag: no device sync per step
+        self.ready = True
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.ready = bool(self.initialised)  # one host read at load time, none per step
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         mults = set(self.values("lr_mult"))
@@ -189,18 +193,17 @@ class ROLELoss(BatchedLoss):
 
     def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
         z, s = self.check_inputs(logits, observed, index)
-        if not self.__dict__.get("_ready", False) and not bool(self.initialised):
+        if not self.ready:
             raise RuntimeError("role: label matrix G not initialised; call loss.init_state(observed_train, seed) "
                                "before training")
         assert index is not None
         eps = self.col("eps", z)
         k = self.col("expected_num_pos", z).view(-1)
-        g = self.G[:, index.to(self.G.device)].to(z.dtype)
+        g = self.G[:, index.to(self.G.device)].to(z.dtype)  # dense (M, N, C) grad: G is a dense Parameter
         p, pn = torch.sigmoid(z), torch.sigmoid(-z)
         q, qn = torch.sigmoid(g), torch.sigmoid(-g)
         lp_p, ln_p, lp_q, ln_q = nlog(p, eps), nlog(pn, eps), nlog(q, eps), nlog(qn, eps)
-        zero = torch.zeros_like(lp_p)
-        l_f, l_g = torch.where(s, lp_p, zero), torch.where(s, lp_q, zero)
+        l_f, l_g = torch.where(s, lp_p, 0.0), torch.where(s, lp_q, 0.0)
         qd, pd = q.detach(), p.detach()
         x_f = qd * lp_p + (1 - qd) * ln_p
         x_g = pd * lp_q + (1 - pd) * ln_q

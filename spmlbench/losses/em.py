@@ -93,6 +93,11 @@ class EMAPLLoss(BatchedLoss):
         """Record the whole (N, C) training observed matrix (optional: rows are recorded lazily)."""
         self.store.set_all(observed_train)
 
+    def start_epoch(self, epoch: int, num_epochs: int) -> None:
+        super().start_epoch(epoch, num_epochs)
+        if not self.store.all_recorded:
+            self.store.refresh()  # one host read per epoch; lazy recording stops once all rows are in
+
     def loss_matrix(self, z: Tensor, s: Tensor, index: Tensor | None) -> Tensor:
         assert index is not None
         self.store.record(s[0], index)

@@ -93,25 +93,48 @@ class GRLossBatched(BatchedLoss):
         rows = [gr_schedule(h, epoch, num_epochs) for h in self.hparams]  # type: ignore[arg-type]
         for i, name in enumerate(("w", "b", "mu", "sigma")):
             getattr(self, name).copy_(torch.tensor([r[i] for r in rows], dtype=torch.float64))
+        self.clear_caches()  # the schedule columns converted for the step are rebuilt once
 
     def current(self) -> dict[str, Tensor]:
         """The schedule values in effect: ``{"w", "b", "mu", "sigma"}`` -> (M,) float64."""
         return {n: getattr(self, n).clone() for n in ("w", "b", "mu", "sigma")}
 
     def _shaped(self, name: str, like: Tensor, dims: int) -> Tensor:
-        return getattr(self, name).to(device=like.device, dtype=like.dtype).view(-1, *([1] * dims))
+        """Schedule buffer ``name`` in ``like``'s dtype/device as (M, 1, ...), converted once per epoch."""
+        ck = ("sched", name, like.dtype, like.device, dims)
+        t = self._const_cache.get(ck)
+        if t is None:
+            t = getattr(self, name).to(device=like.device, dtype=like.dtype).view(-1, *([1] * dims))
+            self._const_cache[ck] = t
+        return t
 
-    def _switch(self, name: str, like: Tensor, dims: int) -> Tensor:
-        return self.const(name, self.values(name), torch.bool, like.device, (-1, *([1] * dims)))
+    def _two_var(self, like: Tensor, dims: int) -> Tensor:
+        """``2 * sigma**2`` of the current epoch, computed once per epoch and dtype/device."""
+        ck = ("two_var", like.dtype, like.device, dims)
+        t = self._const_cache.get(ck)
+        if t is None:
+            t = 2 * self._shaped("sigma", like, dims) ** 2
+            self._const_cache[ck] = t
+        return t
+
+    def _switch(self, name: str, like: Tensor, dims: int) -> Tensor | None:
+        """Switch ``name`` as an (M, 1, ...) bool mask; None when it is on for every config."""
+        ck = ("switch", name, like.device, dims)
+        if ck not in self._const_cache:
+            on = self.values(name)
+            self._const_cache[ck] = None if all(on) else self.const(name, on, torch.bool, like.device, (-1, *([1] * dims)))
+        return self._const_cache[ck]
 
     def _k(self, p: Tensor, dims: int) -> Tensor:
         k = torch.sigmoid(self._shaped("w", p, dims) * p + self._shaped("b", p, dims))
-        return torch.where(self._switch("use_k", p, dims), k, torch.zeros_like(k))
+        on = self._switch("use_k", p, dims)
+        return k if on is None else torch.where(on, k, torch.zeros_like(k))
 
     def _v(self, p: Tensor, dims: int) -> Tensor:
-        mu, sig = self._shaped("mu", p, dims), self._shaped("sigma", p, dims)
-        v = torch.exp(-((p - mu) ** 2) / (2 * sig**2))
-        return torch.where(self._switch("use_v", p, dims), v, torch.ones_like(v))
+        mu, two_var = self._shaped("mu", p, dims), self._two_var(p, dims)
+        v = torch.exp(-((p - mu) ** 2) / two_var)
+        on = self._switch("use_v", p, dims)
+        return v if on is None else torch.where(on, v, torch.ones_like(v))
 
     def k(self, p: Tensor) -> Tensor:
         """Soft pseudo-label ``k(p)`` per config: p of any shape S -> (M, *S)."""
@@ -121,22 +144,38 @@ class GRLossBatched(BatchedLoss):
         """Reweighting ``v(p)`` per config: p of any shape S -> (M, *S)."""
         return self._v(p.unsqueeze(0), p.dim())
 
+    def _q(self, name: str, like: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(q_safe, zero)`` for ``q2``/``q3``: q with zeros replaced by 1, and the (M, 1, 1) zero mask
+        (None when no config has q = 0; decided on the host from the hyperparameters)."""
+        ck = ("q", name, like.dtype, like.device)
+        hit = self._const_cache.get(ck)
+        if hit is None:
+            q = self.col(name, like)
+            if any(v == 0 for v in self.values(name)):
+                zero = q == 0
+                hit = (torch.where(zero, torch.ones_like(q), q), zero)
+            else:
+                hit = (q, None)
+            self._const_cache[ck] = hit
+        return hit
+
     def loss_matrix(self, z: Tensor, s: Tensor, index: Tensor | None) -> Tensor:
-        q2, q3 = self.col("q2", z), self.col("q3", z)
         p = torch.sigmoid(z)
         pd = p.detach()
         k, v = self._k(pd, 2), self._v(pd, 2)
         l1 = nlog(p, self.col("eps", z))
-        l2 = _robust_log(F.logsigmoid(z), q2)  # (1 - p^q2) / q2, -log p at q2 = 0
-        l3 = _robust_log(F.logsigmoid(-z), q3)  # (1 - (1-p)^q3) / q3, -log(1-p) at q3 = 0
+        l2 = _robust_log(F.logsigmoid(z), *self._q("q2", z))  # (1 - p^q2) / q2, -log p at q2 = 0
+        l3 = _robust_log(F.logsigmoid(-z), *self._q("q3", z))  # (1 - (1-p)^q3) / q3, -log(1-p) at q3 = 0
         return torch.where(s, l1, v * (k * l2 + (1 - k) * l3))
 
 
-def _robust_log(log_x: Tensor, q: Tensor) -> Tensor:
-    """``(1 - x^q) / q`` from ``log x``; its q -> 0 limit ``-log x`` where ``q == 0``."""
-    zero = q == 0
-    q_safe = torch.where(zero, torch.ones_like(q), q)
-    return torch.where(zero, -log_x, -torch.expm1(q_safe * log_x) / q_safe)
+def _robust_log(log_x: Tensor, q_safe: Tensor, zero: Tensor | None) -> Tensor:
+    """``(1 - x^q) / q`` from ``log x``; its q -> 0 limit ``-log x`` where ``zero`` (q == 0).
+
+    ``q_safe`` is q with its zeros replaced by 1; ``zero`` None means no config has q = 0.
+    """
+    value = -torch.expm1(q_safe * log_x) / q_safe
+    return value if zero is None else torch.where(zero, -log_x, value)
 
 
 class GRLoss(SingleLoss):

@@ -77,6 +77,22 @@ class LLRLoss(BatchedLoss):
         return [ll_num_selected(batch, self.num_classes, self.epoch, d, self.mode == "permanent")
                 for d in self.values("delta_rel")]
 
+    def selection(self, batch: int, device: torch.device) -> tuple[int, Tensor, Tensor] | None:
+        """``(max k, k - 1 clamped at 0 (M, 1) long, k > 0 (M, 1) bool)`` on ``device``; None if every k is 0.
+
+        Computed on the host from (B, epoch, delta_rel) and cached: the per-batch selection then runs
+        entirely on the device.
+        """
+        ck = ("select", batch, self.epoch, device)
+        if ck not in self._const_cache:
+            ks = self.num_selected(batch)
+            hit = None
+            if max(ks) > 0:
+                kk = torch.tensor(ks, dtype=torch.long, device=device).view(-1, 1)
+                hit = (max(ks), (kk - 1).clamp(min=0), kk > 0)
+            self._const_cache[ck] = hit
+        return self._const_cache[ck]
+
     def observed_for(self, s: Tensor, index: Tensor | None) -> Tensor:
         """The observed mask to use: (1, B, C) as given; LL-Cp returns its stored (M, B, C)."""
         return s
@@ -84,15 +100,14 @@ class LLRLoss(BatchedLoss):
     def select(self, loss_an: Tensor, s_eff: Tensor) -> Tensor:
         """(M, B, C) bool: unobserved entries with AN loss >= the k-th largest unobserved AN loss."""
         m, b, c = loss_an.shape
-        ks = self.num_selected(b)
-        if max(ks) == 0:
+        sel = self.selection(b, loss_an.device)
+        if sel is None:
             return torch.zeros(loss_an.shape, dtype=torch.bool, device=loss_an.device)
+        k_max, k_at, k_pos = sel
         unobs = ~s_eff.expand(m, b, c)
-        ranked = torch.where(unobs, loss_an.detach(), torch.zeros_like(loss_an)).reshape(m, b * c)
-        top = torch.topk(ranked, max(ks), dim=1).values
-        kk = self.const(("k", tuple(ks)), ks, torch.long, loss_an.device, (-1,))
-        thr = top.gather(1, (kk - 1).clamp(min=0).view(m, 1))
-        chosen = (ranked >= thr) & (kk > 0).view(m, 1)
+        ranked = torch.where(unobs, loss_an.detach(), 0.0).reshape(m, b * c)
+        thr = torch.topk(ranked, k_max, dim=1).values.gather(1, k_at)
+        chosen = (ranked >= thr) & k_pos
         return chosen.view(m, b, c) & unobs
 
     def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
@@ -100,9 +115,11 @@ class LLRLoss(BatchedLoss):
         s_eff = self.observed_for(s, index)
         to_pos, to_neg = F.softplus(-z), F.softplus(z)
         loss_an = torch.where(s_eff, to_pos, to_neg)
+        if self.selection(z.shape[1], z.device) is None:  # epoch 1 (k = 0): plain AN, nothing to store
+            return mean_bc(loss_an)
         chosen = self.select(loss_an, s_eff)
         if self.mode == "reject":
-            mat = torch.where(chosen, torch.zeros_like(loss_an), loss_an)
+            mat = torch.where(chosen, 0.0, loss_an)
         else:
             mat = torch.where(chosen, to_pos, loss_an)
         if self.mode == "permanent":
@@ -136,6 +153,11 @@ class LLCpLoss(LLRLoss):
     def init_state(self, observed_train: Tensor, seed: int | torch.Generator = 0) -> None:
         """Record the whole (N, C) training observed matrix (optional: rows are also recorded lazily)."""
         self.store.set_all(observed_train)
+
+    def start_epoch(self, epoch: int, num_epochs: int) -> None:
+        super().start_epoch(epoch, num_epochs)
+        if not self.store.all_recorded:
+            self.store.refresh()  # one host read per epoch; lazy recording stops once all rows are in
 
     def observed_for(self, s: Tensor, index: Tensor | None) -> Tensor:
         assert index is not None

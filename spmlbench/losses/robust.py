@@ -133,12 +133,20 @@ class SPLCLoss(BatchedLoss):
 
     hparams_cls = SPLCParams
 
+    def switched(self, device: torch.device) -> Tensor:
+        """(M, 1, 1) bool: whether each config has reached its ``change_epoch`` (cached per epoch)."""
+        ck = ("switched", self.epoch, device)
+        t = self._const_cache.get(ck)
+        if t is None:
+            flags = [self.epoch >= c for c in self.values("change_epoch")]
+            t = torch.tensor(flags, dtype=torch.bool, device=device).view(-1, 1, 1)
+            self._const_cache[ck] = t
+        return t
+
     def loss_matrix(self, z: Tensor, s: Tensor, index: Tensor | None) -> Tensor:
         g = self.col("gamma", z)
         pos = focal_margin_positive(z, self.col("margin", z), g)
         pseudo_pos = spow(F.logsigmoid(-z), g) * -F.logsigmoid(z)
         neg = spow(F.logsigmoid(z), g) * -F.logsigmoid(-z)
-        flags = [self.epoch >= c for c in self.values("change_epoch")]
-        on = self.const(("switched", tuple(flags)), flags, torch.bool, z.device)
-        flip = on & (torch.sigmoid(z) > self.col("tau", z))
+        flip = self.switched(z.device) & (torch.sigmoid(z) > self.col("tau", z))
         return torch.where(s, pos, torch.where(flip, pseudo_pos, neg))
