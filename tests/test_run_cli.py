@@ -23,7 +23,9 @@ def test_errors(cli, home: Path, tmp_path: Path) -> None:
     one_line_error(cli("run", "--dataset", "nope", "--out", out), "nope")
     one_line_error(cli("run", "--dataset", "voc", "--losses", "an,bogus", "--out", out), "bogus")
     one_line_error(cli("run", "--dataset", "voc", "--out", out), "spmlbench prepare voc")
-    one_line_error(cli("run", "--mode", "e2e", "--out", out), "not yet available")
+    one_line_error(cli("run", "--mode", "bogus", "--out", out), "--mode")
+    one_line_error(cli("run", "--image-size", "32", "--out", out), "--image-size")  # linear mode has no images
+    one_line_error(cli("run", "--address", "auto", "--out", out), "--executor ray")
     write_dataset(home, backbone="other")  # labels, but no resnet50 features
     one_line_error(cli("run", "--dataset", "voc", "--out", out), "spmlbench features voc --backbone resnet50")
     write_dataset(home)

@@ -1,19 +1,23 @@
-"""Executors: where a batch of jobs is trained. ``local`` (in this process) is the default.
+"""Executors: where jobs are trained. ``local`` (in this process) is the default.
 
-An executor takes one cohort of jobs (same data, batch size and epochs) and returns one
-:class:`~spmlbench.train.linear.ConfigResult` per job; a ray executor can plug in later.
+An executor takes one cohort of linear jobs (same data, batch size and epochs) and returns one
+:class:`~spmlbench.train.linear.ConfigResult` per job. End-to-end jobs (modes ``e2e`` and
+``linear-init``) train one at a time through :func:`train_image_job`. Scale-out over a cluster
+lives in :mod:`spmlbench.experiments.ray_executor`, which calls the runner inside its workers.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
 from spmlbench.errors import ConfigError
 from spmlbench.experiments.jobs import JobSpec
-from spmlbench.train.linear import ConfigResult, LinearData, ProgressFn, train_linear
+from spmlbench.train.linear import ConfigResult, EpochProgress, LinearData, ProgressFn, ValHook, train_linear
 
 
 class Executor(Protocol):
@@ -42,15 +46,48 @@ class LocalExecutor:
         self.device = device
         self.reference_loop = reference_loop
 
-    def train(self, data: LinearData, jobs: Sequence[JobSpec], progress: ProgressFn | None = None) -> list[ConfigResult]:
-        """Train ``jobs`` (all mode ``linear``) on ``data``."""
+    def train(self, data: LinearData, jobs: Sequence[JobSpec], progress: ProgressFn | None = None,
+              on_val: ValHook | None = None) -> list[ConfigResult]:
+        """Train ``jobs`` (all mode ``linear``) on ``data``; ``on_val`` sees each epoch's val scores."""
         for job in jobs:
             if job.mode != "linear":
-                raise ConfigError(f"--mode {job.mode}: not yet available (end-to-end modes come with their own "
-                                  "command); use --mode linear")
+                raise ConfigError(f"--mode {job.mode}: not a linear job; the runner trains it with train_image_job")
         configs = [j.train_config() for j in jobs]
         if self.reference_loop:
+            if on_val is not None:
+                raise ConfigError("--reference-loop: prediction dumps need the batched trainer; drop --reference-loop")
             from spmlbench.train.reference import train_reference
 
             return train_reference(data, configs, device=self.device, progress=progress)
-        return train_linear(data, configs, device=self.device, progress=progress)
+        return train_linear(data, configs, device=self.device, progress=progress, on_val=on_val)
+
+
+def train_image_job(
+    job: JobSpec,
+    *,
+    workdir: str | os.PathLike[str],
+    home: str | os.PathLike[str] | None = None,
+    device: torch.device | str = "auto",
+    workers: int | None = None,
+    progress: ProgressFn | None = None,
+) -> Any:
+    """Train one end-to-end job (``e2e``: :func:`~spmlbench.train.e2e.train_e2e`; ``linear-init``:
+    :func:`~spmlbench.train.e2e.train_linear_init`) in ``workdir`` (resumes from its checkpoints).
+
+    Returns the trainer's ``E2EResult``; ``progress`` gets one :class:`EpochProgress` per epoch.
+    """
+    from spmlbench.train import e2e
+
+    if job.mode not in ("e2e", "linear-init"):
+        raise ConfigError(f"--mode {job.mode}: train_image_job runs e2e and linear-init jobs only")
+    fn = e2e.train_e2e if job.mode == "e2e" else e2e.train_linear_init
+
+    def on_epoch_end(epoch: int, ctx: Any) -> None:
+        if progress is None:
+            return
+        vals, best = ctx.history.get("val_map", []), int(ctx.history.get("best_epoch", 0))
+        progress(EpochProgress(epoch, job.epochs, 1, float(vals[best - 1]) if best else float("nan")))
+
+    return fn(job, home=home, device=device, workdir=Path(workdir), exact=job.exact, workers=workers,
+              progress=False, image_size=job.image_size, weights=job.weights,
+              hooks=e2e.Hooks(on_epoch_end=on_epoch_end))

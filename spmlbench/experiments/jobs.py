@@ -25,6 +25,8 @@ RECIPES_FILE = Path(__file__).resolve().parents[2] / "data_manifests" / "recipes
 MODES = ("linear", "e2e", "linear-init")
 VAL_MODES = ("clean", "observed")
 EARLY_STOP_CHOICES = ("paper", "none")
+E2E_FIELDS = ("weights", "image_size", "exact")
+_E2E_DEFAULTS: dict[str, Any] = {"weights": None, "image_size": None, "exact": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,11 +49,18 @@ class JobSpec:
     lr: float
     val: str
     early_stop: str
+    # end-to-end modes only; left out of the canonical JSON at their defaults (job ids stay stable)
+    weights: str | None = None  # backbone weights (None: the registry's default)
+    image_size: int | None = None  # input size (None: the backbone's, 448 for ResNet-50)
+    exact: bool = False  # fp32 / deterministic reproduction numerics
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict of the spec (hparams as a dict with lists)."""
+        """Plain JSON-able dict of the spec (hparams as a dict with lists; e2e-only fields when set)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["hparams"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.hparams}
+        for name in E2E_FIELDS:
+            if out[name] == _E2E_DEFAULTS[name]:
+                del out[name]
         return out
 
     def canonical_json(self) -> str:
@@ -69,8 +78,12 @@ class JobSpec:
                            self.early_stop, self.val)
 
     def cohort_key(self) -> tuple[Any, ...]:
-        """Jobs with the same key can be trained together (same data, batch size and epochs)."""
-        return (self.dataset, self.backbone, self.label_seed, self.split_seed, self.mode, self.batch_size, self.epochs)
+        """Jobs with the same key can be trained together (same data, batch size and epochs).
+
+        End-to-end jobs (modes ``e2e``, ``linear-init``) each train alone: the key holds the job id.
+        """
+        key = (self.dataset, self.backbone, self.label_seed, self.split_seed, self.mode, self.batch_size, self.epochs)
+        return key if self.mode == "linear" else (*key, self.job_id)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +115,18 @@ def recipe(loss: str, dataset: str) -> Recipe:
     if rule == "drop":
         rule = f"drop:{float(merged['early_stop_drop']):g}"
     return Recipe(float(merged["lr"]), int(merged["batch_size"]), int(merged["epochs"]), rule, str(merged["source"]))
+
+
+def mode_recipe(loss: str, dataset: str, mode: str) -> Recipe:
+    """The defaults of ``loss`` on ``dataset`` in ``mode``: linear recipes, or the e2e recipe
+    (``spmlbench.train.recipes_e2e``) for modes ``e2e`` and ``linear-init``."""
+    if mode == "linear":
+        return recipe(loss, dataset)
+    from spmlbench.train.recipes_e2e import e2e_recipe
+
+    r = e2e_recipe(loss, dataset)
+    f = r.job_fields()
+    return Recipe(float(f["lr"]), int(f["batch_size"]), int(f["epochs"]), str(f["early_stop"]), r.source)
 
 
 def parse_set(text: str) -> tuple[str, str, Any]:
@@ -173,14 +198,31 @@ def expand_jobs(
     sets: Sequence[str] = (),
     grids: Sequence[str] = (),
     hparams: Mapping[str, Any] | None = None,
+    label_seed: int | None = None,
+    split_seed: int | None = None,
+    weights: str | None = None,
+    image_size: int | None = None,
+    exact: bool = False,
 ) -> list[JobSpec]:
     """Jobs for every loss x grid point x seed, resolved against recipes and the labels metadata ``meta``.
 
     ``sets``/``grids``: ``loss.param=value`` / ``loss.param=v1,v2``; ``hparams``: overrides applied
-    to every loss (experiment specs). Invalid names or values raise ConfigError.
+    to every loss (experiment specs). ``label_seed``/``split_seed``: default the prepared dataset's
+    (``meta``). Modes ``e2e``/``linear-init`` take their defaults from the e2e recipes and accept
+    ``weights`` (``default`` | ``none``), ``image_size`` and ``exact``. Invalid names or values raise
+    ConfigError.
     """
     from spmlbench.losses import LOSSES
 
+    if mode == "linear":
+        for name, value in (("weights", weights), ("image-size", image_size), ("exact", exact or None)):
+            if value is not None:
+                raise ConfigError(f"--{name}: only used by --mode e2e or linear-init (linear reads cached features); "
+                                  "drop it or change --mode")
+    if weights is not None and weights not in ("default", "none"):
+        raise ConfigError(f"--weights {weights!r}: unknown; choose default or none")
+    if image_size is not None and image_size < 1:
+        raise ConfigError(f"--image-size {image_size}: must be >= 1")
     if mode not in MODES:
         raise ConfigError(f"--mode {mode!r}: unknown; choose one of: {', '.join(MODES)}")
     if val not in VAL_MODES:
@@ -208,11 +250,15 @@ def expand_jobs(
         if loss not in losses:
             raise ConfigError(f"--grid {text}: loss {loss!r} is not in this run; add it to --losses or drop the --grid")
         axes.setdefault(loss, []).append((param, values))
-    label_seed = int(meta.get("protocol", {}).get("label_seed", 1200))
-    split_seed = int(meta.get("protocol", {}).get("split_seed", 1200))
+    if label_seed is None:
+        label_seed = int(meta.get("protocol", {}).get("label_seed", 1200))
+    if split_seed is None:
+        split_seed = int(meta.get("protocol", {}).get("split_seed", 1200))
+    extra: dict[str, Any] = {"weights": None if weights in (None, "default") else weights,
+                             "image_size": image_size, "exact": bool(exact)}
     jobs: list[JobSpec] = []
     for loss in losses:
-        rec = recipe(loss, dataset)
+        rec = mode_recipe(loss, dataset, mode)
         rule = rec.early_stop if early_stop == "paper" else early_stop
         params = [p for p, _ in axes.get(loss, [])]
         for point in itertools.product(*(v for _, v in axes.get(loss, []))):
@@ -220,9 +266,9 @@ def expand_jobs(
             hp = freeze_hparams(resolve_hparams(loss, dataset, over, meta))
             for seed in seeds:
                 jobs.append(JobSpec(
-                    dataset=dataset, loss=loss, hparams=hp, mode=mode, seed=int(seed), label_seed=label_seed,
-                    split_seed=split_seed, backbone=backbone, epochs=epochs or rec.epochs,
+                    dataset=dataset, loss=loss, hparams=hp, mode=mode, seed=int(seed), label_seed=int(label_seed),
+                    split_seed=int(split_seed), backbone=backbone, epochs=epochs or rec.epochs,
                     batch_size=batch_size or rec.batch_size, lr=float(lr if lr is not None else rec.lr),
-                    val=val, early_stop=rule,
+                    val=val, early_stop=rule, **extra,
                 ))
     return list(dict.fromkeys(jobs))

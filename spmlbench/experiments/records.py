@@ -3,8 +3,15 @@
 Columns: the JobSpec fields (``hparams`` as JSON), ``job_id``, ``experiment``, ``status`` (ok |
 failed), ``error``, ``epochs_run``, ``best_epoch``, ``val_map`` and ``train_loss`` (lists, one per
 epoch run), ``test_map`` (at the best val epoch, x100), ``test_ap`` (per class, x100), ``wall_s``,
-``device``, ``versions`` (JSON), ``git_rev``, ``features_sha256``, ``created`` (UTC ISO time).
-Files are written atomically, so a reader never sees half a record.
+``device``, ``versions`` (JSON), ``git_rev``, ``features_sha256``, ``created`` (UTC ISO time); for the
+end-to-end modes also ``weights``, ``image_size``, ``exact`` and ``settings`` (JSON: the resolved
+recipe and run options, LinearInit's linear phase). Files are written atomically, so a reader never
+sees half a record.
+
+Prediction dumps (jobs with ``dump_predictions``): ``<out>/dumps/<job_id>/epoch_<e>.npz`` (1-based
+``e``, one per epoch the job ran) with ``probs`` (N_val, C) float32 sigmoid scores on val, ``labels``
+(N_val, C) int8 clean and ``observed`` (N_val, C) int8; ``<out>/dumps/<job_id>/complete`` marks a
+finished set (written after the dumps, before the record).
 """
 
 from __future__ import annotations
@@ -13,10 +20,12 @@ import datetime as _dt
 import functools
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -27,6 +36,8 @@ from spmlbench.experiments.jobs import JobSpec
 from spmlbench.train.linear import ConfigResult
 
 RECORDS_DIR = "records"
+DUMPS_DIR = "dumps"
+DUMPS_COMPLETE = "complete"
 
 
 def record_path(out_dir: str | os.PathLike[str], job_id: str) -> Path:
@@ -72,14 +83,24 @@ _SCHEMA = pa.schema([
     ("test_map", pa.float64()), ("test_ap", pa.list_(pa.float64())),
     ("wall_s", pa.float64()), ("device", pa.string()), ("versions", pa.string()), ("git_rev", pa.string()),
     ("features_sha256", pa.string()), ("created", pa.string()),
+    ("weights", pa.string()), ("image_size", pa.int64()), ("exact", pa.bool_()), ("settings", pa.string()),
 ])
 COLUMNS = _SCHEMA.names
 
 
-def make_record(spec: JobSpec, result: ConfigResult, *, experiment: str = "", wall_s: float = 0.0,
+def _settings(result: Any) -> str:
+    settings = dict(getattr(result, "settings", None) or {})
+    phase = getattr(result, "linear_phase", None)
+    if phase is not None:
+        settings["linear_phase"] = phase
+    return json.dumps(settings, sort_keys=True, default=str) if settings else ""
+
+
+def make_record(spec: JobSpec, result: ConfigResult | Any, *, experiment: str = "", wall_s: float = 0.0,
                 device: str = "cpu", features_sha256: str = "") -> dict[str, Any]:
-    """The record row of a finished job."""
+    """The record row of a finished job (``result``: a linear ``ConfigResult`` or an ``E2EResult``)."""
     row = spec.to_dict()
+    row.update(weights=spec.weights, image_size=spec.image_size, exact=spec.exact, settings=_settings(result))
     row["hparams"] = json.dumps(row["hparams"], sort_keys=True)
     row.update(
         job_id=spec.job_id, experiment=experiment, status=result.status, error=result.error,
@@ -113,3 +134,40 @@ def load_records(out_dir: str | os.PathLike[str]) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame({name: pd.Series(dtype=object) for name in COLUMNS})
     return pd.concat(frames, ignore_index=True)
+
+
+def dump_dir(out_dir: str | os.PathLike[str], job_id: str) -> Path:
+    """``<out>/dumps/<job_id>``."""
+    return Path(out_dir) / DUMPS_DIR / job_id
+
+
+def write_dump(out_dir: str | os.PathLike[str], job_id: str, epoch: int, probs: np.ndarray, labels: np.ndarray,
+               observed: np.ndarray) -> Path:
+    """Write one epoch's val prediction dump atomically (arrays cast to float32 / int8)."""
+    path = dump_dir(out_dir, job_id) / f"epoch_{int(epoch)}.npz"
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, probs=np.asarray(probs, dtype=np.float32), labels=np.asarray(labels, dtype=np.int8),
+                 observed=np.asarray(observed, dtype=np.int8))
+    return path
+
+
+def clear_dumps(out_dir: str | os.PathLike[str], job_id: str) -> None:
+    """Remove a job's dumps (before it is (re-)trained)."""
+    shutil.rmtree(dump_dir(out_dir, job_id), ignore_errors=True)
+
+
+def finish_dumps(out_dir: str | os.PathLike[str], job_id: str, epochs_run: int) -> None:
+    """Drop dumps of epochs after ``epochs_run`` (early stop, failure) and mark the set complete."""
+    d = dump_dir(out_dir, job_id)
+    d.mkdir(parents=True, exist_ok=True)
+    for f in d.glob("epoch_*.npz"):
+        e = f.stem.partition("_")[2]
+        if not e.isdigit() or int(e) > epochs_run:
+            f.unlink(missing_ok=True)
+    with atomic_path(d / DUMPS_COMPLETE) as tmp:
+        Path(tmp).write_text(f"{epochs_run}\n")
+
+
+def dumps_complete(out_dir: str | os.PathLike[str], job_id: str) -> bool:
+    """Whether the job's dumps were finished (see :func:`finish_dumps`)."""
+    return (dump_dir(out_dir, job_id) / DUMPS_COMPLETE).exists()

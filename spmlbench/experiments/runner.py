@@ -1,30 +1,40 @@
 """Run jobs: skip finished ones, claim the rest one cohort at a time, train, write records.
 
 Jobs are grouped into cohorts that can be trained together (same dataset, backbone, batch size,
-epochs). Before training a cohort this process claims its jobs (lock files); jobs claimed by a live
-process elsewhere are left to it and waited for at the end, so two ``run`` processes on one results
-folder share the work, never run a job twice, and both finish. Records are written atomically
-when a cohort ends; a killed run loses only the cohort in flight (its stale locks are taken over
-by the next run).
+epochs); an end-to-end job (mode ``e2e`` / ``linear-init``) is a cohort of its own. Before training
+a cohort this process claims its jobs (lock files); jobs claimed by a live process elsewhere are
+left to it and waited for at the end, so two ``run`` processes on one results folder share the
+work, never run a job twice, and both finish. Records are written atomically when a cohort ends;
+a killed run loses only the cohort in flight (its stale locks are taken over by the next run).
+End-to-end jobs train in ``<out>/work/<job_id>`` (best and last checkpoints), so a killed one
+resumes from its last completed epoch.
+
+``run_jobs`` works on any subset of jobs, in any process (the ray executor calls it inside its
+workers): whether a job is finished is read from the results folder alone (its record, plus the
+dumps' ``complete`` marker for jobs in ``dumps``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from spmlbench.errors import DataError
+from spmlbench.errors import ConfigError, DataError
 from spmlbench.experiments import locks
-from spmlbench.experiments.executors import Executor, LocalExecutor, resolve_device
+from spmlbench.experiments import records as rec
+from spmlbench.experiments.executors import Executor, LocalExecutor, resolve_device, train_image_job
 from spmlbench.experiments.jobs import JobSpec
 from spmlbench.experiments.records import make_record, record_path, write_record
 from spmlbench.train.linear import EpochProgress, LinearData, linear_data
+
+WORK_DIR = "work"
 
 MAX_COHORT = 96  # configs trained together at most (bounds memory; records land per cohort)
 WAIT_S = 0.5
@@ -90,6 +100,18 @@ def _cohorts(jobs: Sequence[JobSpec]) -> list[list[JobSpec]]:
     return out
 
 
+def work_dir(out_dir: str | os.PathLike[str], job_id: str) -> Path:
+    """``<out>/work/<job_id>``: an end-to-end job's checkpoints (resume after a kill)."""
+    return Path(out_dir) / WORK_DIR / job_id
+
+
+def is_finished(out_dir: str | os.PathLike[str], job: JobSpec, dumps: Collection[str] = ()) -> bool:
+    """Whether ``job`` has its record (and, when it is in ``dumps``, its complete prediction dumps)."""
+    if not record_path(out_dir, job.job_id).exists():
+        return False
+    return job.job_id not in dumps or rec.dumps_complete(out_dir, job.job_id)
+
+
 def run_jobs(
     jobs: Sequence[JobSpec],
     out_dir: str | os.PathLike[str],
@@ -102,11 +124,24 @@ def run_jobs(
     progress: RunProgress | None = None,
     executor: Executor | None = None,
     loader: Callable[[str, str], _Dataset] | None = None,
+    workers: int | None = None,
+    dumps: Collection[str] = (),
+    keep_checkpoints: bool = True,
 ) -> RunSummary:
-    """Run every job that has no record yet (all with ``force``); see the module docstring."""
+    """Run every job that has no record yet (all with ``force``); see the module docstring.
+
+    ``dumps``: ids of jobs whose per-epoch val predictions are written to ``<out>/dumps`` (linear
+    mode only). ``workers``: image decode workers of end-to-end jobs (default: the trainer's).
+    ``keep_checkpoints``: keep an end-to-end job's ``<out>/work/<job_id>`` after its record.
+    """
     out = Path(out_dir)
     progress = progress or RunProgress()
     jobs = list(dict.fromkeys(jobs))
+    dumps = frozenset(dumps)
+    for j in jobs:
+        if j.job_id in dumps and j.mode != "linear":
+            raise ConfigError(f"dump_predictions: job {j.loss} on {j.dataset} is mode {j.mode}; prediction dumps "
+                              "are written by mode linear only; drop dump_predictions or use mode linear")
     dev = resolve_device(device)
     executor = executor or LocalExecutor(dev, reference_loop=reference_loop)
     load = loader or (lambda ds, bb: load_dataset(ds, bb, home))
@@ -114,8 +149,9 @@ def run_jobs(
     if force:
         todo = jobs
     else:
-        todo = [j for j in jobs if not record_path(out, j.job_id).exists()]
-        summary.skipped = [j.job_id for j in jobs if j not in set(todo)]
+        todo = [j for j in jobs if not is_finished(out, j, dumps)]
+        left = set(todo)
+        summary.skipped = [j.job_id for j in jobs if j not in left]
     progress.start(len(jobs), len(summary.skipped))
     cache: dict[tuple[str, str], _Dataset] = {}
     mine: set[str] = set()
@@ -124,24 +160,19 @@ def run_jobs(
         for cohort in _cohorts(todo):
             claimed = [j for j in cohort if locks.claim(out, j.job_id)]
             if not force:  # finished by someone between our check and our claim
-                for j in [j for j in claimed if record_path(out, j.job_id).exists()]:
+                for j in [j for j in claimed if is_finished(out, j, dumps)]:
                     locks.release(out, j.job_id)
                     claimed.remove(j)
             if not claimed:
                 continue
             try:
-                key = (claimed[0].dataset, claimed[0].backbone)
-                if key not in cache:
-                    cache[key] = load(*key)
-                ds = cache[key]
-                _check_protocol(claimed, ds.meta)
                 progress.cohort(claimed)
-                t0 = time.perf_counter()
-                results = executor.train(ds.data, claimed, progress=progress.epoch)
-                wall = (time.perf_counter() - t0) / len(claimed)
+                if claimed[0].mode == "linear":
+                    results = _run_linear(claimed, out, cache, load, executor, progress, experiment, str(dev), dumps)
+                else:
+                    results = [_run_image(claimed[0], out, home, dev, workers, progress, experiment, force,
+                                          keep_checkpoints)]
                 for j, r in zip(claimed, results):
-                    write_record(out, make_record(j, r, experiment=experiment, wall_s=wall, device=str(dev),
-                                                  features_sha256=ds.features_sha256))
                     summary.ran.append(j.job_id)
                     if r.status != "ok":
                         summary.failed.append(j.job_id)
@@ -151,19 +182,72 @@ def run_jobs(
                 for j in claimed:
                     locks.release(out, j.job_id)
             progressed = True
-        todo = [j for j in todo if j.job_id not in mine and not _done_elsewhere(out, j)]
+        todo = [j for j in todo if j.job_id not in mine and not _done_elsewhere(out, j, dumps)]
         if todo and not progressed:
             progress.waiting(len(todo))
             time.sleep(WAIT_S)
-    summary.by_others = [j.job_id for j in jobs if j.job_id not in mine and j.job_id not in set(summary.skipped)]
+    skipped = set(summary.skipped)
+    summary.by_others = [j.job_id for j in jobs if j.job_id not in mine and j.job_id not in skipped]
     return summary
 
 
-def _done_elsewhere(out: Path, job: JobSpec) -> bool:
-    return record_path(out, job.job_id).exists() and not locks.held_by_other(out, job.job_id)
+def _run_linear(claimed: list[JobSpec], out: Path, cache: dict[tuple[str, str], _Dataset],
+                load: Callable[[str, str], _Dataset], executor: Executor, progress: RunProgress, experiment: str,
+                device: str, dumps: frozenset[str]) -> list[Any]:
+    """Train one linear cohort, write its dumps and records."""
+    key = (claimed[0].dataset, claimed[0].backbone)
+    if key not in cache:
+        cache[key] = load(*key)
+    ds = cache[key]
+    check_protocol(claimed, ds.meta)
+    want = {i: j.job_id for i, j in enumerate(claimed) if j.job_id in dumps}
+    kwargs: dict[str, Any] = {}
+    if want:
+        for job_id in want.values():
+            rec.clear_dumps(out, job_id)
+        kwargs["on_val"] = _dump_hook(out, want, ds.data)
+    t0 = time.perf_counter()
+    results = executor.train(ds.data, claimed, progress=progress.epoch, **kwargs)
+    wall = (time.perf_counter() - t0) / len(claimed)
+    for i, (j, r) in enumerate(zip(claimed, results)):
+        if i in want:
+            rec.finish_dumps(out, j.job_id, r.epochs_run)
+        write_record(out, make_record(j, r, experiment=experiment, wall_s=wall, device=device,
+                                      features_sha256=ds.features_sha256))
+    return results
 
 
-def _check_protocol(jobs: Sequence[JobSpec], meta: dict[str, Any]) -> None:
+def _dump_hook(out: Path, want: dict[int, str], data: LinearData) -> Callable[[int, list[int], Any], None]:
+    labels = data.y_val.cpu().numpy().astype(np.int8)
+    observed = data.s_val.cpu().numpy().astype(np.int8)
+
+    def hook(epoch: int, members: list[int], probs: Any) -> None:
+        for row, i in enumerate(members):
+            if i in want:
+                rec.write_dump(out, want[i], epoch, probs[row].float().cpu().numpy(), labels, observed)
+
+    return hook
+
+
+def _run_image(job: JobSpec, out: Path, home: str | os.PathLike[str] | None, dev: Any, workers: int | None,
+               progress: RunProgress, experiment: str, force: bool, keep_checkpoints: bool) -> Any:
+    """Train one end-to-end job in its work folder and write its record."""
+    work = work_dir(out, job.job_id)
+    if force:
+        shutil.rmtree(work, ignore_errors=True)  # a forced job trains from scratch
+    res = train_image_job(job, workdir=work, home=home, device=dev, workers=workers, progress=progress.epoch)
+    write_record(out, make_record(job, res, experiment=experiment, wall_s=res.wall_s, device=res.device))
+    if not keep_checkpoints:
+        shutil.rmtree(work, ignore_errors=True)
+    return res
+
+
+def _done_elsewhere(out: Path, job: JobSpec, dumps: Collection[str] = ()) -> bool:
+    return is_finished(out, job, dumps) and not locks.held_by_other(out, job.job_id)
+
+
+def check_protocol(jobs: Sequence[JobSpec], meta: dict[str, Any]) -> None:
+    """DataError when a job's label_seed/split_seed differs from the prepared dataset's (``meta``)."""
     proto = meta.get("protocol", {})
     for j in jobs:
         for name in ("label_seed", "split_seed"):

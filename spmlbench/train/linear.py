@@ -174,6 +174,8 @@ class EpochProgress:
 
 
 ProgressFn = Callable[[EpochProgress], None]
+# (epoch, config indices, sigmoid val scores (M_g, N_val, C) of those configs), once per seed group per epoch
+ValHook = Callable[[int, list[int], Tensor], None]
 
 
 def uses_clean_labels(loss: str) -> bool:
@@ -189,11 +191,13 @@ def train_linear(
     *,
     device: str | torch.device = "cpu",
     progress: ProgressFn | None = None,
+    on_val: ValHook | None = None,
 ) -> list[ConfigResult]:
     """Train every config (batched); returns one :class:`ConfigResult` per config, in order.
 
     Configs are run in cohorts of equal ``(batch_size, epochs)``; within a cohort configs of the
-    same seed share every minibatch.
+    same seed share every minibatch. ``on_val`` (optional) sees every epoch's val scores (prediction
+    dumps); it is called for every config every epoch, also after a config stopped early.
     """
     for c in configs:
         _check_config(c)
@@ -204,7 +208,9 @@ def train_linear(
     dev = torch.device(device)
     on_dev = data.to(dev)
     for members in cohorts.values():
-        out = _Cohort(on_dev, [configs[i] for i in members], dev).run(progress)
+        hook = None if on_val is None else (
+            lambda e, idx, p, members=members: on_val(e, [members[i] for i in idx], p))
+        out = _Cohort(on_dev, [configs[i] for i in members], dev).run(progress, hook)
         for i, r in zip(members, out):
             results[i] = r
     return [r for r in results if r is not None]
@@ -332,7 +338,7 @@ class _Cohort:
     def _predict(self, g: _SeedGroup, x: Tensor, lo: int = 0, hi: int | None = None) -> Tensor:
         return torch.matmul(x, g.weight[lo:hi]) + g.bias[lo:hi].unsqueeze(1)
 
-    def run(self, progress: ProgressFn | None) -> list[ConfigResult]:
+    def run(self, progress: ProgressFn | None, on_val: ValHook | None = None) -> list[ConfigResult]:
         """Train the cohort; return results in the cohort's config order."""
         order = [i for g in self.groups for i in g.members]
         m_total = len(order)
@@ -350,9 +356,13 @@ class _Cohort:
                 for call in g.calls:
                     call.loss.end_epoch(lambda g=g, call=call: self._predict(g, self.data.x_train, call.lo, call.hi))
             with torch.no_grad():
-                val = torch.cat([
-                    mean_ap(torch.sigmoid(self._predict(g, self.data.x_val)), g.val_labels) for g in self.groups
-                ]).cpu().tolist()
+                val_parts = []
+                for g in self.groups:
+                    probs = torch.sigmoid(self._predict(g, self.data.x_val))
+                    val_parts.append(mean_ap(probs, g.val_labels))
+                    if on_val is not None:
+                        on_val(epoch, list(g.members), probs)
+                val = torch.cat(val_parts).cpu().tolist()
             mean_loss_l = mean_loss.cpu().tolist()
             first_bad_l = first_bad.cpu().tolist()
             kind_l = bad_kind.cpu().tolist()
