@@ -155,3 +155,18 @@ def test_two_concurrent_runs(home: Path, tmp_path: Path) -> None:
     assert len(df) == 6 and df["job_id"].is_unique
     assert not list((out / "locks").iterdir())
     assert record_path(out, df["job_id"][0]).exists()
+
+
+def test_recipe_resolution_order_with_dataset_override() -> None:
+    """Family values apply on every dataset; the digits-wide override changes only the lr."""
+    from spmlbench.experiments.jobs import recipe
+
+    role_voc, role_digits = recipe("role", "voc"), recipe("role", "digits")
+    assert (role_voc.lr, role_voc.batch_size, role_voc.epochs) == (1e-3, 16, 25)
+    assert (role_digits.lr, role_digits.batch_size, role_digits.epochs) == (1e-3, 16, 25)
+    em_voc, em_digits = recipe("em", "voc"), recipe("em", "digits")
+    assert (em_voc.lr, em_voc.batch_size, em_voc.epochs, em_voc.early_stop) == (1e-5, 8, 10, "no_improve")
+    assert (em_digits.lr, em_digits.batch_size, em_digits.epochs, em_digits.early_stop) == (1e-3, 8, 10, "no_improve")
+    gr_digits = recipe("gr", "digits")
+    assert (gr_digits.lr, gr_digits.epochs, gr_digits.early_stop) == (1e-3, 8, "drop:2")
+    assert "digits demo" in gr_digits.source and "digits" not in recipe("gr", "voc").source

@@ -104,13 +104,23 @@ def _recipes() -> dict[str, Any]:
 
 
 def recipe(loss: str, dataset: str) -> Recipe:
-    """The loss's linear-mode recipe on ``dataset`` (default < family < family.datasets.<dataset>)."""
+    """The loss's linear-mode recipe on ``dataset``.
+
+    Resolution (later wins): default < family < family.datasets.<dataset> < datasets.<dataset>
+    (a dataset-wide override, used for the offline ``digits`` demo whose pixel features need
+    another learning rate than ResNet-50 features).
+    """
     table = _recipes()
     merged: dict[str, Any] = dict(table["default"])
     for family in table.get("families", {}).values():
         if loss in family.get("losses", []):
             merged.update({k: v for k, v in family.items() if k not in ("losses", "datasets")})
             merged.update(family.get("datasets", {}).get(dataset, {}))
+    override = dict(table.get("datasets", {}).get(dataset, {}))
+    note = override.pop("source_note", None)
+    merged.update(override)
+    if note:
+        merged["source"] = f"{merged['source']}; {note}"
     rule = merged["early_stop"]
     if rule == "drop":
         rule = f"drop:{float(merged['early_stop_drop']):g}"
