@@ -180,6 +180,7 @@ def plot_kv(curves: dict[int, tuple[np.ndarray, np.ndarray]], p: np.ndarray, pat
         axes[0, 0].set(xlabel="p", ylabel="k(p)", title="GR pseudo-label k(p)", xlim=(0, 1))
         axes[0, 1].set(xlabel="p", ylabel="v(p)", title="GR weight v(p)", xlim=(0, 1))
         axes[0, 1].legend(frameon=False, fontsize=5)
+        fig.subplots_adjust(wspace=0.45)  # room for the right panel's y label
     return _save(fig, path)
 
 
