@@ -91,11 +91,16 @@ def test_matched_seeds(monkeypatch: pytest.MonkeyPatch) -> None:
     assert torch.equal(an[0][0], gr[0][0]) and torch.equal(an[0][0], role[0][0])  # same init: same first logits
     assert torch.allclose(an[0][0][0], ref[0][0], atol=1e-5)
     for (_, i1), (_, i2), (_, i3), (_, i4) in zip(an, gr, role, ref):
-        assert torch.equal(i1, i2) and torch.equal(i1, i3) and torch.equal(i1, i4)
+        assert i1.shape == (1, 8) and i4.shape == (8,)  # the batched path passes per-config (M, B) rows
+        assert torch.equal(i1, i2) and torch.equal(i1, i3) and torch.equal(i1[0], i4)
     assert not torch.equal(an[0][1], an[12][1])  # a new order every epoch
     seen.clear()
     train_linear(data, [cfg("an", 5, epochs=1)])
     assert not torch.equal(seen[("batched", "an")][0][1], an[0][1])  # another seed, another order
+    seen.clear()
+    train_linear(data, [cfg("an", 4, epochs=1), cfg("an", 5, epochs=1)])  # one call, a batch per seed
+    both = seen[("batched", "an")][0][1]
+    assert both.shape == (2, 8) and torch.equal(both[0], an[0][1][0]) and not torch.equal(both[0], both[1])
 
 
 def test_non_finite_config_fails_alone() -> None:
@@ -152,3 +157,14 @@ def test_batched_adam_equals_torch_adam(fused: bool, monkeypatch: pytest.MonkeyP
 def test_modules_use_the_real_registry() -> None:
     assert linear_mod.uses_clean_labels("bce") and not linear_mod.uses_clean_labels("an")
     assert reference_mod.train_one.__module__ == "spmlbench.train.reference"
+
+
+def test_thread_count_is_scoped() -> None:
+    data = synthetic_data()
+    before = torch.get_num_threads()
+    want = 1 if before > 1 else 2
+    seen: list[int] = []
+    train_linear(data, [cfg("an", 0, epochs=1)], threads=want,
+                 progress=lambda p: seen.append(torch.get_num_threads()))
+    assert seen == [want]  # training ran with the requested count
+    assert torch.get_num_threads() == before  # and it was restored

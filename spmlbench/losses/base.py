@@ -1,7 +1,10 @@
 """The loss contract: a batched module (leading config axis M) and its one-config wrapper.
 
 Every loss is written once, in broadcasting form: hyperparameters become ``(M, 1, 1)`` tensors,
-logits are ``(M, B, C)``, the observed matrix ``(B, C)`` is shared, and the result is ``(M,)``.
+logits are ``(M, B, C)``, the observed matrix is ``(B, C)`` (shared by every config) or
+``(M, B, C)`` (one minibatch per config, e.g. configs of different seeds), the training-row ids
+``index`` are ``(B,)`` or ``(M, B)`` likewise, and the result is ``(M,)``. Config ``m`` of a call
+with per-config observed/index equals a call of that config alone on its own batch.
 The per-config form (:class:`SingleLoss`) is the ``M = 1`` case of the same module.
 
 State with a row per training image (ROLE's label logits, LL-Cp's corrected labels, EM-APL's
@@ -44,8 +47,28 @@ def expected_positive_reg(p: Tensor, k: Tensor) -> Tensor:
     return (p.sum(dim=-1).mean(dim=-1) - k) ** 2 / c**2
 
 
+def rows_of(state: Tensor, index: Tensor) -> Tensor:
+    """Rows ``index`` of per-config state ``state`` (M, N, ...): index (B,) -> (M, B, ...) (the same rows
+    for every config); index (M, B) -> (M, B, ...) (config m's own rows ``index[m]``)."""
+    idx = index.to(state.device)
+    if idx.dim() == 1:
+        return state[:, idx]
+    return state[torch.arange(state.shape[0], device=state.device).unsqueeze(1), idx]
+
+
+def set_rows(state: Tensor, index: Tensor, value: Tensor) -> None:
+    """In place: ``rows_of(state, index) = value`` (value (M, B, ...))."""
+    idx = index.to(state.device)
+    if idx.dim() == 1:
+        state[:, idx] = value.to(state.device)
+    else:
+        state[torch.arange(state.shape[0], device=state.device).unsqueeze(1), idx] = value.to(state.device)
+
+
 class BatchedLoss(nn.Module):
-    """M configs of one loss evaluated together: ``forward(logits (M,B,C), observed (B,C), index)``.
+    """M configs of one loss evaluated together: ``forward(logits (M,B,C), observed, index)``.
+
+    ``observed`` is (B, C) or (M, B, C), ``index`` (B,) or (M, B) (see the module docstring).
 
     Subclasses set ``hparams_cls`` and implement :meth:`loss_matrix` (and optionally a
     regulariser) or override :meth:`forward`. ``self.epoch``/``self.num_epochs`` hold the
@@ -134,7 +157,7 @@ class BatchedLoss(nn.Module):
         return []
 
     def loss_matrix(self, z: Tensor, s: Tensor, index: Tensor | None) -> Tensor:
-        """Per-entry loss (M, B, C) from logits ``z`` (M, B, C) and observed mask ``s`` (1, B, C) bool."""
+        """Per-entry loss (M, B, C) from logits ``z`` (M, B, C) and observed mask ``s`` (1 or M, B, C) bool."""
         raise NotImplementedError
 
     def regulariser(self, z: Tensor, s: Tensor, index: Tensor | None) -> Tensor | None:
@@ -149,19 +172,22 @@ class BatchedLoss(nn.Module):
         return value if reg is None else value + reg
 
     def check_inputs(self, logits: Tensor, observed: Tensor, index: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Validate shapes; return logits and the observed mask as ``(1, B, C)`` bool."""
+        """Validate shapes; return logits and the observed mask as ``(1, B, C)`` or ``(M, B, C)`` bool."""
         if logits.dim() != 3 or logits.shape[0] != self.num_configs:
             raise ValueError(f"logits must be (M={self.num_configs}, B, C), got {tuple(logits.shape)}")
-        if tuple(observed.shape) != tuple(logits.shape[1:]):
-            raise ValueError(f"observed must be (B, C) = {tuple(logits.shape[1:])}, got {tuple(observed.shape)}")
-        if logits.shape[2] != self.num_classes:
-            raise ValueError(f"logits have {logits.shape[2]} classes, the loss was built for {self.num_classes}")
+        m, b, c = logits.shape
+        if tuple(observed.shape) not in ((b, c), (m, b, c)):
+            raise ValueError(f"observed must be (B, C) = {(b, c)} or (M, B, C) = {(m, b, c)}, "
+                             f"got {tuple(observed.shape)}")
+        if c != self.num_classes:
+            raise ValueError(f"logits have {c} classes, the loss was built for {self.num_classes}")
         if self.needs_rows:
-            if index is None or index.shape != (logits.shape[1],):
-                raise ValueError("index must be the (B,) training-row ids of the batch for this loss")
+            if index is None or tuple(index.shape) not in ((b,), (m, b)):
+                raise ValueError("index must be the (B,) or (M, B) training-row ids of the batch for this loss")
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()  # losses are evaluated in float32 under autocast
-        return logits, (observed > 0.5).unsqueeze(0)
+        s = observed > 0.5
+        return logits, (s if s.dim() == 3 else s.unsqueeze(0))
 
 
 class ObservedStore(nn.Module):
@@ -175,16 +201,22 @@ class ObservedStore(nn.Module):
 
     @torch.no_grad()
     def record(self, s: Tensor, index: Tensor) -> None:
-        """Remember the observed rows ``s`` (B, C) bool of training rows ``index`` not seen before.
+        """Remember the observed rows ``s`` of training rows ``index`` not seen before.
 
+        ``s`` (B, C) or (1 or M, B, C) bool with ``index`` (B,) or (M, B) (per-config batches: every
+        config's rows are recorded; a row shown by several configs carries the same observed row).
         Unconditional masked writes (no host synchronisation); a no-op once every row is known to be
         recorded (:meth:`set_all`, or :meth:`refresh` at an epoch start or a state load).
         """
         if self.all_recorded:
             return
-        idx = index.to(self.seen.device)
+        idx = index.to(self.seen.device).reshape(-1)
+        c = self.observed.shape[1]
+        if s.dim() == 3 and s.shape[0] * s.shape[1] != idx.numel():
+            s = s.expand(index.shape[0], s.shape[1], c)  # shared (1, B, C) observed, (M, B) index
+        s = s.reshape(-1, c).to(self.observed.device)
         seen = self.seen[idx].unsqueeze(1)
-        self.observed[idx] = torch.where(seen, self.observed[idx], s.to(self.observed.device))
+        self.observed[idx] = torch.where(seen, self.observed[idx], s)
         self.seen[idx] = True
 
     @torch.no_grad()

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from spmlbench.errors import ConfigError
-from spmlbench.losses.base import BatchedLoss, expected_positive_reg, nlog
+from spmlbench.losses.base import BatchedLoss, expected_positive_reg, nlog, rows_of
 from spmlbench.losses.hparams import HParams
 
 COLE_EPS = 1e-5
@@ -146,7 +147,8 @@ class ROLELoss(BatchedLoss):
     ``G`` is an ``nn.Parameter`` of shape (M, N, C). It must be initialised with
     :meth:`init_state` (observed positives ``logit(0.995)``, other entries
     ``logit(0.6) * (2 U - 1)``, ``U ~ uniform[0, 1)`` drawn with ``torch.rand`` from the given
-    seed/generator; every config gets the same draw). Give it to the optimizer with
+    seed/generator; every config gets the same draw; a sequence of M ints gives config m the draw
+    of ``seed[m]``, as a one-config loss initialised with that seed). Give it to the optimizer with
     :meth:`param_groups` (``lr_mult * lr``); all configs of one batched ROLE must share ``lr_mult``.
     """
 
@@ -164,17 +166,26 @@ class ROLELoss(BatchedLoss):
         self.ready = False  # host copy of ``initialised``: set by init_state and state loads, read per step
 
     @torch.no_grad()
-    def init_state(self, observed_train: Tensor, seed: int | torch.Generator = 0) -> None:
-        """Initialise G from the (N, C) training observed matrix; ``seed`` int or CPU generator."""
+    def init_state(self, observed_train: Tensor, seed: int | torch.Generator | Sequence[int] = 0) -> None:
+        """Initialise G from the (N, C) training observed matrix; ``seed`` int, CPU generator or M ints."""
         n, c = self.G.shape[1:]
         if tuple(observed_train.shape) != (n, c):
             raise ValueError(f"observed_train must be ({n}, {c}), got {tuple(observed_train.shape)}")
-        gen = torch.Generator().manual_seed(seed) if isinstance(seed, int) else seed
-        state = gen.get_state()
+        if isinstance(seed, (int, torch.Generator)):
+            gen = torch.Generator().manual_seed(seed) if isinstance(seed, int) else seed
+            state = gen.get_state()
+            gens = [gen] * self.num_configs
+            states = [state] * self.num_configs  # the same draw for every config (matched across configs)
+        else:
+            seeds = [int(x) for x in seed]
+            if len(seeds) != self.num_configs:
+                raise ValueError(f"role: {len(seeds)} seeds given for {self.num_configs} configs")
+            gens = [torch.Generator().manual_seed(x) for x in seeds]
+            states = [g.get_state() for g in gens]
         pos = (observed_train > 0.5).cpu()
         for m in range(self.num_configs):
-            gen.set_state(state)  # the same draw for every config (matched across configs)
-            g = math.log(self.UNOBS_INIT / (1 - self.UNOBS_INIT)) * (2 * torch.rand(n, c, generator=gen) - 1)
+            gens[m].set_state(states[m])
+            g = math.log(self.UNOBS_INIT / (1 - self.UNOBS_INIT)) * (2 * torch.rand(n, c, generator=gens[m]) - 1)
             g[pos] = math.log(self.POS_INIT / (1 - self.POS_INIT))
             self.G[m].copy_(g.to(self.G.device))
         self.initialised.fill_(True)
@@ -199,7 +210,7 @@ class ROLELoss(BatchedLoss):
         assert index is not None
         eps = self.col("eps", z)
         k = self.col("expected_num_pos", z).view(-1)
-        g = self.G[:, index.to(self.G.device)].to(z.dtype)  # dense (M, N, C) grad: G is a dense Parameter
+        g = rows_of(self.G, index).to(z.dtype)  # dense (M, N, C) grad: G is a dense Parameter
         p, pn = torch.sigmoid(z), torch.sigmoid(-z)
         q, qn = torch.sigmoid(g), torch.sigmoid(-g)
         lp_p, ln_p, lp_q, ln_q = nlog(p, eps), nlog(pn, eps), nlog(q, eps), nlog(qn, eps)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from spmlbench.errors import ConfigError
-from spmlbench.losses.base import BatchedLoss, ObservedStore, PredictFn, nlog
+from spmlbench.losses.base import BatchedLoss, ObservedStore, PredictFn, nlog, rows_of
 from spmlbench.losses.hparams import HParams
 
 EM_EPS = 1e-5
@@ -100,10 +100,9 @@ class EMAPLLoss(BatchedLoss):
 
     def loss_matrix(self, z: Tensor, s: Tensor, index: Tensor | None) -> Tensor:
         assert index is not None
-        self.store.record(s[0], index)
-        idx = index.to(self.pseudo.device)
-        pseudo = self.pseudo[:, idx].to(z.device)
-        t = self.target[:, idx].to(device=z.device, dtype=z.dtype)
+        self.store.record(s, index)
+        pseudo = rows_of(self.pseudo, index).to(z.device)
+        t = rows_of(self.target, index).to(device=z.device, dtype=z.dtype)
         eps = self.col("eps", z)
         p, pn = torch.sigmoid(z), torch.sigmoid(-z)
         lp, ln = nlog(p, eps), nlog(pn, eps)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from spmlbench.losses.base import BatchedLoss, ObservedStore, mean_bc
+from spmlbench.losses.base import BatchedLoss, ObservedStore, mean_bc, rows_of, set_rows
 from spmlbench.losses.hparams import HParams
 
 
@@ -94,7 +94,7 @@ class LLRLoss(BatchedLoss):
         return self._const_cache[ck]
 
     def observed_for(self, s: Tensor, index: Tensor | None) -> Tensor:
-        """The observed mask to use: (1, B, C) as given; LL-Cp returns its stored (M, B, C)."""
+        """The observed mask to use: (1 or M, B, C) as given; LL-Cp returns its stored (M, B, C)."""
         return s
 
     def select(self, loss_an: Tensor, s_eff: Tensor) -> Tensor:
@@ -161,16 +161,16 @@ class LLCpLoss(LLRLoss):
 
     def observed_for(self, s: Tensor, index: Tensor | None) -> Tensor:
         assert index is not None
-        self.store.record(s[0], index)
+        self.store.record(s, index)
         idx = index.to(self.corrected.device)
-        stored = self.store.observed[idx].unsqueeze(0) | self.corrected[:, idx]
+        original = self.store.observed[idx]  # (B, C) or (M, B, C)
+        stored = (original if idx.dim() == 2 else original.unsqueeze(0)) | rows_of(self.corrected, idx)
         return stored.to(s.device)
 
     @torch.no_grad()
     def store_flips(self, chosen: Tensor, index: Tensor | None) -> None:
         assert index is not None
-        idx = index.to(self.corrected.device)
-        self.corrected[:, idx] |= chosen.to(self.corrected.device)
+        set_rows(self.corrected, index, rows_of(self.corrected, index) | chosen.to(self.corrected.device))
 
     def observed_matrix(self) -> Tensor:
         """The current corrected observed matrix (M, N, C) bool (original positives plus flips)."""

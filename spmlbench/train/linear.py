@@ -1,20 +1,32 @@
 """Linear probes on cached features: many configs (losses x seeds x grid points) trained at once.
 
-The head of config ``m`` is ``W[m] (D, C)``, ``b[m] (C,)``; configs that share a seed share their
-minibatches (matched seeds, :mod:`spmlbench.train.seeding`) and are one *seed group*. A step
-computes each seed group's logits with one batched matmul ``(B, D) x (M_g, D, C)``, evaluates each
-loss's batched form once per seed group, back-propagates the sum of all per-config losses (configs
-are independent, so each gets exactly its own gradient) and takes one Adam step with a per-config
-learning rate. Val mAP is computed for every config at the end of every epoch; early stopping
-freezes a config's results after its stop epoch (equivalent to stopping it). Non-finite loss or
-logits mark that config failed (epoch, step, which) and the others continue.
+The head of config ``m`` is ``W[m] (D, C)``, ``b[m] (C,)``, all configs of a cohort stacked
+(configs ordered by loss, then seed). Configs that share a seed share their minibatches (matched
+seeds, :mod:`spmlbench.train.seeding`). One step, for every config at once:
+
+1. one gather of the batch rows of every config, ``X (M, B, D)``, and one ``baddbmm`` for the
+   logits ``(M, B, C)`` (a detached leaf: autograd never sees the head's big tensors);
+2. one call of each loss's batched form with per-config ``observed (M_l, B, C)`` / ``index
+   (M_l, B)`` (all seeds of that loss together), one backward of the sum of every per-config
+   loss down to the logits (and ROLE's label logits); configs are independent, so each gets
+   exactly its own gradient;
+3. the head gradient by hand: ``dW = X^T dlogits`` (one ``bmm``), ``db = sum_b dlogits``;
+4. one Adam step over all configs (torch's fused kernel on the big tensors, per-config lr).
+
+Nothing in an epoch reads a value back to the host: the per-config loss sums and the first
+non-finite step (and whether logits or the loss) are device tensors read once per epoch. Val mAP
+(one matmul, vectorised AP) is computed for every config at the end of every epoch; early
+stopping freezes a config's results after its stop epoch (equivalent to stopping it). Non-finite
+loss or logits mark that config failed (epoch, step, which) and the others continue.
+``train_linear(threads=n)`` runs the training with ``n`` intra-op threads (scoped, restored).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -174,7 +186,7 @@ class EpochProgress:
 
 
 ProgressFn = Callable[[EpochProgress], None]
-# (epoch, config indices, sigmoid val scores (M_g, N_val, C) of those configs), once per seed group per epoch
+# (epoch, config indices, sigmoid val scores (M, N_val, C) of those configs), once per cohort per epoch
 ValHook = Callable[[int, list[int], Tensor], None]
 
 
@@ -192,12 +204,16 @@ def train_linear(
     device: str | torch.device = "cpu",
     progress: ProgressFn | None = None,
     on_val: ValHook | None = None,
+    threads: int | None = None,
 ) -> list[ConfigResult]:
     """Train every config (batched); returns one :class:`ConfigResult` per config, in order.
 
     Configs are run in cohorts of equal ``(batch_size, epochs)``; within a cohort configs of the
     same seed share every minibatch. ``on_val`` (optional) sees every epoch's val scores (prediction
     dumps); it is called for every config every epoch, also after a config stopped early.
+    ``threads``: intra-op CPU threads while training (None: leave torch's setting; the previous
+    count is restored afterwards). On an idle 2-core machine the default (2) is faster; on a
+    machine whose cores are busy with other work, 1 avoids multi-threaded kernels stalling.
     """
     for c in configs:
         _check_config(c)
@@ -206,14 +222,28 @@ def train_linear(
     for i, c in enumerate(configs):
         cohorts.setdefault((c.batch_size, c.epochs), []).append(i)
     dev = torch.device(device)
-    on_dev = data.to(dev)
-    for members in cohorts.values():
-        hook = None if on_val is None else (
-            lambda e, idx, p, members=members: on_val(e, [members[i] for i in idx], p))
-        out = _Cohort(on_dev, [configs[i] for i in members], dev).run(progress, hook)
-        for i, r in zip(members, out):
-            results[i] = r
+    with _intra_op_threads(threads):
+        on_dev = data.to(dev)
+        for members in cohorts.values():
+            hook = None if on_val is None else (
+                lambda e, idx, p, members=members: on_val(e, [members[i] for i in idx], p))
+            out = _Cohort(on_dev, [configs[i] for i in members], dev).run(progress, hook)
+            for i, r in zip(members, out):
+                results[i] = r
     return [r for r in results if r is not None]
+
+
+@contextlib.contextmanager
+def _intra_op_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` intra-op threads (None: unchanged); the previous count is restored."""
+    before = torch.get_num_threads()
+    if n is not None and n != before:
+        torch.set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def _check_config(c: TrainConfig) -> None:
@@ -227,25 +257,17 @@ def _check_config(c: TrainConfig) -> None:
 
 @dataclasses.dataclass
 class _LossCall:
-    """One batched loss over the configs ``lo:hi`` of a seed group (all with one loss)."""
+    """One batched loss over the cohort's configs ``lo:hi`` (one loss, any seeds)."""
 
     loss: Any
     lo: int
     hi: int
-    observed: Tensor
+    clean: bool  # observed = the clean labels (bce)
 
 
-@dataclasses.dataclass
-class _SeedGroup:
-    """Configs sharing a seed (so their minibatches): stacked head and the loss calls."""
-
-    seed: int
-    members: list[int]  # positions in the cohort
-    weight: Tensor  # (M_g, D, C) leaf
-    bias: Tensor  # (M_g, C) leaf
-    calls: list[_LossCall]
-    val_labels: Tensor  # (M_g, N_val, C)
-    orders: list[Tensor]
+def _call_key(c: TrainConfig) -> tuple[str, Any]:
+    """Configs that can share one batched loss module: same loss (ROLE: same ``lr_mult`` too)."""
+    return c.loss, (c.hparams_dict().get("lr_mult") if c.loss == "role" else None)
 
 
 class _Cohort:
@@ -258,111 +280,108 @@ class _Cohort:
         self.epochs = configs[0].epochs
         self.batch_size = configs[0].batch_size
         n, d, c = data.x_train.shape[0], data.dim, data.num_classes
-        by_seed: dict[int, list[int]] = {}
-        for i, cfg in enumerate(configs):
-            by_seed.setdefault(cfg.seed, []).append(i)
-        self.groups: list[_SeedGroup] = []
-        params: list[Tensor] = []  # loss parameters (ROLE's label logits); heads are prepended below
+        # cohort position -> config: by loss call (contiguous slices), then seed, then input order
+        self.order = sorted(range(len(configs)), key=lambda i: (_call_key(configs[i]), configs[i].seed, i))
+        cfgs = [configs[i] for i in self.order]
+        self.seeds = sorted({cfg.seed for cfg in cfgs})
+        seed_pos = {s: k for k, s in enumerate(self.seeds)}
+        self.seed_of = torch.tensor([seed_pos[cfg.seed] for cfg in cfgs], device=device)  # (M,) seed slot
+        inits = {s: head_init(s, d, c) for s in self.seeds}
+        self.weight = torch.stack([inits[cfg.seed][0].t() for cfg in cfgs]).contiguous().to(device)  # (M, D, C)
+        self.bias = torch.stack([inits[cfg.seed][1] for cfg in cfgs]).to(device)  # (M, C)
+        self.calls: list[_LossCall] = []
+        params: list[Tensor] = []  # loss parameters (ROLE's label logits)
         lrs: list[list[float]] = []
-        for seed, idx in sorted(by_seed.items()):
-            # order inside the group: by loss (contiguous slices for the loss calls), then input order
-            idx = sorted(idx, key=lambda i: (configs[i].loss, i))
-            w0, b0 = head_init(seed, d, c)
-            weight = w0.t().contiguous().unsqueeze(0).repeat(len(idx), 1, 1).to(device).requires_grad_(True)
-            bias = b0.unsqueeze(0).repeat(len(idx), 1).to(device).requires_grad_(True)
-            calls: list[_LossCall] = []
-            lo = 0
-            while lo < len(idx):
-                name = configs[idx[lo]].loss
-                hi = lo
-                while hi < len(idx) and configs[idx[hi]].loss == name:
-                    hi += 1
-                hps = [configs[i].hparams_dict() for i in idx[lo:hi]]
-                loss = build_batched_loss(name, hps, num_classes=c, num_train=n, dataset=data.dataset)
-                loss = loss.to(device)
-                observed = data.y_train if uses_clean_labels(name) else data.s_train
-                loss.init_state(observed, seed)
-                call_lrs = [configs[i].lr for i in idx[lo:hi]]
-                for group in loss.param_groups(1.0):
-                    mult = float(group["lr"])
-                    for p in group["params"]:
-                        params.append(p)
-                        lrs.append([lr * mult for lr in call_lrs])
-                calls.append(_LossCall(loss, lo, hi, observed))
-                lo = hi
-            val_labels = torch.stack([data.y_val if configs[i].val == "clean" else data.s_val for i in idx])
-            self.groups.append(_SeedGroup(seed, idx, weight, bias, calls, val_labels,
-                                          [o.to(device) for o in epoch_orders(seed, n, self.epochs, d, c)]))
-        heads = [p for g in self.groups for p in (g.weight, g.bias)]
-        head_lrs = [[configs[i].lr for i in g.members] for g in self.groups for _ in range(2)]
-        # parameter 2k / 2k+1 of the optimizer is seed group k's weight / bias
-        self.optimizer = BatchedAdam(heads + params, head_lrs + lrs)
+        lo = 0
+        while lo < len(cfgs):
+            hi = lo
+            while hi < len(cfgs) and _call_key(cfgs[hi]) == _call_key(cfgs[lo]):
+                hi += 1
+            name = cfgs[lo].loss
+            loss = build_batched_loss(name, [x.hparams_dict() for x in cfgs[lo:hi]], num_classes=c, num_train=n,
+                                      dataset=data.dataset).to(device)
+            clean = uses_clean_labels(name)
+            loss.init_state(data.y_train if clean else data.s_train, [x.seed for x in cfgs[lo:hi]])
+            for group in loss.param_groups(1.0):
+                for p in group["params"]:
+                    params.append(p)
+                    lrs.append([x.lr * float(group["lr"]) for x in cfgs[lo:hi]])
+            self.calls.append(_LossCall(loss, lo, hi, clean))
+            lo = hi
+        self.val_labels = torch.stack([data.y_val if x.val == "clean" else data.s_val for x in cfgs])
+        self.orders = [torch.stack(o).to(device) for o in  # per epoch: (S, N) row order of each seed
+                       zip(*(epoch_orders(s, n, self.epochs, d, c) for s in self.seeds))]
+        self.loss_params = params
+        # parameters 0 / 1 of the optimizer are the stacked head weight / bias
+        self.optimizer = BatchedAdam([self.weight, self.bias, *params],
+                                     [[x.lr for x in cfgs], [x.lr for x in cfgs], *lrs])
+        self.grad_w = torch.empty_like(self.weight)
+        self.any_clean = any(call.clean for call in self.calls)
 
     # -- one epoch ---------------------------------------------------------------------------
     def _train_epoch(self, epoch: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Train one epoch; returns per-group-concatenated (loss sum, first bad step, bad kind)."""
-        n = self.data.x_train.shape[0]
-        steps = num_steps(n, self.batch_size)
-        m_total = sum(len(g.members) for g in self.groups)
+        """Train one epoch; returns per-config (mean loss, first bad step or -1, bad kind 1 logits / 2 loss)."""
+        x_train, s_train, y_train = self.data.x_train, self.data.s_train, self.data.y_train
+        n = x_train.shape[0]
+        bsz = self.batch_size
+        steps = num_steps(n, bsz)
+        m_total = self.weight.shape[0]
         loss_sum = torch.zeros(m_total, device=self.device, dtype=torch.float64)
         first_bad = torch.full((m_total,), -1, dtype=torch.long, device=self.device)
-        bad_kind = torch.zeros(m_total, dtype=torch.long, device=self.device)  # 1 logits, 2 loss
-        for g in self.groups:
-            for call in g.calls:
-                call.loss.start_epoch(epoch, self.epochs)
-        batches = [torch.split(g.orders[epoch - 1], self.batch_size) for g in self.groups]
+        bad_kind = torch.zeros(m_total, dtype=torch.long, device=self.device)
+        for call in self.calls:
+            call.loss.start_epoch(epoch, self.epochs)
+        rows = self.orders[epoch - 1].index_select(0, self.seed_of)  # (M, N): config m's row order
+        params = self.loss_params
         for t in range(steps):
-            values = []
-            logit_ok = []
-            for g, gb in zip(self.groups, batches):
-                idx = gb[t]
-                xb = self.data.x_train.index_select(0, idx)
-                logits = torch.matmul(xb, g.weight) + g.bias.unsqueeze(1)
-                logit_ok.append(torch.isfinite(logits.detach()).flatten(1).all(dim=1))
-                for call in g.calls:
-                    values.append(call.loss(logits[call.lo:call.hi], call.observed.index_select(0, idx), idx))
-            vals = torch.cat(values)
-            self.optimizer.zero_grad()
-            vals.sum().backward()
-            self.optimizer.step()
-            v = vals.detach()
+            idx = rows[:, t * bsz:(t + 1) * bsz]  # (M, B)
+            xb = x_train[idx]  # (M, B, D)
+            sb = s_train[idx]
+            yb = y_train[idx] if self.any_clean else sb
+            logits = torch.baddbmm(self.bias.unsqueeze(1), xb, self.weight).requires_grad_(True)
+            values = torch.cat([
+                call.loss(logits[call.lo:call.hi], (yb if call.clean else sb)[call.lo:call.hi], idx[call.lo:call.hi])
+                for call in self.calls
+            ])
+            for p in params:
+                p.grad = None
+            values.sum().backward()
+            dlogits = logits.grad
+            torch.bmm(xb.transpose(1, 2), dlogits, out=self.grad_w)
+            self.optimizer.step([self.grad_w, dlogits.sum(dim=1)])
+            v = values.detach()
             loss_sum += v
-            lok = torch.cat(logit_ok)
-            bad = ~(lok & torch.isfinite(v))
-            newly = bad & (first_bad < 0)
-            first_bad = torch.where(newly, torch.full_like(first_bad, t + 1), first_bad)
-            bad_kind = torch.where(newly, torch.where(lok, 2, 1), bad_kind)
+            lbad = ~torch.isfinite(logits.detach()).flatten(1).all(dim=1)
+            kind = torch.where(lbad, 1, torch.where(torch.isfinite(v), 0, 2))
+            newly = (kind > 0) & (first_bad < 0)
+            first_bad.masked_fill_(newly, t + 1)
+            bad_kind = torch.where(newly, kind, bad_kind)
         return loss_sum / steps, first_bad, bad_kind
 
     @torch.no_grad()
-    def _predict(self, g: _SeedGroup, x: Tensor, lo: int = 0, hi: int | None = None) -> Tensor:
-        return torch.matmul(x, g.weight[lo:hi]) + g.bias[lo:hi].unsqueeze(1)
+    def _predict(self, x: Tensor, lo: int = 0, hi: int | None = None) -> Tensor:
+        """Logits (M', N, C) of configs ``lo:hi`` on rows ``x`` (N, D)."""
+        return torch.matmul(x, self.weight[lo:hi]) + self.bias[lo:hi].unsqueeze(1)
 
     def run(self, progress: ProgressFn | None, on_val: ValHook | None = None) -> list[ConfigResult]:
         """Train the cohort; return results in the cohort's config order."""
-        order = [i for g in self.groups for i in g.members]
-        m_total = len(order)
-        results = [ConfigResult() for _ in range(m_total)]  # in `order` positions
-        rules = [EarlyStop(self.configs[i].early_stop) for i in order]
+        m_total = len(self.order)
+        results = [ConfigResult() for _ in range(m_total)]  # in cohort positions
+        rules = [EarlyStop(self.configs[i].early_stop) for i in self.order]
         active = [True] * m_total
-        best_w = [g.weight.detach().clone() for g in self.groups]
-        best_b = [g.bias.detach().clone() for g in self.groups]
-        offsets = np.cumsum([0] + [len(g.members) for g in self.groups])
+        best_w = self.weight.clone()
+        best_b = self.bias.clone()
         for epoch in range(1, self.epochs + 1):
             if not any(active):
                 break
             mean_loss, first_bad, bad_kind = self._train_epoch(epoch)
-            for g in self.groups:
-                for call in g.calls:
-                    call.loss.end_epoch(lambda g=g, call=call: self._predict(g, self.data.x_train, call.lo, call.hi))
+            for call in self.calls:
+                call.loss.end_epoch(lambda call=call: self._predict(self.data.x_train, call.lo, call.hi))
             with torch.no_grad():
-                val_parts = []
-                for g in self.groups:
-                    probs = torch.sigmoid(self._predict(g, self.data.x_val))
-                    val_parts.append(mean_ap(probs, g.val_labels))
-                    if on_val is not None:
-                        on_val(epoch, list(g.members), probs)
-                val = torch.cat(val_parts).cpu().tolist()
+                probs = torch.sigmoid(self._predict(self.data.x_val))
+                val = mean_ap(probs, self.val_labels).cpu().tolist()
+                if on_val is not None:
+                    on_val(epoch, list(self.order), probs)
             mean_loss_l = mean_loss.cpu().tolist()
             first_bad_l = first_bad.cpu().tolist()
             kind_l = bad_kind.cpu().tolist()
@@ -388,28 +407,25 @@ class _Cohort:
                 if rules[j].stopped:
                     active[j] = False
             with torch.no_grad():
-                for k, g in enumerate(self.groups):
-                    sel = improved[offsets[k]:offsets[k + 1]].to(self.device)
-                    best_w[k] = torch.where(sel.view(-1, 1, 1), g.weight, best_w[k])
-                    best_b[k] = torch.where(sel.view(-1, 1), g.bias, best_b[k])
-                    bad = failed_now[offsets[k]:offsets[k + 1]].to(self.device)
-                    if bool(bad.any()):  # keep NaN out of a failed config's head
-                        g.weight.masked_fill_(bad.view(-1, 1, 1), 0.0)
-                        g.bias.masked_fill_(bad.view(-1, 1), 0.0)
-                    if bool(bad.any()):
-                        self.optimizer.reset_configs(2 * k, bad)
-                        self.optimizer.reset_configs(2 * k + 1, bad)
+                if bool(improved.any()):
+                    sel = improved.to(self.device)
+                    best_w = torch.where(sel.view(-1, 1, 1), self.weight, best_w)
+                    best_b = torch.where(sel.view(-1, 1), self.bias, best_b)
+                if bool(failed_now.any()):  # keep NaN out of a failed config's head
+                    bad = failed_now.to(self.device)
+                    self.weight.masked_fill_(bad.view(-1, 1, 1), 0.0)
+                    self.bias.masked_fill_(bad.view(-1, 1), 0.0)
+                    self.optimizer.reset_configs(0, bad)
+                    self.optimizer.reset_configs(1, bad)
             if progress is not None:
                 done = [r.val_map[r.best_epoch - 1] for r in results if r.best_epoch > 0]
                 progress(EpochProgress(epoch, self.epochs, m_total, max(done) if done else float("nan")))
         with torch.no_grad():
-            for k, g in enumerate(self.groups):
-                scores = torch.sigmoid(torch.matmul(self.data.x_test, best_w[k]) + best_b[k].unsqueeze(1))
-                ap = average_precision(scores, self.data.y_test).cpu()
-                for j in range(len(g.members)):
-                    r = results[offsets[k] + j]
-                    if r.best_epoch > 0:
-                        r.test_ap = [float(a) for a in ap[j] * 100.0]
-                        r.test_map = float(ap[j].mean() * 100.0)
-        by_config = {i: results[j] for j, i in enumerate(order)}
+            scores = torch.sigmoid(torch.matmul(self.data.x_test, best_w) + best_b.unsqueeze(1))
+            ap = average_precision(scores, self.data.y_test).cpu()
+            for j, r in enumerate(results):
+                if r.best_epoch > 0:
+                    r.test_ap = [float(a) for a in ap[j] * 100.0]
+                    r.test_map = float(ap[j].mean() * 100.0)
+        by_config = {i: results[j] for j, i in enumerate(self.order)}
         return [by_config[i] for i in range(len(self.configs))]

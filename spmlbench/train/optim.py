@@ -66,12 +66,16 @@ class BatchedAdam:
             p.grad = None
 
     @torch.no_grad()
-    def step(self) -> None:
-        """One Adam step for every config (parameters without a gradient are skipped)."""
+    def step(self, grads: Sequence[torch.Tensor | None] | None = None) -> None:
+        """One Adam step for every config (parameters without a gradient are skipped).
+
+        ``grads`` (optional) gives gradients computed outside autograd for the first ``len(grads)``
+        parameters; a None entry, and every later parameter, uses the parameter's ``.grad``.
+        """
         self.t += 1
         b1, b2 = self.betas
         for i, p in enumerate(self.params):
-            g = p.grad
+            g = grads[i] if grads is not None and i < len(grads) and grads[i] is not None else p.grad
             if g is None:
                 continue
             if self.fused and p.numel() >= FUSED_MIN_NUMEL:
