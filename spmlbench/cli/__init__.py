@@ -13,6 +13,7 @@ from spmlbench.cli import data_cmd  # noqa: F401,E402
 from spmlbench.cli import features_cmd  # noqa: F401,E402
 from spmlbench.cli import run_cmd  # noqa: F401,E402
 from spmlbench.cli import report_cmd  # noqa: F401,E402
+from spmlbench.cli import manifest_cmd  # noqa: F401,E402
 
 
 def main(argv: list[str] | None = None) -> None:
