@@ -168,3 +168,37 @@ def test_thread_count_is_scoped() -> None:
                  progress=lambda p: seen.append(torch.get_num_threads()))
     assert seen == [want]  # training ran with the requested count
     assert torch.get_num_threads() == before  # and it was restored
+
+
+def test_result_does_not_depend_on_the_cohort() -> None:
+    """A job's numbers are the same trained alone or inside any cohort (the promise behind job-id resume).
+
+    The cohort (16 losses x 3 seeds, 352 x 16 head) is big enough for the optimiser's large-tensor
+    path while a config alone is not: both must give bit-identical results.
+    """
+    data = synthetic_data(d=352, c=16)
+    names = list(losses_mod.LOSSES.names())
+    together = train_linear(data, [cfg(n, s, epochs=2, lr=1e-3) for n in names for s in (0, 1, 2)])
+    for k, name in enumerate(names):
+        alone = train_linear(data, [cfg(name, 1, epochs=2, lr=1e-3)])[0]
+        assert dataclasses.asdict(alone) == dataclasses.asdict(together[3 * k + 1]), name
+
+
+def test_val_labels_follow_val_mode_and_match_sklearn() -> None:
+    """val mAP uses the clean val labels by default and the observed single positives with val=observed."""
+    from sklearn.metrics import average_precision_score
+
+    data = synthetic_data()
+    seen: dict[int, torch.Tensor] = {}
+    configs = [cfg("an", 0, epochs=2), cfg("an", 0, epochs=2, val="observed")]
+    res = train_linear(data, configs, on_val=lambda e, idx, p: seen.update({(e, i): p[k].clone() for k, i in enumerate(idx)}))
+
+    def sk_map(p: torch.Tensor, y: torch.Tensor) -> float:
+        return 100 * sum(average_precision_score(y[:, c], p[:, c]) if y[:, c].any() else 0.0
+                         for c in range(y.shape[1])) / y.shape[1]
+
+    for e in (1, 2):
+        assert res[0].val_map[e - 1] == pytest.approx(sk_map(seen[(e, 0)].numpy(), data.y_val.numpy()), abs=1e-9)
+        assert res[1].val_map[e - 1] == pytest.approx(sk_map(seen[(e, 1)].numpy(), data.s_val.numpy()), abs=1e-9)
+    assert res[0].val_map != res[1].val_map
+    assert res[0].test_ap == res[1].test_ap  # same training, test always on clean labels

@@ -239,3 +239,19 @@ def test_cli_report_errors(cli, tmp_path: Path) -> None:
     assert res.code == 2 and "pdf" in res.err
     res = cli("report", "--results", str(tmp_path), "--experiment", "nope")
     assert res.code == 2 and "table1" in res.err
+
+
+def test_per_dataset_defaults_stay_one_row(tmp_path: Path) -> None:
+    """A loss whose resolved hparams differ by dataset (EM's alpha) is one row, not one row per dataset;
+    runs with other training settings (epochs) get their own row instead of replacing a seed's result."""
+    recs = [record("voc", "em", s, 80.0 + s, {"alpha": 0.1}) for s in SEEDS]
+    recs += [record("coco", "em", s, 60.0 + s, {"alpha": 0.01}) for s in SEEDS]
+    short = record("voc", "em", 0, 10.0, {"alpha": 0.1})
+    short.update(epochs=2, job_id="f" * 16, created="2026-02-01T00:00:00")  # newer, other settings
+    df = main_csv(build_report(write_records(tmp_path / "res", [*recs, short])))
+    em = df[df["method"] == "em"].set_index("dataset")
+    assert em.loc["voc", "n"] == 3 and em.loc["voc", "mean"] == pytest.approx(81.0)
+    assert em.loc["coco", "n"] == 3 and em.loc["coco", "mean"] == pytest.approx(61.0)
+    other = df[df["method"].str.startswith("em (")]
+    assert other["method"].tolist() and (other["method"].str.contains("epochs=2")).all()
+    assert other.set_index("dataset").loc["voc", "mean"] == pytest.approx(10.0)

@@ -170,3 +170,34 @@ def test_recipe_resolution_order_with_dataset_override() -> None:
     gr_digits = recipe("gr", "digits")
     assert (gr_digits.lr, gr_digits.epochs, gr_digits.early_stop) == (1e-3, 8, "drop:2")
     assert "digits demo" in gr_digits.source and "digits" not in recipe("gr", "voc").source
+
+
+def test_rebuilt_feature_cache_reruns_linear_jobs(home: Path, tmp_path: Path) -> None:
+    """The job id does not see the feature bytes: a record made from another cache is not reused."""
+    from spmlbench.features.store import read_features, write_features
+    from spmlbench.paths import features_path
+
+    write_dataset(home)
+    out = tmp_path / "res"
+    jobs = jobs_for(["an"], seeds=[0])
+    assert len(run_jobs(jobs, out, device="cpu").ran) == 1
+    assert not run_jobs(jobs, out, device="cpu").ran  # same cache: skipped
+    path = features_path("voc", "resnet50", home)
+    feats, _ = read_features(path)
+    from spmlbench.features.store import read_images
+    write_features(path, read_images(path), feats[:, ::-1] * 0.5, {"backbone": "resnet50", "weights": "none"})
+    s = run_jobs(jobs, out, device="cpu")
+    assert s.ran == [jobs[0].job_id] and not s.skipped
+    new_sha = read_features(path)[1]["sha256"]
+    assert load_records(out)["features_sha256"].tolist() == [new_sha]
+    assert not run_jobs(jobs, out, device="cpu").ran
+
+
+def test_linear_record_settings_hold_the_resolved_recipe(home: Path, tmp_path: Path) -> None:
+    write_dataset(home)
+    out = tmp_path / "res"
+    job = jobs_for(["gr"], seeds=[0])[0]
+    run_jobs([job], out, device="cpu")
+    settings = json.loads(load_records(out)["settings"].iloc[0])
+    assert settings["optimizer"] == "adam" and settings["lr"] == job.lr and settings["epochs"] == job.epochs
+    assert settings["early_stop"] == job.early_stop and "Chen et al. 2024" in settings["recipe_source"]

@@ -25,7 +25,7 @@ from typing import Any
 
 from spmlbench.errors import ConfigError
 from spmlbench.experiments.jobs import JobSpec
-from spmlbench.experiments.runner import MAX_COHORT, RunSummary, is_finished
+from spmlbench.experiments.runner import MAX_COHORT, RunSummary, current_features, is_finished
 
 POLL_S = 0.5  # driver progress refresh
 INSTALL_HINT = "--executor ray: the ray extra is not installed; run pip install -e '.[ray]' (on every node)"
@@ -320,7 +320,8 @@ def run_jobs_ray(
     jobs = list(dict.fromkeys(jobs))
     summary = RayRunSummary()
     dumps = frozenset(run_kwargs.get("dumps", ()))
-    todo = jobs if force else [j for j in jobs if not is_finished(out, j, dumps)]
+    feats = {} if force else current_features(jobs, home)
+    todo = jobs if force else [j for j in jobs if not is_finished(out, j, dumps, feats)]
     pending = set(todo)
     summary.skipped = [j.job_id for j in jobs if j not in pending]
     tasks = plan_tasks(todo, device=device, gpus_per_job=gpus_per_job, cpus_per_job=cpus_per_job)

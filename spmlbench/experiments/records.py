@@ -88,8 +88,22 @@ _SCHEMA = pa.schema([
 COLUMNS = _SCHEMA.names
 
 
-def _settings(result: Any) -> str:
+def _linear_settings(spec: JobSpec) -> dict[str, Any]:
+    """The resolved linear recipe of a job: optimizer, the values it trains with, and the recipe's source."""
+    from spmlbench.experiments.jobs import recipe
+
+    try:
+        source = recipe(spec.loss, spec.dataset).source
+    except Exception:  # an unreadable recipe file must not lose a finished result
+        source = ""
+    return {"optimizer": "adam", "lr": spec.lr, "batch_size": spec.batch_size, "epochs": spec.epochs,
+            "early_stop": spec.early_stop, "val": spec.val, "recipe_source": source}
+
+
+def _settings(result: Any, spec: JobSpec) -> str:
     settings = dict(getattr(result, "settings", None) or {})
+    if not settings and spec.mode == "linear":
+        settings = _linear_settings(spec)
     phase = getattr(result, "linear_phase", None)
     if phase is not None:
         settings["linear_phase"] = phase
@@ -100,7 +114,7 @@ def make_record(spec: JobSpec, result: ConfigResult | Any, *, experiment: str = 
                 device: str = "cpu", features_sha256: str = "") -> dict[str, Any]:
     """The record row of a finished job (``result``: a linear ``ConfigResult`` or an ``E2EResult``)."""
     row = spec.to_dict()
-    row.update(weights=spec.weights, image_size=spec.image_size, exact=spec.exact, settings=_settings(result))
+    row.update(weights=spec.weights, image_size=spec.image_size, exact=spec.exact, settings=_settings(result, spec))
     row["hparams"] = json.dumps(row["hparams"], sort_keys=True)
     row.update(
         job_id=spec.job_id, experiment=experiment, status=result.status, error=result.error,

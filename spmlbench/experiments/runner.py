@@ -20,7 +20,7 @@ import dataclasses
 import os
 import shutil
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,11 +105,50 @@ def work_dir(out_dir: str | os.PathLike[str], job_id: str) -> Path:
     return Path(out_dir) / WORK_DIR / job_id
 
 
-def is_finished(out_dir: str | os.PathLike[str], job: JobSpec, dumps: Collection[str] = ()) -> bool:
-    """Whether ``job`` has its record (and, when it is in ``dumps``, its complete prediction dumps)."""
-    if not record_path(out_dir, job.job_id).exists():
+def is_finished(out_dir: str | os.PathLike[str], job: JobSpec, dumps: Collection[str] = (),
+                features: Mapping[tuple[str, str], str] | None = None) -> bool:
+    """Whether ``job`` has its record (and, when it is in ``dumps``, its complete prediction dumps).
+
+    ``features``: sha256 of the current feature cache per (dataset, backbone). A linear job's
+    record made from other feature bytes (the cache was rebuilt, e.g. with ``--weights none``,
+    which the job id does not see) is not finished: the job runs again on the current cache.
+    """
+    path = record_path(out_dir, job.job_id)
+    if not path.exists():
+        return False
+    want = (features or {}).get((job.dataset, job.backbone)) if job.mode == "linear" else None
+    if want and _record_features_sha(path) not in (want, None, ""):
         return False
     return job.job_id not in dumps or rec.dumps_complete(out_dir, job.job_id)
+
+
+def _record_features_sha(path: Path) -> str | None:
+    """The ``features_sha256`` of a record file (None when unreadable: the runner treats it as done)."""
+    import pyarrow.parquet as pq
+
+    try:
+        values = pq.read_table(path, columns=["features_sha256"]).column(0).to_pylist()
+    except Exception:  # pyarrow raises several types; a missing column or a corrupt file
+        return None
+    return values[0] if values else None
+
+
+def current_features(jobs: Sequence[JobSpec], home: str | os.PathLike[str] | None) -> dict[tuple[str, str], str]:
+    """sha256 (from the cache metadata) of the feature cache of every (dataset, backbone) of linear ``jobs``."""
+    from spmlbench.features.store import read_metadata
+    from spmlbench.paths import features_path
+
+    out: dict[tuple[str, str], str] = {}
+    for key in {(j.dataset, j.backbone) for j in jobs if j.mode == "linear"}:
+        path = features_path(key[0], key[1], home)
+        if path.exists():
+            try:
+                sha = read_metadata(path).get("sha256")
+            except DataError:
+                continue  # a broken cache fails with its own message when the cohort loads it
+            if sha:
+                out[key] = str(sha)
+    return out
 
 
 def run_jobs(
@@ -146,10 +185,11 @@ def run_jobs(
     executor = executor or LocalExecutor(dev, reference_loop=reference_loop)
     load = loader or (lambda ds, bb: load_dataset(ds, bb, home))
     summary = RunSummary()
+    feats = current_features(jobs, home) if loader is None else {}
     if force:
         todo = jobs
     else:
-        todo = [j for j in jobs if not is_finished(out, j, dumps)]
+        todo = [j for j in jobs if not is_finished(out, j, dumps, feats)]
         left = set(todo)
         summary.skipped = [j.job_id for j in jobs if j not in left]
     progress.start(len(jobs), len(summary.skipped))
@@ -160,7 +200,7 @@ def run_jobs(
         for cohort in _cohorts(todo):
             claimed = [j for j in cohort if locks.claim(out, j.job_id)]
             if not force:  # finished by someone between our check and our claim
-                for j in [j for j in claimed if is_finished(out, j, dumps)]:
+                for j in [j for j in claimed if is_finished(out, j, dumps, feats)]:
                     locks.release(out, j.job_id)
                     claimed.remove(j)
             if not claimed:
@@ -182,7 +222,7 @@ def run_jobs(
                 for j in claimed:
                     locks.release(out, j.job_id)
             progressed = True
-        todo = [j for j in todo if j.job_id not in mine and not _done_elsewhere(out, j, dumps)]
+        todo = [j for j in todo if j.job_id not in mine and not _done_elsewhere(out, j, dumps, feats)]
         if todo and not progressed:
             progress.waiting(len(todo))
             time.sleep(WAIT_S)
@@ -242,8 +282,9 @@ def _run_image(job: JobSpec, out: Path, home: str | os.PathLike[str] | None, dev
     return res
 
 
-def _done_elsewhere(out: Path, job: JobSpec, dumps: Collection[str] = ()) -> bool:
-    return is_finished(out, job, dumps) and not locks.held_by_other(out, job.job_id)
+def _done_elsewhere(out: Path, job: JobSpec, dumps: Collection[str] = (),
+                    features: Mapping[tuple[str, str], str] | None = None) -> bool:
+    return is_finished(out, job, dumps, features) and not locks.held_by_other(out, job.job_id)
 
 
 def check_protocol(jobs: Sequence[JobSpec], meta: dict[str, Any]) -> None:

@@ -179,29 +179,49 @@ def _canon(hp: dict[str, Any]) -> str:
     return json.dumps(hp, sort_keys=True, default=str)
 
 
-def runs_without_experiment(records: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """All ok records as runs; a loss run with several hparam configs gets one row per config.
+# training settings that change a result besides the hyperparameters (a run with other values is another row)
+_SETTING_KEYS = ("backbone", "epochs", "batch_size", "lr", "val", "early_stop", "weights", "image_size", "exact")
 
-    The most frequent config of a loss keeps the plain loss name; others are labelled
-    ``loss (key=value, ...)`` with the keys that differ. ``missing`` holds the (dataset, loss,
-    seed) combinations of the seen datasets x rows x seeds without an ok record.
+
+def _config(rec: Mapping[str, Any]) -> dict[str, Any]:
+    """A record's hyperparameters plus the training settings that change its result."""
+    out = dict(rec["hp"])
+    for key in _SETTING_KEYS:
+        value = rec.get(key)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        out[key] = value.item() if hasattr(value, "item") else value
+    return out
+
+
+def runs_without_experiment(records: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """All ok records as runs; a loss run with several configs gets one row per config.
+
+    A config is the hyperparameters plus the training settings (epochs, lr, batch size, val,
+    early stop, backbone, ...). Per (loss, mode, dataset) the most frequent config keeps the plain
+    loss name, so a loss whose defaults differ by dataset (EM's alpha, EPR's expected positives,
+    the digits learning rate) is one row; other configs are labelled ``loss (key=value, ...)`` with
+    the keys that differ. ``missing`` holds the (dataset, loss, seed) combinations of the seen
+    datasets x rows x seeds without an ok record.
     """
     ok = records[records["status"] == "ok"].copy() if not records.empty else pd.DataFrame()
     if ok.empty:
         return ok, pd.DataFrame(columns=["group", "dataset", "loss", "seed", "coords"])
-    ok["canon"] = ok["hp"].map(_canon)
-    labels: dict[tuple[str, str], str] = {}
-    for loss, sub in ok.groupby("loss", sort=False):
-        counts = sub["canon"].value_counts()
-        main = json.loads(counts.index[0])
+    ok["canon"] = [_canon(_config(r)) for r in ok.to_dict("records")]
+    labels: dict[tuple[str, str, str, str], str] = {}
+    for (loss, mode, dataset), sub in ok.groupby(["loss", "mode", "dataset"], sort=False):
+        counts = sub["canon"].value_counts(sort=False)
+        main_canon = max(counts.index, key=lambda c: (counts[c], -list(counts.index).index(c)))
+        main = json.loads(main_canon)
         for canon in counts.index:
-            hp = json.loads(canon)
-            diff = {k: v for k, v in hp.items() if k not in main or not values_equal(main[k], v)}
-            labels[(loss, canon)] = loss if not diff else f"{loss} ({', '.join(f'{k}={v}' for k, v in sorted(diff.items()))})"
-    ok["row"] = [labels[(l, c)] for l, c in zip(ok["loss"], ok["canon"])]
+            cfg = json.loads(canon)
+            diff = {k: v for k, v in cfg.items() if k not in main or not values_equal(main[k], v)}
+            labels[(loss, mode, dataset, canon)] = (
+                loss if not diff else f"{loss} ({', '.join(f'{k}={v}' for k, v in sorted(diff.items()))})")
+    ok["row"] = [labels[key] for key in zip(ok["loss"], ok["mode"], ok["dataset"], ok["canon"])]
     ok["group"] = "all"
     ok["coords"] = [{} for _ in range(len(ok))]
-    ok = ok.sort_values("created" if "created" in ok.columns else "job_id")
+    ok = ok.sort_values("created" if "created" in ok.columns else "job_id", kind="stable")
     ok = ok.drop_duplicates(subset=["row", "dataset", "mode", "seed"], keep="last").reset_index(drop=True)
     missing = []
     for mode, sub in ok.groupby("mode", sort=False):

@@ -3,9 +3,12 @@
 Every parameter tensor has shape ``(M, ...)``; config ``m`` gets learning rate ``lr[m]``. The
 update is ``torch.optim.Adam``'s (no weight decay, no amsgrad), applied to every config at once:
 runs of configs that share a learning rate use torch's fused CPU/CUDA Adam kernel on a view for
-large tensors (the fused CPU kernel always runs multi-threaded, which costs more than it saves on
-small tensors and stalls on a busy machine); small tensors use a plain tensor implementation. Config ``m``'s trajectory equals a separate
-``torch.optim.Adam(lr=lr[m])`` on that config's slice.
+parameters whose per-config slice is large (the fused CPU kernel always runs multi-threaded, which
+costs more than it saves on small tensors and stalls on a busy machine); small ones use a plain
+tensor implementation. Config ``m``'s trajectory equals a separate ``torch.optim.Adam(lr=lr[m])``
+on that config's slice. The two paths differ in rounding, so the choice depends on the size of
+one config's slice only, never on how many configs share the tensor: a config's numbers are
+bit-identical whether it is trained alone or inside any cohort (job-id based resume relies on it).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-FUSED_MIN_NUMEL = 1 << 18  # smaller tensors take the plain path
+FUSED_MIN_NUMEL = 1 << 12  # per-config slices smaller than this take the plain path
 
 
 def _runs(lrs: Sequence[float]) -> list[tuple[int, int, float]]:
@@ -78,7 +81,7 @@ class BatchedAdam:
             g = grads[i] if grads is not None and i < len(grads) and grads[i] is not None else p.grad
             if g is None:
                 continue
-            if self.fused and p.numel() >= FUSED_MIN_NUMEL:
+            if self.fused and p[0].numel() >= FUSED_MIN_NUMEL:
                 for (lo, hi, lr), step in zip(self.runs[i], self.steps[i]):
                     step.add_(1)
                     torch._fused_adam_(
