@@ -168,3 +168,47 @@ def test_voc_prefers_voc2012_beside_voc2007(tmp_path: Path) -> None:
     fmt = format_voc(inp(tmp_path, tmp_path / "raw", manifest="voc"))
     assert fmt.image_root == tmp_path / "raw/VOCdevkit/VOC2012"
     assert len(fmt.train_images) == 5
+
+
+@pytest.mark.parametrize(
+    ("where", "change"),
+    [
+        ("annotations", lambda a: a.pop("image_id")),
+        ("annotations", lambda a: a.update(category_id="person")),
+        ("categories", lambda c: c.pop("id")),
+        ("images", lambda i: i.update(id=None)),
+    ],
+)
+def test_coco_malformed_entries_are_one_line_data_errors(tmp_path: Path, where: str, change) -> None:
+    root = fx.build_coco(tmp_path / "coco")
+    path = root / "annotations/instances_val2014.json"
+    data = json.loads(path.read_text())
+    change(data[where][0])
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"instances_val2014.json: .*; re-extract annotations_trainval2014.zip"):
+        format_coco(inp(tmp_path, root))
+
+
+@pytest.mark.parametrize("name", ["images.txt", "attributes/image_attribute_labels.txt", "train_test_split.txt"])
+def test_cub_undecodable_file_is_a_data_error(tmp_path: Path, name: str) -> None:
+    fx.build_cub(tmp_path / "cub")
+    f = tmp_path / "cub/CUB_200_2011" / name
+    f.write_bytes(f.read_bytes() + b"\xff\xfe 1\n")
+    with pytest.raises(DataError, match=rf"{name.split('/')[-1]}: .*re-extract CUB_200_2011.tgz"):
+        format_cub(inp(tmp_path, tmp_path / "cub"))
+
+
+def test_voc_undecodable_class_file_is_a_data_error(tmp_path: Path) -> None:
+    fx.build_voc(tmp_path / "raw")
+    f = tmp_path / "raw/VOCdevkit/VOC2012/ImageSets/Main/cat_train.txt"
+    f.write_bytes(b"\xff\xfe" + f.read_bytes())
+    with pytest.raises(DataError, match=r"cat_train.txt: .*re-extract VOCtrainval_11-May-2012.tar"):
+        format_voc(inp(tmp_path, tmp_path / "raw", manifest="voc"))
+
+
+@pytest.mark.parametrize("content", [b"", b"\x93NUMPY"])
+def test_nuswide_empty_or_truncated_file_is_a_data_error(tmp_path: Path, content: bytes) -> None:
+    root = fx.build_nuswide(tmp_path / "nus")
+    (root / "formatted_train_labels.npy").write_bytes(content)
+    with pytest.raises(DataError, match=r"formatted_train_labels.npy: not a plain numpy array file"):
+        format_nuswide(inp(tmp_path, root, manifest="nuswide"))

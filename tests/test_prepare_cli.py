@@ -258,3 +258,124 @@ def test_prepare_errors_are_one_line(cli, home: Path, args: tuple[str, ...], nee
     assert res.code == 2
     assert needle in one_line(res.err)
     assert list(home.iterdir()) == []
+
+
+# --- End-to-end bit-exactness: the real `prepare --from` path against protocol.md sections 3-4 ----
+#
+# The two functions below are a direct transcription of protocol.md sections 3 and 4, written
+# here on purpose (not imported from spmlbench nor from test_protocol) so the comparison is
+# independent of both. The raw trees are random and large enough that every protocol step
+# (file-name sort, drop, full-file sampling before the split, negative shuffle) changes the result.
+
+
+def spec_section_4(y: np.ndarray, seed: int = 1200) -> np.ndarray:
+    """protocol.md section 4, line by line."""
+    rng = np.random.RandomState(seed)  # fresh generator for each file
+    s = np.zeros(y.shape, dtype=np.int8)
+    for i in range(y.shape[0]):  # each row, in file order
+        pos = np.where(y[i] == 1)[0]
+        rng.shuffle(pos)
+        s[i, pos[:1]] = 1
+        neg = np.where(y[i] == 0)[0]
+        rng.shuffle(neg)  # nothing kept, but it consumes draws
+    return s
+
+
+def spec_section_3(n: int) -> tuple[list[int], list[int]]:
+    """protocol.md section 3, line by line."""
+    n_2 = int(round(0.2 * n))
+    n_1 = n - n_2
+    perm = np.random.RandomState(1200).permutation(n)
+    return sorted(perm[:n_1].tolist()), sorted(perm[-n_2:].tolist())
+
+
+def random_voc_tree(root: Path, rng: np.random.RandomState) -> dict[str, list]:
+    """A VOCdevkit with random ids/values; returns the expected image order and clean rows per file."""
+    main = root / "VOCdevkit" / "VOC2012" / "ImageSets" / "Main"
+    main.mkdir(parents=True)
+    expected: dict[str, list] = {}
+    for split, n in (("train", 140), ("val", 45)):
+        ids = [f"{2007 + rng.randint(6)}_{rng.randint(10**6):06d}" for _ in range(n)]
+        ids += [ids[k] + "-1" for k in range(0, 12, 3)]  # '-' sorts before '.' in "<id>.jpg"
+        ids = list(dict.fromkeys(ids))
+        values = {i: rng.choice([-1, -1, -1, -1, 0, 1], size=len(fx.VOC_CLASSES)) for i in ids}
+        for i in ids[5:25]:  # no positive (some with difficult 0s): dropped
+            values[i][values[i] == 1] = rng.choice([-1, 0])
+        order = rng.permutation(len(ids))  # the class files list ids in no particular order
+        for c, cls in enumerate(fx.VOC_CLASSES):
+            text = "".join(f"{ids[k]} {values[ids[k]][c]:>2d}\n" for k in order)
+            (main / f"{cls}_{split}.txt").write_text(text, encoding="utf-8")
+        kept = sorted((i for i in ids if (values[i] == 1).any()), key=lambda i: i + ".jpg")
+        expected[split] = [(f"JPEGImages/{i}.jpg", (values[i] == 1).astype(np.int8)) for i in kept]
+        for n_img, i in enumerate(ids):
+            fx.write_jpeg(root / "VOCdevkit" / "VOC2012" / "JPEGImages" / f"{i}.jpg", seed=n_img)
+    return expected
+
+
+def check_against_spec(df, train_rows: list, test_rows: list, label_seed: int) -> None:
+    """labels.parquet == protocol.md applied by hand to the expected formatted files."""
+    n = len(train_rows)
+    y_train = np.array([r for _, r in train_rows], dtype=np.int8)
+    y_test = np.array([r for _, r in test_rows], dtype=np.int8)
+    assert df["image"].tolist() == [p for p, _ in train_rows] + [p for p, _ in test_rows]
+    np.testing.assert_array_equal(label_matrix(df), np.concatenate([y_train, y_test]))
+    train_idx, val_idx = spec_section_3(n)
+    splits = df["split"].tolist()
+    assert [i for i in range(n) if splits[i] == "train"] == train_idx
+    assert [i for i in range(n) if splits[i] == "val"] == val_idx
+    assert splits[n:] == ["test"] * len(test_rows)
+    obs = label_matrix(df, "observed")
+    expected_obs = spec_section_4(y_train, label_seed)  # on the full official train file
+    np.testing.assert_array_equal(obs[:n], expected_obs)
+    np.testing.assert_array_equal(obs[n:], y_test)  # test rows: clean labels
+    # the comparison has power: sampling per split instead, or skipping the negative shuffle, differs
+    assert not np.array_equal(spec_section_4(y_train[train_idx], label_seed), expected_obs[train_idx])
+    meta = df.attrs["spmlbench"]
+    assert meta["counts"] == {"train": len(train_idx), "val": len(val_idx), "test": len(test_rows)}
+    assert meta["protocol"]["label_seed"] == label_seed
+    assert meta["expected_positives"]["computed"] == pytest.approx(y_train[train_idx].sum(1).mean())
+
+
+@pytest.mark.parametrize("label_seed", [1200, 31])
+def test_prepare_voc_from_folder_is_bit_exact_to_the_spec(cli, home: Path, tmp_path: Path, label_seed: int) -> None:
+    expected = random_voc_tree(tmp_path / "user", np.random.RandomState(4))
+    assert len(expected["train"]) > 100
+    res = cli("prepare", "voc", "--from", str(tmp_path / "user" / "VOCdevkit"), "--features", "none",
+              "--label-seed", str(label_seed))
+    assert res.code == 0, res.err
+    check_against_spec(load_labels("voc"), expected["train"], expected["val"], label_seed)
+
+
+def test_prepare_nuswide_keeps_label_less_rows_bit_exact(cli, home: Path, tmp_path: Path) -> None:
+    rng = np.random.RandomState(8)
+    root = tmp_path / "nus"
+    root.mkdir()
+    files = {}
+    for split, n in (("train", 120), ("val", 30)):
+        y = (rng.rand(n, 81) < 0.03).astype(np.float32)
+        y[rng.rand(n) < 0.25] = 0  # label-less rows (about 22% in the real files): kept, observe nothing
+        images = [f"c{k % 7}/{k:04d}_{split}.jpg" for k in range(n)]
+        np.save(root / f"formatted_{split}_labels.npy", y)
+        np.save(root / f"formatted_{split}_images.npy", np.array(images))
+        for k, rel in enumerate(images):
+            fx.write_jpeg(root / "Flickr" / rel, seed=k)
+        files[split] = [(p, r.astype(np.int8)) for p, r in zip(images, y)]
+    unlabeled = sum(int(not r.any()) for _, r in files["train"])
+    assert unlabeled > 10
+    res = cli("prepare", "nuswide", "--from", str(root), "--features", "none")
+    assert res.code == 0, res.err
+    df = load_labels("nuswide")
+    check_against_spec(df, files["train"], files["val"], 1200)
+    assert df.attrs["spmlbench"]["unlabeled_rows"]["train"] == unlabeled
+    assert df.attrs["spmlbench"]["protocol"]["deviations"] == []
+
+
+def test_prepare_cub_with_undecodable_file_fails_cleanly(cli, home: Path, tmp_path: Path) -> None:
+    root = fx.build_cub(tmp_path / "cub")
+    f = root / "CUB_200_2011" / "images.txt"
+    f.write_bytes(f.read_bytes() + b"\xff 9 x.jpg\n")
+    res = cli("prepare", "cub", "--from", str(root), "--features", "none")
+    assert res.code == 2
+    line = one_line(res.err)
+    assert str(f) in line and "not a UTF-8 text file" in line and "re-extract CUB_200_2011.tgz" in line
+    assert list(home.iterdir()) == []

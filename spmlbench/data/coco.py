@@ -9,8 +9,9 @@ one annotation are kept (``iscrowd`` included); rows are sorted by the image id 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from spmlbench.errors import DataError
 
 ANNOTATIONS = "annotations_trainval2014.zip"
 RAW_FILES = ("train2014.zip", "val2014.zip", ANNOTATIONS)
+T = TypeVar("T")
 
 
 def load_instances(path: Path) -> dict[str, Any]:
@@ -57,17 +59,27 @@ def format_split(data: dict[str, Any], cats: list[tuple[int, str]], split: str, 
     return images, y
 
 
+def _checked(path: Path, fn: Callable[[], T]) -> T:
+    """Run ``fn``; a missing or mistyped json field (KeyError/TypeError/ValueError) becomes a DataError on ``path``."""
+    try:
+        return fn()
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(
+            f"{path}: malformed COCO entry ({type(exc).__name__}: {exc}); re-extract {ANNOTATIONS}"
+        ) from None
+
+
 def format_coco(inp: FormatInput) -> Formatted:
     """Format COCO 2014 from ``annotations/instances_{train,val}2014.json`` and the image folders."""
     hint = "point --from at a folder holding annotations/, train2014/ and val2014/ (or the three zips)"
     train_path = inp.find("annotations", "instances_train2014.json", hint=hint)
     val_path = inp.find("annotations", "instances_val2014.json", hint=hint)
     train_data, val_data = load_instances(train_path), load_instances(val_path)
-    cats = categories(train_data)
-    if cats != categories(val_data):
+    cats = _checked(train_path, lambda: categories(train_data))
+    if cats != _checked(val_path, lambda: categories(val_data)):
         raise DataError(f"{val_path}: category list differs from {train_path.name}; re-extract {ANNOTATIONS}")
-    train_images, y_train = format_split(train_data, cats, "train", train_path)
-    test_images, y_test = format_split(val_data, cats, "val", val_path)
+    train_images, y_train = _checked(train_path, lambda: format_split(train_data, cats, "train", train_path))
+    test_images, y_test = _checked(val_path, lambda: format_split(val_data, cats, "val", val_path))
     root = inp.find("train2014", kind="dir", hint=hint).parent
     if not (root / "val2014").is_dir():
         raise DataError(f"{root}: has train2014/ but no val2014/; extract val2014.zip beside it")

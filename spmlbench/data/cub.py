@@ -23,13 +23,21 @@ RAW_ARCHIVE = "CUB_200_2011.tgz"
 def _rows(path: Path, min_fields: int) -> Iterator[tuple[int, list[str]]]:
     """Non-empty lines of ``path`` split on whitespace, with line numbers; fewer fields -> DataError."""
     with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            tokens = line.split()
-            if not tokens:
-                continue
-            if len(tokens) < min_fields:
-                raise DataError(f"{path}:{lineno}: expected {min_fields} fields, got {line.strip()!r}; re-extract {RAW_ARCHIVE}")
-            yield lineno, tokens
+        lineno = 0
+        try:
+            for lineno, line in enumerate(fh, start=1):
+                tokens = line.split()
+                if not tokens:
+                    continue
+                if len(tokens) < min_fields:
+                    raise DataError(
+                        f"{path}:{lineno}: expected {min_fields} fields, got {line.strip()!r}; re-extract {RAW_ARCHIVE}"
+                    )
+                yield lineno, tokens
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                f"{path}: not a UTF-8 text file ({exc.reason} after line {lineno}); re-extract {RAW_ARCHIVE}"
+            ) from None
 
 
 def _int(path: Path, lineno: int, token: str) -> int:

@@ -22,7 +22,7 @@ FLICKR_HINT = "pass --from with NUS's Flickr/ folder (or Flickr.zip) from the NU
 def _load(path: Path) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, EOFError) as exc:
         raise DataError(f"{path}: not a plain numpy array file ({exc}); delete it and re-run prepare") from None
 
 

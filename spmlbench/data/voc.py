@@ -21,8 +21,14 @@ def read_class_file(path: Path) -> dict[str, int]:
     """Parse one ``<class>_<split>.txt``: image id -> value (-1, 0 or 1; the last token of a line)."""
     if not path.is_file():
         raise DataError(f"{path}: VOC class file missing; re-extract {RAW_ARCHIVE} or fix --from")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start}); re-extract {RAW_ARCHIVE}"
+        ) from None
     values: dict[str, int] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(text.splitlines(), start=1):
         tokens = line.split()
         if not tokens:
             continue
