@@ -134,12 +134,13 @@ def result_table(jobs: Sequence[JobSpec], out: Path) -> Table:
     """Test mAP per loss (rows) and dataset (columns): mean ± std over seeds of this run's jobs."""
 
     from spmlbench.experiments.records import load_records
+    from spmlbench.report.tables import fmt
 
     df = load_records(out)
     ids = {j.job_id for j in jobs}
     df = df[df["job_id"].isin(ids)].copy()
     datasets = list(dict.fromkeys(j.dataset for j in jobs))
-    table = Table(title=f"test mAP at the best val epoch (mean ± std over seeds; records in {out})")
+    table = Table(title=f"test mAP at the best val epoch (mean ± sample std over seeds; records in {out})")
     table.add_column("loss")
     for ds in datasets:
         table.add_column(ds, justify="right")
@@ -157,7 +158,7 @@ def result_table(jobs: Sequence[JobSpec], out: Path) -> Table:
         for (label, ds), grp in sub.groupby(["label", "dataset"], sort=False):
             ok = grp[grp["status"] == "ok"]["test_map"].astype(float)
             failed = int((grp["status"] != "ok").sum())
-            text = "-" if ok.empty else f"{ok.mean():.2f} ± {ok.std(ddof=0):.2f}"
+            text = "-" if ok.empty else fmt(float(ok.mean()), float(ok.std(ddof=1)) if len(ok) > 1 else None)
             if failed:
                 text += f" ({failed} failed)"
             rows.setdefault(str(label), {})[str(ds)] = text
