@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# One prepared device run for a session that is lent a CUDA GPU (see docs/gpu.md).
+# Runs the tests marked `gpu` and the four benchmarks on CUDA; every log lands in $OUT (or ./gpu_out).
+# Budget: about 8 minutes on an H100. Each step has its own time limit so one slow step cannot eat the rest.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-gpu_out}"; mkdir -p "$out"
+py="${PYTHON:-python3}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" >"$out/$name.log" 2>&1; echo "rc=$?"; tail -n 6 "$out/$name.log"; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+"$py" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)" | tee -a "$out/gpu.txt"
+step gpu_tests 150 "$py" -m pytest -q -m gpu -p no:cacheprovider tests/
+step loss_step 60 "$py" benchmarks/loss_step.py --device cuda --steps 600 --rounds 6
+step linear_sweep_coco 150 "$py" benchmarks/linear_sweep.py --coco --device cuda
+step feature_extraction 90 "$py" benchmarks/feature_extraction.py --device cuda --cuda-images 1024
+step e2e_throughput 120 "$py" benchmarks/e2e_throughput.py --device cuda --images 512
