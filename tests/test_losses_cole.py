@@ -127,3 +127,23 @@ def test_role_requires_init() -> None:
     loss = build_loss("role", num_classes=4, num_train=3, expected_num_pos=1.5)
     with pytest.raises(RuntimeError, match="init_state"):
         loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.tensor([0, 1]))
+
+
+def test_role_gradient_wrt_label_logits_treats_p_as_constant() -> None:
+    # d/dG of mean_BC(0.5 l_g + 0.5 x_g) + 0.5 R(q): p' constant in x_g, x_f's q' constant (no G grad),
+    # l_g and R(q) keep theirs; rows outside the batch get zero gradient.
+    loss = _role()
+    index = torch.tensor([2, 0])
+    obs = OBS_TRAIN[index].numpy()
+    loss(torch.tensor(Z), torch.tensor(obs), index).backward()
+    g = loss.batched.G[0].detach().double().numpy()[[2, 0]]
+    q, p = sig(g), sig(Z)
+    dq = q * (1 - q)
+    d_lg = np.where(obs == 1, -dq / (q + EPS), 0.0)
+    d_xg = p * (-dq / (q + EPS)) + (1 - p) * (dq / (1 - q + EPS))
+    b, c = Z.shape
+    d_reg = 2 * (q.sum(1).mean() - 1.5) / c**2 / b * dq
+    want = 0.5 * (d_lg + d_xg) / (b * c) + 0.5 * d_reg
+    grad = loss.batched.G.grad[0].double().numpy()
+    assert np.allclose(grad[[2, 0]], want, rtol=1e-5, atol=1e-9)
+    assert not grad[1].any()

@@ -116,3 +116,11 @@ def test_ll_cp_init_state_equals_lazy_recording() -> None:
     assert torch.equal(eager.batched.observed_matrix()[:, :2], lazy.batched.observed_matrix()[:, :2])
     assert eager.batched.observed_matrix()[0, 2].tolist() == [False, False, True, False]  # given up front
     assert not lazy.batched.observed_matrix()[0, 2].any()  # not seen yet
+
+
+def test_k_beyond_the_unobserved_count_never_touches_observed_positives() -> None:
+    # delta_rel 90 %: k = ceil(5 * 0.9) = 5 > 4 unobserved entries, so the k-th largest "unobserved
+    # loss" is the 0 of the observed entry; only the 4 unobserved entries are rejected, the observed
+    # positive keeps its AN loss softplus(9).
+    z = torch.tensor([[-9.0, -5.0, -6.0, 1.0, 2.0]], dtype=torch.float64)
+    assert _value("ll_r", 2, z, delta_rel=90) == pytest.approx(sp(9.0) / 5, rel=1e-12)

@@ -103,3 +103,24 @@ def test_shapes_are_checked() -> None:
     with pytest.raises(ValueError, match="2 configs"):
         build_batched_loss("role", [{"expected_num_pos": 1.0}] * 2, num_classes=C, num_train=N).init_state(
             torch.zeros(N, C), [1, 2, 3])
+
+
+@pytest.mark.parametrize("name", ["ll_cp", "em_apl"])
+def test_shared_index_with_per_config_observed(name: str) -> None:
+    # observed (M, B, C) with a shared index (B,) is an allowed combination: every config sees the same
+    # rows (hence the same observed rows) and equals a one-config call on that batch.
+    hps = VARIANTS[name]
+    gen = torch.Generator().manual_seed(3)
+    index = torch.tensor([4, 9, 1, 30])
+    observed_train = torch.zeros(N, C)
+    observed_train[torch.arange(N), torch.randint(0, C, (N,), generator=gen)] = 1
+    observed = observed_train[index].expand(M, -1, -1).clone()
+    logits = torch.randn(M, len(index), C, generator=gen) * 4
+    batched = build_batched_loss(name, hps, num_classes=C, num_train=N)
+    batched.start_epoch(2, EPOCHS)
+    values = batched(logits, observed, index)
+    for m, hp in enumerate(hps):
+        single = build_batched_loss(name, [hp], num_classes=C, num_train=N)
+        single.start_epoch(2, EPOCHS)
+        torch.testing.assert_close(values[m:m + 1], single(logits[m:m + 1], observed[m], index))
+    assert torch.equal(batched.store.observed[index], observed_train[index] > 0.5)

@@ -212,7 +212,9 @@ class ObservedStore(nn.Module):
             return
         idx = index.to(self.seen.device).reshape(-1)
         c = self.observed.shape[1]
-        if s.dim() == 3 and s.shape[0] * s.shape[1] != idx.numel():
+        if s.dim() == 3 and index.dim() == 1:
+            s = s[0]  # shared (B,) index: every config shows the same rows, hence the same observed rows
+        elif s.dim() == 3 and s.shape[0] != index.shape[0]:
             s = s.expand(index.shape[0], s.shape[1], c)  # shared (1, B, C) observed, (M, B) index
         s = s.reshape(-1, c).to(self.observed.device)
         seen = self.seen[idx].unsqueeze(1)
