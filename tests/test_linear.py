@@ -154,6 +154,23 @@ def test_batched_adam_equals_torch_adam(fused: bool, monkeypatch: pytest.MonkeyP
         torch.testing.assert_close(mine[m].detach(), ref[m].detach(), rtol=1e-5, atol=1e-6)
 
 
+def test_batched_adam_fused_path_is_safe_for_non_contiguous_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch's fused CPU Adam reads storage linearly; a strided gradient must still give torch.optim.Adam's step."""
+    monkeypatch.setattr(optim_mod, "FUSED_MIN_NUMEL", 0)
+    torch.manual_seed(1)
+    w = torch.randn(3, 6, 4)
+    grad = torch.randn(3, 4, 6).transpose(1, 2)  # (3, 6, 4), not contiguous
+    mine = w.clone()
+    BatchedAdam([mine], [[0.1] * 3], fused=True).step([grad])
+    for m in range(3):
+        ref = torch.nn.Parameter(w[m].clone())
+        ref.grad = grad[m].contiguous()
+        torch.optim.Adam([ref], lr=0.1, foreach=False).step()
+        torch.testing.assert_close(mine[m], ref.detach(), rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="not contiguous"):
+        BatchedAdam([torch.randn(3, 4, 6).transpose(1, 2)], [[0.1] * 3])
+
+
 def test_modules_use_the_real_registry() -> None:
     assert linear_mod.uses_clean_labels("bce") and not linear_mod.uses_clean_labels("an")
     assert reference_mod.train_one.__module__ == "spmlbench.train.reference"

@@ -47,6 +47,11 @@ class BatchedAdam:
         for p, lr in zip(params, lrs):
             if p.shape[0] != len(lr):
                 raise ValueError(f"parameter with {p.shape[0]} configs got {len(lr)} learning rates")
+        for p in params:
+            # torch's fused CPU kernel walks each tensor's storage linearly: on a non-contiguous view it
+            # silently updates the wrong elements (measured with torch 2.14), so stacked heads must be dense
+            if not p.is_contiguous():
+                raise ValueError(f"parameter of shape {tuple(p.shape)} is not contiguous; pass a contiguous tensor")
         self.params = list(params)
         self.betas = betas
         self.eps = eps
@@ -82,6 +87,7 @@ class BatchedAdam:
             if g is None:
                 continue
             if self.fused and p[0].numel() >= FUSED_MIN_NUMEL:
+                g = g.contiguous()  # the fused kernel assumes dense storage (no copy when already contiguous)
                 for (lo, hi, lr), step in zip(self.runs[i], self.steps[i]):
                     step.add_(1)
                     torch._fused_adam_(
