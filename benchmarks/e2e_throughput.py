@@ -19,7 +19,6 @@ achieved model TFLOP/s (3 x forward FLOPs per image). Evaluation passes are not 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import tempfile
 import time
@@ -32,25 +31,6 @@ from PIL import Image
 
 DATASET = "benchimg"
 NUM_CLASSES = 20
-
-
-@dataclasses.dataclass(frozen=True)
-class BenchJob:
-    """The JobSpec fields train_e2e reads."""
-
-    dataset: str
-    loss: str
-    hparams: dict[str, Any]
-    mode: str
-    seed: int
-    label_seed: int
-    split_seed: int
-    backbone: str
-    epochs: int
-    batch_size: int
-    lr: float
-    val: str
-    early_stop: str
 
 
 def make_images(home: Path, n_train: int, width: int, height: int, n_eval: int = 8) -> None:
@@ -144,6 +124,7 @@ def forward_flops(backbone: str, size: int) -> float:
 
 def main() -> None:
     """Parse options, build the images, time both loops, print the comparison."""
+    from spmlbench.experiments.jobs import JobSpec
     from spmlbench.train.e2e import default_workers, resolve_device, train_e2e
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -180,8 +161,8 @@ def main() -> None:
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(dev)
-        job = BenchJob(DATASET, "an", {}, "e2e", 0, 1200, 1200, f"{backbone}:{args.weights}", args.epochs,
-                       args.batch_size, 1e-5, "clean", "none")
+        job = JobSpec(DATASET, "an", (), "e2e", 0, 1200, 1200, f"{backbone}:{args.weights}", args.epochs,
+                      args.batch_size, 1e-5, "clean", "none")
         res = train_e2e(job, home=home, device=dev, workdir=home / "work", exact=args.exact, workers=workers,
                         progress=False, image_size=size, overrides={"eval_batch_size": 64})
         if res.error:
