@@ -243,6 +243,22 @@ class ObservedStore(nn.Module):
         self.refresh()  # once at load time: the restored rows decide whether record() is a no-op
 
 
+class RecordsObserved:
+    """Mixin for batched losses that keep the (N, C) training observed matrix in ``self.store``
+    (an :class:`ObservedStore`): LL-Cp and EM-APL. Put it before the loss base class."""
+
+    store: ObservedStore
+
+    def init_state(self, observed_train: Tensor, seed: int | torch.Generator = 0) -> None:
+        """Record the whole (N, C) training observed matrix (optional: rows are also recorded lazily)."""
+        self.store.set_all(observed_train)
+
+    def start_epoch(self, epoch: int, num_epochs: int) -> None:
+        super().start_epoch(epoch, num_epochs)  # type: ignore[misc]
+        if not self.store.all_recorded:
+            self.store.refresh()  # one host read per epoch; lazy recording stops once all rows are in
+
+
 class SingleLoss(nn.Module):
     """One config: ``forward(logits (B, C), observed (B, C), index (B,)) -> scalar``.
 

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from spmlbench.errors import ConfigError
-from spmlbench.losses.base import BatchedLoss, ObservedStore, PredictFn, nlog, rows_of
+from spmlbench.losses.base import BatchedLoss, ObservedStore, RecordsObserved, PredictFn, nlog, rows_of
 from spmlbench.losses.hparams import HParams
 
 EM_EPS = 1e-5
@@ -75,7 +75,7 @@ class EMLoss(BatchedLoss):
         return torch.where(s, nlog(p, eps), em_negative(p, pn, self.col("alpha", z), eps))
 
 
-class EMAPLLoss(BatchedLoss):
+class EMAPLLoss(RecordsObserved, BatchedLoss):
     """[em_apl] EM plus asymmetric pseudo-labelling (soft negatives that accumulate)."""
 
     hparams_cls = EMAPLParams
@@ -88,15 +88,6 @@ class EMAPLLoss(BatchedLoss):
         shape = (self.num_configs, num_train, num_classes)
         self.register_buffer("pseudo", torch.zeros(shape, dtype=torch.bool))
         self.register_buffer("target", torch.zeros(shape))
-
-    def init_state(self, observed_train: Tensor, seed: int | torch.Generator = 0) -> None:
-        """Record the whole (N, C) training observed matrix (optional: rows are recorded lazily)."""
-        self.store.set_all(observed_train)
-
-    def start_epoch(self, epoch: int, num_epochs: int) -> None:
-        super().start_epoch(epoch, num_epochs)
-        if not self.store.all_recorded:
-            self.store.refresh()  # one host read per epoch; lazy recording stops once all rows are in
 
     def loss_matrix(self, z: Tensor, s: Tensor, index: Tensor | None) -> Tensor:
         assert index is not None

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from spmlbench.losses.base import BatchedLoss, ObservedStore, mean_bc, rows_of, set_rows
+from spmlbench.losses.base import BatchedLoss, ObservedStore, RecordsObserved, mean_bc, rows_of, set_rows
 from spmlbench.losses.hparams import HParams
 
 
@@ -137,7 +137,7 @@ class LLCtLoss(LLRLoss):
     mode = "temporary"
 
 
-class LLCpLoss(LLRLoss):
+class LLCpLoss(RecordsObserved, LLRLoss):
     """[ll_cp] large-loss permanent correction (stored observed matrix, constant k)."""
 
     hparams_cls = LLCpParams
@@ -149,15 +149,6 @@ class LLCpLoss(LLRLoss):
         assert num_train is not None
         self.store = ObservedStore(num_train, num_classes)
         self.register_buffer("corrected", torch.zeros(self.num_configs, num_train, num_classes, dtype=torch.bool))
-
-    def init_state(self, observed_train: Tensor, seed: int | torch.Generator = 0) -> None:
-        """Record the whole (N, C) training observed matrix (optional: rows are also recorded lazily)."""
-        self.store.set_all(observed_train)
-
-    def start_epoch(self, epoch: int, num_epochs: int) -> None:
-        super().start_epoch(epoch, num_epochs)
-        if not self.store.all_recorded:
-            self.store.refresh()  # one host read per epoch; lazy recording stops once all rows are in
 
     def observed_for(self, s: Tensor, index: Tensor | None) -> Tensor:
         assert index is not None
