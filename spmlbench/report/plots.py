@@ -264,7 +264,9 @@ def plot_heatmap(frame: pd.DataFrame, rows: str, cols: str, path: Path, *, title
         for i in range(data.shape[0]):
             for j in range(data.shape[1]):
                 if not math.isnan(data[i, j]):
-                    ax.text(j, i, f"{data[i, j]:.1f}", ha="center", va="center", fontsize=5, color="w")
+                    r, g, b, _ = im.cmap(im.norm(data[i, j]))
+                    ink = "k" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "w"  # readable on light and dark cells
+                    ax.text(j, i, f"{data[i, j]:.1f}", ha="center", va="center", fontsize=5, color=ink)
         fig.colorbar(im, ax=ax, label="test mAP (%)")
     return _save(fig, path)
 
