@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -219,3 +220,15 @@ def test_val_labels_follow_val_mode_and_match_sklearn() -> None:
         assert res[1].val_map[e - 1] == pytest.approx(sk_map(seen[(e, 1)].numpy(), data.s_val.numpy()), abs=1e-9)
     assert res[0].val_map != res[1].val_map
     assert res[0].test_ap == res[1].test_ap  # same training, test always on clean labels
+
+
+def test_epoch_summary_finds_the_first_bad_step_and_its_kind() -> None:
+    from spmlbench.train.linear import _epoch_summary
+
+    nan, inf = float("nan"), float("inf")
+    values = torch.tensor([[1.0, 2.0, 3.0, 4.0], [nan, 2.0, 3.0, 6.0], [1.0, 2.0, inf, 8.0]])
+    logit_sums = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, nan, -inf, 0.0]], dtype=torch.float64)
+    mean, first, kind = _epoch_summary(values, logit_sums)
+    assert first.tolist() == [2, 3, 3, -1]
+    assert kind.tolist() == [2, 1, 1, 0]  # config 2: logits and loss bad at step 3 -> logits
+    assert mean[1].item() == 2.0 and mean[3].item() == 6.0 and math.isnan(mean[0].item())

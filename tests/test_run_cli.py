@@ -28,6 +28,7 @@ def test_errors(cli, home: Path, tmp_path: Path) -> None:
     one_line_error(cli("run", "--mode", "bogus", "--out", out), "--mode")
     one_line_error(cli("run", "--image-size", "32", "--out", out), "--image-size")  # linear mode has no images
     one_line_error(cli("run", "--address", "auto", "--out", out), "--executor ray")
+    one_line_error(cli("run", "--processes", "0", "--out", out), "--processes 0")
     write_dataset(home, backbone="other")  # labels, but no resnet50 features
     one_line_error(cli("run", "--dataset", "voc", "--out", out), "spmlbench features voc --backbone resnet50")
     write_dataset(home)
@@ -49,6 +50,19 @@ def test_skip_and_force(cli, home: Path, tmp_path: Path) -> None:
     r = cli(*args, "--force")
     assert r.code == 0 and "6 jobs run" in r.out
     assert len(load_records(out)) == 6
+
+
+def test_processes_split_the_run_with_the_same_results(cli, home: Path, tmp_path: Path) -> None:
+    write_dataset(home)
+    args = ("run", "--dataset", "voc", "--losses", "an,gr,role", "--seeds", "0,1", "--epochs", "2", "--device", "cpu")
+    r1 = cli(*args, "--out", str(tmp_path / "one"))
+    r2 = cli(*args, "--out", str(tmp_path / "two"), "--processes", "2")
+    assert r1.code == 0 and r2.code == 0, (r1.err, r2.err)
+    assert "6 jobs run" in r2.out
+    a = load_records(tmp_path / "one").set_index("job_id").sort_index()
+    b = load_records(tmp_path / "two").set_index("job_id").sort_index()
+    assert list(a.index) == list(b.index) and (b["status"] == "ok").all()
+    assert (a["test_map"] - b["test_map"]).abs().max() < 1e-4  # equal up to matmul rounding across thread counts
 
 
 def test_digits_small_run_offline(cli, home: Path, tmp_path: Path) -> None:

@@ -205,6 +205,7 @@ def run(
     experiment: Optional[str] = typer.Option(None, "--experiment", help="a named experiment spec or a .toml path"),
     exact: bool = typer.Option(False, "--exact", help="end to end: fp32, deterministic kernels (reproduction)"),
     workers: Optional[int] = typer.Option(None, "--workers", help="end to end: image decode workers [default: by device]"),
+    processes: int = typer.Option(1, "--processes", help="linear on the CPU: split the configs over N processes (about one per core)"),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="end to end: input size [default: the backbone's]"),
     weights: Optional[str] = typer.Option(None, "--weights", help="end to end: backbone weights, default or none"),
     keep_checkpoints: bool = typer.Option(True, "--keep-checkpoints/--drop-checkpoints",
@@ -230,6 +231,8 @@ def run(
                                   "drop it or change --mode")
     if workers is not None and workers < 0:
         raise ConfigError(f"--workers {workers}: must be >= 0")
+    if processes < 1:
+        raise ConfigError(f"--processes {processes}: must be >= 1")
     seed_list = parse_seeds(seeds) if seeds is not None else None
     ds_list = _split(datasets, "datasets") if datasets is not None else []
     if dataset and dataset not in ds_list:
@@ -254,7 +257,8 @@ def run(
                                 val=val, early_stop=early_stop, sets=set_, grids=grid, weights=weights,
                                 image_size=image_size, exact=exact)
     run_kwargs: dict[str, Any] = dict(home=home, device=device, force=force, reference_loop=reference_loop,
-                                      experiment=exp_name, workers=workers, dumps=frozenset(dumps),
+                                      experiment=exp_name, workers=workers, processes=processes,
+                                      dumps=frozenset(dumps),
                                       keep_checkpoints=keep_checkpoints)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=False) as bar:

@@ -40,11 +40,13 @@ def resolve_device(device: str) -> torch.device:
 
 
 class LocalExecutor:
-    """Trains in this process: the batched linear trainer, or the reference loop."""
+    """Trains in this process (linear jobs on the CPU optionally in ``processes`` child processes):
+    the batched linear trainer, or the reference loop."""
 
-    def __init__(self, device: torch.device, reference_loop: bool = False) -> None:
+    def __init__(self, device: torch.device, reference_loop: bool = False, processes: int = 1) -> None:
         self.device = device
         self.reference_loop = reference_loop
+        self.processes = processes  # linear jobs on the CPU: split each cohort over this many processes
 
     def train(self, data: LinearData, jobs: Sequence[JobSpec], progress: ProgressFn | None = None,
               on_val: ValHook | None = None) -> list[ConfigResult]:
@@ -59,7 +61,8 @@ class LocalExecutor:
             from spmlbench.train.reference import train_reference
 
             return train_reference(data, configs, device=self.device, progress=progress)
-        return train_linear(data, configs, device=self.device, progress=progress, on_val=on_val)
+        return train_linear(data, configs, device=self.device, progress=progress, on_val=on_val,
+                            processes=self.processes if self.device.type == "cpu" else 1)
 
 
 def train_image_job(

@@ -166,12 +166,14 @@ def run_jobs(
     workers: int | None = None,
     dumps: Collection[str] = (),
     keep_checkpoints: bool = True,
+    processes: int = 1,
 ) -> RunSummary:
     """Run every job that has no record yet (all with ``force``); see the module docstring.
 
     ``dumps``: ids of jobs whose per-epoch val predictions are written to ``<out>/dumps`` (linear
     mode only). ``workers``: image decode workers of end-to-end jobs (default: the trainer's).
     ``keep_checkpoints``: keep an end-to-end job's ``<out>/work/<job_id>`` after its record.
+    ``processes``: linear jobs on the CPU: split each cohort over this many processes (local executor).
     """
     out = Path(out_dir)
     progress = progress or RunProgress()
@@ -182,7 +184,9 @@ def run_jobs(
             raise ConfigError(f"dump_predictions: job {j.loss} on {j.dataset} is mode {j.mode}; prediction dumps "
                               "are written by mode linear only; drop dump_predictions or use mode linear")
     dev = resolve_device(device)
-    executor = executor or LocalExecutor(dev, reference_loop=reference_loop)
+    if processes < 1:
+        raise ConfigError(f"--processes {processes}: must be >= 1")
+    executor = executor or LocalExecutor(dev, reference_loop=reference_loop, processes=processes)
     load = loader or (lambda ds, bb: load_dataset(ds, bb, home))
     summary = RunSummary()
     feats = current_features(jobs, home) if loader is None else {}

@@ -172,7 +172,8 @@ class BatchedLoss(nn.Module):
         return value if reg is None else value + reg
 
     def check_inputs(self, logits: Tensor, observed: Tensor, index: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Validate shapes; return logits and the observed mask as ``(1, B, C)`` or ``(M, B, C)`` bool."""
+        """Validate shapes; return logits and the observed mask (0/1 floats or bool) as ``(1, B, C)`` or
+        ``(M, B, C)`` bool."""
         if logits.dim() != 3 or logits.shape[0] != self.num_configs:
             raise ValueError(f"logits must be (M={self.num_configs}, B, C), got {tuple(logits.shape)}")
         m, b, c = logits.shape
@@ -186,7 +187,7 @@ class BatchedLoss(nn.Module):
                 raise ValueError("index must be the (B,) or (M, B) training-row ids of the batch for this loss")
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()  # losses are evaluated in float32 under autocast
-        s = observed > 0.5
+        s = observed if observed.dtype == torch.bool else observed > 0.5  # the trainer passes bool masks
         return logits, (s if s.dim() == 3 else s.unsqueeze(0))
 
 

@@ -4,8 +4,9 @@ The head of config ``m`` is ``W[m] (D, C)``, ``b[m] (C,)``, all configs of a coh
 (configs ordered by loss, then seed). Configs that share a seed share their minibatches (matched
 seeds, :mod:`spmlbench.train.seeding`). One step, for every config at once:
 
-1. one gather of the batch rows of every config, ``X (M, B, D)``, and one ``baddbmm`` for the
-   logits ``(M, B, C)`` (a detached leaf: autograd never sees the head's big tensors);
+1. one gather of each seed's batch rows ``(S, B, D)``, replicated to every config ``X (M, B, D)``,
+   and one ``baddbmm`` for the logits ``(M, B, C)`` (a detached leaf: autograd never sees the
+   head's big tensors); the label masks are bool, gathered the same way;
 2. one call of each loss's batched form with per-config ``observed (M_l, B, C)`` / ``index
    (M_l, B)`` (all seeds of that loss together), one backward of the sum of every per-config
    loss down to the logits (and ROLE's label logits); configs are independent, so each gets
@@ -13,12 +14,15 @@ seeds, :mod:`spmlbench.train.seeding`). One step, for every config at once:
 3. the head gradient by hand: ``dW = X^T dlogits`` (one ``bmm``), ``db = sum_b dlogits``;
 4. one Adam step over all configs (torch's fused kernel on the big tensors, per-config lr).
 
-Nothing in an epoch reads a value back to the host: the per-config loss sums and the first
-non-finite step (and whether logits or the loss) are device tensors read once per epoch. Val mAP
+Nothing in an epoch reads a value back to the host: every step writes each config's loss value
+and the float64 sum of its logits (non-finite exactly when a logit is) into per-epoch device
+tensors, from which the mean loss and the first non-finite step (and whether logits or the loss)
+are computed once per epoch. Val mAP
 (one matmul, vectorised AP) is computed for every config at the end of every epoch; early
 stopping freezes a config's results after its stop epoch (equivalent to stopping it). Non-finite
 loss or logits mark that config failed (epoch, step, which) and the others continue.
-``train_linear(threads=n)`` runs the training with ``n`` intra-op threads (scoped, restored).
+``train_linear(threads=n)`` runs the training with ``n`` intra-op threads (scoped, restored);
+``train_linear(processes=n)`` splits the configs over n CPU processes (:mod:`spmlbench.train.parallel`).
 """
 
 from __future__ import annotations
@@ -205,6 +209,7 @@ def train_linear(
     progress: ProgressFn | None = None,
     on_val: ValHook | None = None,
     threads: int | None = None,
+    processes: int = 1,
 ) -> list[ConfigResult]:
     """Train every config (batched); returns one :class:`ConfigResult` per config, in order.
 
@@ -214,7 +219,16 @@ def train_linear(
     ``threads``: intra-op CPU threads while training (None: leave torch's setting; the previous
     count is restored afterwards). On an idle 2-core machine the default (2) is faster; on a
     machine whose cores are busy with other work, 1 avoids multi-threaded kernels stalling.
+    ``processes`` > 1 (CPU only): split the configs over that many processes, whole loss calls per
+    process, ``threads // processes`` threads each (:mod:`spmlbench.train.parallel`).
     """
+    if processes < 1:
+        raise ConfigError(f"processes={processes}: must be >= 1")
+    if processes > 1:
+        from spmlbench.train.parallel import train_linear_parallel
+
+        return train_linear_parallel(data, configs, processes, device=device, progress=progress, on_val=on_val,
+                                     threads=threads)
     for c in configs:
         _check_config(c)
     results: list[ConfigResult | None] = [None] * len(configs)
@@ -265,7 +279,7 @@ class _LossCall:
     clean: bool  # observed = the clean labels (bce)
 
 
-def _call_key(c: TrainConfig) -> tuple[str, Any]:
+def call_key(c: TrainConfig) -> tuple[str, Any]:
     """Configs that can share one batched loss module: same loss (ROLE: same ``lr_mult`` too)."""
     return c.loss, (c.hparams_dict().get("lr_mult") if c.loss == "role" else None)
 
@@ -281,7 +295,7 @@ class _Cohort:
         self.batch_size = configs[0].batch_size
         n, d, c = data.x_train.shape[0], data.dim, data.num_classes
         # cohort position -> config: by loss call (contiguous slices), then seed, then input order
-        self.order = sorted(range(len(configs)), key=lambda i: (_call_key(configs[i]), configs[i].seed, i))
+        self.order = sorted(range(len(configs)), key=lambda i: (call_key(configs[i]), configs[i].seed, i))
         cfgs = [configs[i] for i in self.order]
         self.seeds = sorted({cfg.seed for cfg in cfgs})
         seed_pos = {s: k for k, s in enumerate(self.seeds)}
@@ -295,7 +309,7 @@ class _Cohort:
         lo = 0
         while lo < len(cfgs):
             hi = lo
-            while hi < len(cfgs) and _call_key(cfgs[hi]) == _call_key(cfgs[lo]):
+            while hi < len(cfgs) and call_key(cfgs[hi]) == call_key(cfgs[lo]):
                 hi += 1
             name = cfgs[lo].loss
             loss = build_batched_loss(name, [x.hparams_dict() for x in cfgs[lo:hi]], num_classes=c, num_train=n,
@@ -317,46 +331,48 @@ class _Cohort:
                                      [[x.lr for x in cfgs], [x.lr for x in cfgs], *lrs])
         self.grad_w = torch.empty_like(self.weight)
         self.any_clean = any(call.clean for call in self.calls)
+        self.s_mask = data.s_train > 0.5  # bool label masks, gathered per step (no per-loss conversion)
+        self.y_mask = data.y_train > 0.5
 
     # -- one epoch ---------------------------------------------------------------------------
     def _train_epoch(self, epoch: int) -> tuple[Tensor, Tensor, Tensor]:
         """Train one epoch; returns per-config (mean loss, first bad step or -1, bad kind 1 logits / 2 loss)."""
-        x_train, s_train, y_train = self.data.x_train, self.data.s_train, self.data.y_train
+        x_train = self.data.x_train
         n = x_train.shape[0]
         bsz = self.batch_size
         steps = num_steps(n, bsz)
         m_total = self.weight.shape[0]
-        loss_sum = torch.zeros(m_total, device=self.device, dtype=torch.float64)
-        first_bad = torch.full((m_total,), -1, dtype=torch.long, device=self.device)
-        bad_kind = torch.zeros(m_total, dtype=torch.long, device=self.device)
+        # per step, written in place and checked once at the end of the epoch (no host sync, few ops):
+        # each config's loss value and the float64 sum of its logits (non-finite iff a logit is)
+        values_hist = torch.empty(steps, m_total, device=self.device)
+        logit_hist = torch.empty(steps, m_total, device=self.device, dtype=torch.float64)
+        ones = torch.ones(m_total, device=self.device)
         for call in self.calls:
             call.loss.start_epoch(epoch, self.epochs)
-        rows = self.orders[epoch - 1].index_select(0, self.seed_of)  # (M, N): config m's row order
+        order = self.orders[epoch - 1]  # (S, N): each seed's row order
+        seed_of = self.seed_of
         params = self.loss_params
         for t in range(steps):
-            idx = rows[:, t * bsz:(t + 1) * bsz]  # (M, B)
-            xb = x_train[idx]  # (M, B, D)
-            sb = s_train[idx]
-            yb = y_train[idx] if self.any_clean else sb
-            logits = torch.baddbmm(self.bias.unsqueeze(1), xb, self.weight).requires_grad_(True)
+            idx_s = order[:, t * bsz:(t + 1) * bsz]  # (S, B): one minibatch per seed
+            idx = idx_s.index_select(0, seed_of)  # (M, B): config m's rows
+            xb = x_train[idx_s].index_select(0, seed_of)  # (M, B, D): gather S batches, then replicate
+            sb = self.s_mask[idx_s].index_select(0, seed_of)
+            yb = self.y_mask[idx_s].index_select(0, seed_of) if self.any_clean else sb
+            logits = torch.baddbmm(self.bias.unsqueeze(1), xb, self.weight)
+            torch.sum(logits, dim=(1, 2), dtype=torch.float64, out=logit_hist[t])
+            logits.requires_grad_(True)  # a leaf: autograd stops here, the head gradient is taken by hand
             values = torch.cat([
                 call.loss(logits[call.lo:call.hi], (yb if call.clean else sb)[call.lo:call.hi], idx[call.lo:call.hi])
                 for call in self.calls
             ])
             for p in params:
                 p.grad = None
-            values.sum().backward()
+            values.backward(ones)
             dlogits = logits.grad
             torch.bmm(xb.transpose(1, 2), dlogits, out=self.grad_w)
             self.optimizer.step([self.grad_w, dlogits.sum(dim=1)])
-            v = values.detach()
-            loss_sum += v
-            lbad = ~torch.isfinite(logits.detach()).flatten(1).all(dim=1)
-            kind = torch.where(lbad, 1, torch.where(torch.isfinite(v), 0, 2))
-            newly = (kind > 0) & (first_bad < 0)
-            first_bad.masked_fill_(newly, t + 1)
-            bad_kind = torch.where(newly, kind, bad_kind)
-        return loss_sum / steps, first_bad, bad_kind
+            values_hist[t] = values.detach()
+        return _epoch_summary(values_hist, logit_hist)
 
     @torch.no_grad()
     def _predict(self, x: Tensor, lo: int = 0, hi: int | None = None) -> Tensor:
@@ -429,3 +445,15 @@ class _Cohort:
                     r.test_map = float(ap[j].mean() * 100.0)
         by_config = {i: results[j] for j, i in enumerate(self.order)}
         return [by_config[i] for i in range(len(self.configs))]
+
+
+def _epoch_summary(values: Tensor, logit_sums: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """From per-step ``(steps, M)`` loss values and logit sums: per config the mean loss, the first
+    non-finite step (1-based, -1 if none) and what was non-finite there (1 logits, 2 loss, 0 none)."""
+    kind = torch.where(~torch.isfinite(logit_sums), 1, torch.where(torch.isfinite(values), 0, 2))  # (steps, M)
+    bad = kind > 0
+    first = bad.to(torch.int8).argmax(dim=0)  # first True per column (0 when none)
+    any_bad = bad.any(dim=0)
+    first_bad = torch.where(any_bad, first + 1, -1)
+    bad_kind = torch.where(any_bad, kind.gather(0, first.unsqueeze(0)).squeeze(0), 0)
+    return values.double().sum(dim=0) / values.shape[0], first_bad, bad_kind

@@ -1,0 +1,138 @@
+"""Linear-probe configs split over CPU processes (``train_linear(processes=n)``).
+
+On a CPU the batched trainer's step is bound by per-op overhead (each of the 16 losses is a few
+dozen tiny ops), which one Python process cannot spread over cores. This module splits the configs
+into ``n`` parts along loss-call boundaries (configs that share one batched loss module stay
+together, so each loss's cost is paid once per part), balances the parts by an estimated step cost,
+and trains each part with :func:`~spmlbench.train.linear.train_linear` in its own spawned process
+(``threads // n`` intra-op threads each). Features reach the workers through shared memory.
+
+A config's numbers do not depend on which other configs share its run (see
+:mod:`spmlbench.train.optim`), so a split run equals a single-process run with the same per-process
+thread count, bit for bit; across thread counts matrix products may round differently.
+Progress and per-epoch val scores (prediction dumps) are forwarded to the caller's callbacks.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import queue as queue_mod
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.multiprocessing as tmp
+
+from spmlbench.train.linear import (
+    ConfigResult,
+    EpochProgress,
+    LinearData,
+    ProgressFn,
+    TrainConfig,
+    ValHook,
+    call_key,
+    train_linear,
+)
+
+HEAD_COST = 0.15  # estimated step cost of one config's head (forward, gradient, Adam) relative to one loss call
+
+
+def loss_call_cost(loss: str) -> float:
+    """Relative per-step cost of one batched call of ``loss`` (its registry entry's ``step_cost``)."""
+    from spmlbench.losses import LOSSES
+
+    return float(LOSSES.get(loss).step_cost)
+
+
+def split_configs(configs: Sequence[TrainConfig], parts: int) -> list[list[int]]:
+    """Config indices in ``parts`` groups (fewer when there are fewer loss calls), whole loss calls
+    only, balanced by estimated cost (largest first onto the lightest part); empty parts dropped."""
+    calls: dict[tuple[Any, ...], list[int]] = {}
+    for i, c in enumerate(configs):
+        calls.setdefault((c.batch_size, c.epochs, *call_key(c)), []).append(i)
+    weighted = sorted(calls.items(), key=lambda kv: (-(loss_call_cost(configs[kv[1][0]].loss)
+                                                        + HEAD_COST * len(kv[1])), kv[0][2], kv[1][0]))
+    groups: list[list[int]] = [[] for _ in range(max(1, parts))]
+    loads = [0.0] * len(groups)
+    for key, members in weighted:
+        k = min(range(len(groups)), key=lambda g: (loads[g], g))
+        groups[k].extend(members)
+        loads[k] += loss_call_cost(configs[members[0]].loss) + HEAD_COST * len(members)
+    return [sorted(g) for g in groups if g]
+
+
+_EVENTS: Any = None  # the worker process's event queue (set by the pool initializer, one per process)
+
+
+def _init_worker(events: Any) -> None:
+    global _EVENTS
+    _EVENTS = events
+
+
+def _train_part(part: int, data: LinearData, configs: list[TrainConfig], device: str, threads: int,
+                want_val: bool) -> list[ConfigResult]:
+    torch.set_num_threads(threads)
+    events = _EVENTS
+
+    def progress(p: EpochProgress) -> None:
+        events.put(("progress", part, p))
+
+    def on_val(epoch: int, idx: list[int], probs: torch.Tensor) -> None:
+        events.put(("val", part, (epoch, idx, probs.detach().cpu().clone())))
+
+    return train_linear(data, configs, device=device, progress=progress, on_val=on_val if want_val else None)
+
+
+def train_linear_parallel(
+    data: LinearData,
+    configs: Sequence[TrainConfig],
+    processes: int,
+    *,
+    device: str | torch.device = "cpu",
+    progress: ProgressFn | None = None,
+    on_val: ValHook | None = None,
+    threads: int | None = None,
+) -> list[ConfigResult]:
+    """Train ``configs`` in up to ``processes`` CPU processes; results in input order (see module doc)."""
+    groups = split_configs(configs, processes)
+    if len(groups) <= 1 or torch.device(device).type != "cpu":
+        return train_linear(data, configs, device=device, progress=progress, on_val=on_val, threads=threads)
+    total = threads if threads is not None else torch.get_num_threads()
+    each = max(1, int(total) // len(groups))
+    ctx = tmp.get_context("spawn")
+    events = ctx.Queue()
+    results: list[ConfigResult | None] = [None] * len(configs)
+    with cf.ProcessPoolExecutor(max_workers=len(groups), mp_context=ctx, initializer=_init_worker,
+                                initargs=(events,)) as pool:
+        futures = {pool.submit(_train_part, k, data, [configs[i] for i in g], str(device), each, on_val is not None): k
+                   for k, g in enumerate(groups)}
+        try:
+            pending = set(futures)
+            while pending:
+                _drain(events, groups, progress, on_val, timeout=0.2)
+                done, pending = cf.wait(pending, timeout=0)
+                for fut in done:
+                    for i, r in zip(groups[futures[fut]], fut.result()):
+                        results[i] = r
+            _drain(events, groups, progress, on_val, timeout=0.0)
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+    return [r for r in results if r is not None]
+
+
+def _drain(events: Any, groups: list[list[int]], progress: ProgressFn | None, on_val: ValHook | None,
+           timeout: float) -> None:
+    """Forward the workers' queued events to the caller's callbacks."""
+    while True:
+        try:
+            kind, part, payload = events.get(timeout=timeout) if timeout > 0 else events.get_nowait()
+        except queue_mod.Empty:
+            return
+        timeout = 0.0
+        if kind == "progress" and progress is not None:
+            progress(payload)
+        elif kind == "val" and on_val is not None:
+            epoch, idx, probs = payload
+            on_val(epoch, [groups[part][i] for i in idx], probs)
