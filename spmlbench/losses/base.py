@@ -65,6 +65,20 @@ def set_rows(state: Tensor, index: Tensor, value: Tensor) -> None:
         state[torch.arange(state.shape[0], device=state.device).unsqueeze(1), idx] = value.to(state.device)
 
 
+def signs(loss: BatchedLoss, s: Tensor, like: Tensor, pos: Sequence[float] = (1.0,),
+          neg: Sequence[float] | None = None) -> Tensor:
+    """``where(s, pos, neg)`` (``neg`` defaults to ``-pos``) in ``like``'s dtype: cached constants, no grad.
+
+    One value: shape of ``s``; several: a leading axis, (len, *s.shape). ``z * signs(loss, s, z)``
+    equals ``where(s, z, -z)`` bitwise (gradient included) in one autograd node.
+    """
+    neg = [-x for x in pos] if neg is None else neg
+    shape = (-1, 1, 1, 1) if len(pos) > 1 else ()
+    a = loss.const(("signs", tuple(pos)), pos, like.dtype, like.device, shape)
+    b = loss.const(("signs", tuple(pos), tuple(neg)), neg, like.dtype, like.device, shape)
+    return torch.where(s, a, b)
+
+
 class BatchedLoss(nn.Module):
     """M configs of one loss evaluated together: ``forward(logits (M,B,C), observed, index)``.
 

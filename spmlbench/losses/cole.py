@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from spmlbench.errors import ConfigError
-from spmlbench.losses.base import BatchedLoss, expected_positive_reg, nlog, rows_of
+from spmlbench.losses.base import BatchedLoss, nlog, signs
 from spmlbench.losses.hparams import HParams
 
 COLE_EPS = 1e-5
@@ -92,8 +92,7 @@ class BCELoss(BatchedLoss):
     hparams_cls = BCEParams
 
     def loss_matrix(self, z: Tensor, s: Tensor, index: Tensor | None) -> Tensor:
-        eps = self.col("eps", z)
-        return torch.where(s, nlog(torch.sigmoid(z), eps), nlog(torch.sigmoid(-z), eps))
+        return nlog(torch.sigmoid(z * signs(self, s, z)), self.col("eps", z))
 
 
 class ANLoss(BCELoss):
@@ -108,9 +107,12 @@ class ANLSLoss(BatchedLoss):
     hparams_cls = ANLSParams
 
     def loss_matrix(self, z: Tensor, s: Tensor, index: Tensor | None) -> Tensor:
-        eps, ls = self.col("eps", z), self.col("ls_coef", z)
-        lp, ln = nlog(torch.sigmoid(z), eps), nlog(torch.sigmoid(-z), eps)
-        return torch.where(s, (1 - ls) * lp + ls * ln, (1 - ls) * ln + ls * lp)
+        # logits [z, -z] where s, [-z, z] where not: logs [nlog(p), nlog(1-p)] / [nlog(1-p), nlog(p)],
+        # weighted (1 - ls, ls) and summed (the minus sign of nlog folded into the weights)
+        w = self.const("an_ls.-w", [-(1 - v) for v in self.values("ls_coef")] + [-v for v in self.values("ls_coef")],
+                       z.dtype, z.device, (2, -1, 1, 1))
+        logs = torch.log(torch.sigmoid(z * signs(self, s, z, (1.0, -1.0))) + self.col("eps", z))
+        return (logs * w).sum(dim=0)
 
 
 class WANLoss(BatchedLoss):
@@ -124,8 +126,9 @@ class WANLoss(BatchedLoss):
             raise ConfigError(f"wan: num_classes={num_classes}: must be >= 2 (negatives are weighted 1/(C-1))")
 
     def loss_matrix(self, z: Tensor, s: Tensor, index: Tensor | None) -> Tensor:
-        eps = self.col("eps", z)
-        return torch.where(s, nlog(torch.sigmoid(z), eps), nlog(torch.sigmoid(-z), eps) / (self.num_classes - 1))
+        # nlog(sigmoid(z s)) / (1 where s, C - 1 where not), the minus sign of nlog in the divisor
+        div = signs(self, s, z, (-1.0,), (1.0 - self.num_classes,))
+        return torch.log(torch.sigmoid(z * signs(self, s, z)) + self.col("eps", z)) / div
 
 
 class EPRLoss(BatchedLoss):
@@ -133,12 +136,15 @@ class EPRLoss(BatchedLoss):
 
     hparams_cls = EPRParams
 
-    def loss_matrix(self, z: Tensor, s: Tensor, index: Tensor | None) -> Tensor:
-        return torch.where(s, nlog(torch.sigmoid(z), self.col("eps", z)), 0.0)
-
-    def regulariser(self, z: Tensor, s: Tensor, index: Tensor | None) -> Tensor:
-        k = self.col("expected_num_pos", z).view(-1)
-        return expected_positive_reg(torch.sigmoid(z), k)
+    def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
+        # mean_bc(s nlog(p)) + (sum_bc p / B - k)^2 / C^2, one sigmoid shared by both terms
+        z, s = self.check_inputs(logits, observed, index)
+        b, c = z.shape[-2:]
+        p = torch.sigmoid(z)
+        fit = (torch.log(p + self.col("eps", z)) * signs(self, s, z, (-1.0 / (b * c),), (0.0,))).sum(dim=(-2, -1))
+        negk = self.const("epr.-k", [-v for v in self.values("expected_num_pos")], z.dtype, z.device, (-1,))
+        dev = torch.add(negk, p.sum(dim=(-2, -1)), alpha=1.0 / b)
+        return torch.addcmul(fit, dev, dev, value=1.0 / c**2)
 
 
 class ROLELoss(BatchedLoss):
@@ -208,17 +214,71 @@ class ROLELoss(BatchedLoss):
             raise RuntimeError("role: label matrix G not initialised; call loss.init_state(observed_train, seed) "
                                "before training")
         assert index is not None
-        eps = self.col("eps", z)
-        k = self.col("expected_num_pos", z).view(-1)
-        g = rows_of(self.G, index).to(z.dtype)  # dense (M, N, C) grad: G is a dense Parameter
-        p, pn = torch.sigmoid(z), torch.sigmoid(-z)
-        q, qn = torch.sigmoid(g), torch.sigmoid(-g)
-        lp_p, ln_p, lp_q, ln_q = nlog(p, eps), nlog(pn, eps), nlog(q, eps), nlog(qn, eps)
-        l_f, l_g = torch.where(s, lp_p, 0.0), torch.where(s, lp_q, 0.0)
-        qd, pd = q.detach(), p.detach()
-        x_f = qd * lp_p + (1 - qd) * ln_p
-        x_g = pd * lp_q + (1 - pd) * ln_q
-        mat = 0.5 * (l_f + l_g) + 0.5 * (x_f + x_g)
-        reg = 0.5 * (expected_positive_reg(p, k) + expected_positive_reg(q, k))
-        return mat.mean(dim=(-2, -1)) + reg
+        m = self.num_configs
+        rows = (self.const("role.configs", range(m), torch.long, self.G.device, (-1, 1)), index.to(self.G.device))
+        negk = self.const("role.-k", [-k for k in self.values("expected_num_pos")], z.dtype, z.device, (-1,))
+        sign = self.const("role.sign", (1.0, -1.0), z.dtype, z.device, (2, 1, 1, 1, 1))
+        return ROLEValue.apply(z, self.G, rows, s, self.col("eps", z), negk, sign)
 
+
+class ROLEValue(torch.autograd.Function):
+    """ROLE's per-config value (M,) in one autograd node, with a hand-written backward.
+
+    ``apply(z, G, rows, s, eps, negk, sign, weights=None)``: logits ``z`` (M, B, C), the label-logit
+    matrix ``G`` (M, N, C) read at ``G[rows]`` (``rows`` = (config ids (M, 1), row ids (B,) or
+    (M, B))), observed mask ``s`` (1 or M, B, C) bool, ``eps`` (M, 1, 1), ``negk`` = -k (M,),
+    ``sign`` = (+1, -1) shaped (2, 1, 1, 1, 1). With ``p = sigmoid(z)``, ``q = sigmoid(g)``,
+    ``g = G[rows]``, per entry
+
+        0.5 [s nlog(p) + s nlog(q)] + 0.5 [q' nlog(p) + (1 - q') nlog(1 - p) + p' nlog(q) + (1 - p') nlog(1 - q)]
+
+    averaged over B x C, plus ``0.5 [(mean_b sum_c p - k)^2 + (mean_b sum_c q - k)^2] / C^2``.
+    The cross targets ``p'``, ``q'`` are constants (detached ``p``, ``q``; ``1 - x`` is
+    ``sigmoid(-logit)``). ``weights`` = (z', g') (M, B, C) takes the cross targets from other
+    logits (a gradient check with fixed targets); None: from ``z`` and ``g`` themselves.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, G: Tensor, rows: tuple[Tensor, Tensor], s: Tensor, eps: Tensor,
+                negk: Tensor, sign: Tensor, weights: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        b, c = z.shape[-2:]
+        g = G.index_select(1, rows[1]) if rows[1].dim() == 1 else G[rows]
+        sig = torch.sigmoid(torch.stack((z, g.to(z.dtype))) * sign)  # [[p, q], [1 - p, 1 - q]]
+        shifted = sig + eps
+        if weights is not None:
+            sig_w = torch.sigmoid(torch.stack(weights) * sign)
+        else:
+            sig_w = sig
+        w = sig_w.flip(1)  # weight of each log: [[q', p'], [1 - q', 1 - p']] ...
+        w[0].add_(s)  # ... plus s on nlog(p), nlog(q)
+        dev = torch.add(negk, sig[0].sum(dim=(-2, -1)), alpha=1.0 / b)  # (2, M): mean_b sum_c p - k (p, q)
+        # per config one contiguous row, reduced alike for any M (a config's value must not depend on
+        # which other configs share the call: job-id resume relies on it)
+        terms = (w * shifted.log()).movedim(2, 0).reshape(z.shape[0], -1)
+        value = terms.sum(dim=1).mul_(-0.5 / (b * c))
+        value.add_(torch.linalg.vecdot(dev, dev, dim=0), alpha=0.5 / c**2)
+        ctx.save_for_backward(sig, shifted, w, dev)
+        ctx.rows = rows
+        ctx.g_meta = (G.shape, G.dtype)
+        return value
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        if torch.is_grad_enabled():
+            raise RuntimeError("role: the ROLE loss supports one backward pass only (no create_graph)")
+        sig, shifted, w, dev = ctx.saved_tensors
+        b, c = sig.shape[-2:]
+        # d value / d logit = -0.5/(BC) * x(1-x) * (w+/(x+eps) - w-/(1-x+eps) - 2 dev / C) per config
+        ratio = (w / shifted).unbind(0)
+        inner = torch.sub(ratio[0], ratio[1]).sub_(dev.view(2, -1, 1, 1), alpha=2.0 / c)
+        dx = sig.prod(dim=0).mul_(inner).mul_(grad.view(-1, 1, 1).mul(-0.5 / (b * c)))
+        dz, dg = dx.unbind(0)
+        d_g = None
+        if ctx.needs_input_grad[1]:
+            shape, dtype = ctx.g_meta
+            d_g = torch.zeros(shape, dtype=dtype, device=dg.device)
+            if ctx.rows[1].dim() == 1:
+                d_g.index_add_(1, ctx.rows[1], dg.to(dtype))
+            else:
+                d_g.index_put_(ctx.rows, dg.to(dtype), accumulate=True)
+        return (dz if ctx.needs_input_grad[0] else None), d_g, None, None, None, None, None, None

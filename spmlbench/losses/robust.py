@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from spmlbench.losses.base import BatchedLoss, nlog, spow
+from spmlbench.losses.base import BatchedLoss, nlog, signs, spow
 from spmlbench.losses.hparams import HParams
 
 
@@ -87,10 +87,8 @@ class FocalLoss(BatchedLoss):
     hparams_cls = FocalParams
 
     def loss_matrix(self, z: Tensor, s: Tensor, index: Tensor | None) -> Tensor:
-        eps, g = self.col("eps", z), self.col("gamma", z)
-        pos = spow(F.logsigmoid(-z), g) * nlog(torch.sigmoid(z), eps)
-        neg = spow(F.logsigmoid(z), g) * nlog(torch.sigmoid(-z), eps)
-        return torch.where(s, pos, neg)
+        t = z * signs(self, s, z)  # z where s, -z where not: neg(z) = pos(-z)
+        return spow(F.logsigmoid(-t), self.col("gamma", z)) * nlog(torch.sigmoid(t), self.col("eps", z))
 
 
 class ASLLoss(BatchedLoss):
@@ -99,15 +97,12 @@ class ASLLoss(BatchedLoss):
     hparams_cls = ASLParams
 
     def loss_matrix(self, z: Tensor, s: Tensor, index: Tensor | None) -> Tensor:
-        eps, clip = self.col("eps", z), self.col("clip", z)
-        p = torch.sigmoid(z)
-        neg_prob = torch.clamp(torch.sigmoid(-z) + clip, max=1.0)  # 1 - p_m
-        pos = -torch.log(torch.clamp(p, min=eps))
-        neg = -torch.log(torch.maximum(neg_prob, eps))
-        with torch.no_grad():
-            w = torch.where(s, torch.pow(1 - p, self.col("gamma_pos", z)),
-                            torch.pow(1 - neg_prob, self.col("gamma_neg", z)))
-        return w * torch.where(s, pos, neg)
+        # x = p where s, 1 - p_m = min(1 - p + clip, 1) where not (1 - p as sigmoid(-z)): loss w * -log(max(x, eps))
+        zero = self.const("zero", (0.0,), z.dtype, z.device, ())
+        x = torch.clamp(torch.sigmoid(z * signs(self, s, z)) + torch.where(s, zero, self.col("clip", z)), max=1.0)
+        with torch.no_grad():  # -(1 - x)^gamma, the minus sign of -log folded in
+            w = torch.pow(1 - x, torch.where(s, self.col("gamma_pos", z), self.col("gamma_neg", z))).neg_()
+        return w * torch.log(torch.clamp(x, min=self.col("eps", z)))
 
 
 def focal_margin_positive(z: Tensor, margin: Tensor, gamma: Tensor) -> Tensor:
@@ -144,9 +139,16 @@ class SPLCLoss(BatchedLoss):
         return t
 
     def loss_matrix(self, z: Tensor, s: Tensor, index: Tensor | None) -> Tensor:
-        g = self.col("gamma", z)
-        pos = focal_margin_positive(z, self.col("margin", z), g)
-        pseudo_pos = spow(F.logsigmoid(-z), g) * -F.logsigmoid(z)
-        neg = spow(F.logsigmoid(z), g) * -F.logsigmoid(-z)
-        flip = self.switched(z.device) & (torch.sigmoid(z) > self.col("tau", z))
-        return torch.where(s, pos, torch.where(flip, pseudo_pos, neg))
+        # all three are f(y) = (1 - sigmoid(y))^g (-log sigmoid(y)) (focal_margin_positive with margin 0):
+        # y = z - margin (observed), z (pseudo positive), -z (negative)
+        up = s
+        switched = [self.epoch >= c for c in self.values("change_epoch")]
+        if any(switched):
+            with torch.no_grad():
+                flip = torch.sigmoid(z) > self.col("tau", z)
+                if not all(switched):
+                    flip &= self.switched(z.device)
+                up = flip | s
+        shift = torch.where(s, self.col("margin", z), self.const("zero", (0.0,), z.dtype, z.device, ()))
+        y = z * signs(self, up, z) - shift
+        return spow(F.logsigmoid(-y), self.col("gamma", z)) * -F.logsigmoid(y)
