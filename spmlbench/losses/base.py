@@ -205,6 +205,39 @@ class BatchedLoss(nn.Module):
         return logits, (s if s.dim() == 3 else s.unsqueeze(0))
 
 
+EntryFn = Callable[..., tuple[Tensor, Tensor | None]]
+
+
+class _EntryMean(torch.autograd.Function):
+    """Mean over B x C of a per-entry loss whose logit derivative is computed with it: one graph node."""
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, count: Tensor, entries: EntryFn, *args: Any) -> Tensor:
+        mat, dmat = entries(z, True, *args)
+        ctx.dmat, ctx.count, ctx.num_args = dmat, count, len(args)
+        return mat.sum(dim=(-2, -1)) / count
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        if torch.is_grad_enabled():  # create_graph=True; cheaper than @once_differentiable per step
+            raise RuntimeError("entry_mean: the fused loss gradient is not differentiable (no double backward)")
+        return ((grad / ctx.count).view(-1, 1, 1) * ctx.dmat, None, None) + (None,) * ctx.num_args
+
+
+def entry_mean(loss: BatchedLoss, z: Tensor, entries: EntryFn, *args: Any) -> Tensor:
+    """``mean_bc`` of the per-entry loss ``entries(z, need_grad, *args) -> (mat, d mat / d z)`` (M, B, C).
+
+    Differentiable in ``z`` only, through the returned derivative (``None`` when ``need_grad`` is
+    False): one autograd node instead of one per elementwise op; ``args`` are constants. The mean
+    divides the sum by B x C as a cached tensor of ``loss`` (bitwise ``mean``, no scalar conversion).
+    """
+    n = z.shape[-2] * z.shape[-1]
+    count = loss.const(("entry_count", n), (n,), z.dtype, z.device, ())
+    if torch.is_grad_enabled() and z.requires_grad:
+        return _EntryMean.apply(z, count, entries, *args)
+    return entries(z, False, *args)[0].sum(dim=(-2, -1)) / count
+
+
 class ObservedStore(nn.Module):
     """The (N, C) training observed matrix, recorded lazily from batches or all at once."""
 

@@ -9,6 +9,7 @@ lowest p become soft negatives with target ``t = p`` (p at assignment, stored, s
 ``U_c`` counts unobserved entries of class c in the training observed matrix; ``T`` is the
 ``num_epochs`` given to ``start_epoch`` (no pseudo-labels when ``T <= T_w``). Ties in p are broken
 by the lower row index. Pseudo-labelled entries contribute ``beta (t nlog(p) + (1-t) nlog(1-p))``.
+Both losses evaluate the B x C mean and its logit gradient in one fused step (``entry_mean``).
 The training observed matrix is recorded from batches as they come (every row is seen in epoch
 1) or given at once with ``init_state``.
 """
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor
 
 from spmlbench.errors import ConfigError
-from spmlbench.losses.base import BatchedLoss, ObservedStore, RecordsObserved, PredictFn, nlog, rows_of
+from spmlbench.losses.base import BatchedLoss, ObservedStore, PredictFn, RecordsObserved, entry_mean, rows_of
 from spmlbench.losses.hparams import HParams
 
 EM_EPS = 1e-5
@@ -59,9 +60,36 @@ class EMAPLParams(HParams):
         self.positive("eps")
 
 
-def em_negative(p: Tensor, pn: Tensor, alpha: Tensor, eps: Tensor) -> Tensor:
-    """``-alpha * H(p)`` with ``pn = 1 - p``."""
-    return -alpha * (p * nlog(p, eps) + pn * nlog(pn, eps))
+def em_entries(z: Tensor, need_grad: bool, s: Tensor, alpha: Tensor, eps: Tensor,
+               soft: tuple[Tensor, Tensor, Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
+    """EM's per-entry loss (M, B, C) and, if ``need_grad``, its derivative in z.
+
+    ``s``: observed -> ``nlog(p)``; else ``-alpha H(p) = alpha (p log(p+eps) + (1-p) log(1-p+eps))``.
+    ``soft = (pseudo, t, -beta, 1)`` (EM-APL; ``1`` a 0-dim tensor): pseudo-labelled entries give
+    ``beta (t nlog(p) + (1-t) nlog(1-p)) = -beta (t log(p+eps) + (1-t) log(1-p+eps))`` instead.
+    Both are ``c (w1 log(p+eps) + w2 log(1-p+eps))``: ``(c, w1, w2) = (alpha, p, 1-p)`` or ``(-beta, t, 1-t)``.
+    """
+    p, pn = torch.sigmoid(z), torch.sigmoid(-z)  # pn = 1 - p, accurate near p = 1
+    p_eps, pn_eps = p + eps, pn + eps
+    lp, ln = torch.log(p_eps), torch.log(pn_eps)  # -nlog(p), -nlog(1-p)
+    if soft is None:
+        w1, w2, coef = p, pn, alpha
+    else:
+        pseudo, t, neg_beta, one = soft
+        w1, w2, coef = torch.where(pseudo, t, p), torch.where(pseudo, one - t, pn), torch.where(pseudo, neg_beta, alpha)
+    mat = torch.where(s, -lp, coef * (w1 * lp + w2 * ln))  # the reference's rounding (no fused multiply-add)
+    if not need_grad:
+        return mat, None
+    # d/dz log(p+eps) = p(1-p)/(p+eps) = (1-p) qp, d/dz log(1-p+eps) = -p qn; the entropy's weights
+    # p, 1-p add p(1-p) (lp - ln).
+    qp, qn = p / p_eps, pn / pn_eps
+    d_obs = -pn * qp
+    if soft is None:
+        dh = (p * pn) * ((lp - ln) + (qp - qn))
+    else:
+        dh = ((p * pn) * (lp - ln)).masked_fill_(pseudo, 0.0)
+        dh = torch.addcmul(torch.addcmul(dh, w1, pn * qp), w2, p * qn, value=-1)
+    return mat, torch.where(s, d_obs, coef * dh)
 
 
 class EMLoss(BatchedLoss):
@@ -69,10 +97,9 @@ class EMLoss(BatchedLoss):
 
     hparams_cls = EMParams
 
-    def loss_matrix(self, z: Tensor, s: Tensor, index: Tensor | None) -> Tensor:
-        eps = self.col("eps", z)
-        p, pn = torch.sigmoid(z), torch.sigmoid(-z)
-        return torch.where(s, nlog(p, eps), em_negative(p, pn, self.col("alpha", z), eps))
+    def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
+        z, s = self.check_inputs(logits, observed, index)
+        return entry_mean(self, z, em_entries, s, self.col("alpha", z), self.col("eps", z))
 
 
 class EMAPLLoss(RecordsObserved, BatchedLoss):
@@ -89,17 +116,16 @@ class EMAPLLoss(RecordsObserved, BatchedLoss):
         self.register_buffer("pseudo", torch.zeros(shape, dtype=torch.bool))
         self.register_buffer("target", torch.zeros(shape))
 
-    def loss_matrix(self, z: Tensor, s: Tensor, index: Tensor | None) -> Tensor:
+    def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
+        z, s = self.check_inputs(logits, observed, index)
         assert index is not None
         self.store.record(s, index)
-        pseudo = rows_of(self.pseudo, index).to(z.device)
-        t = rows_of(self.target, index).to(device=z.device, dtype=z.dtype)
-        eps = self.col("eps", z)
-        p, pn = torch.sigmoid(z), torch.sigmoid(-z)
-        lp, ln = nlog(p, eps), nlog(pn, eps)
-        soft = self.col("beta", z) * (t * lp + (1 - t) * ln)
-        unobs = torch.where(pseudo, soft, em_negative(p, pn, self.col("alpha", z), eps))
-        return torch.where(s, lp, unobs)
+        pseudo, t = rows_of(self.pseudo, index), rows_of(self.target, index)
+        if pseudo.device != z.device or t.dtype != z.dtype:
+            pseudo, t = pseudo.to(z.device), t.to(device=z.device, dtype=z.dtype)
+        neg_beta = self.const("-beta", [-b for b in self.values("beta")], z.dtype, z.device)
+        one = self.const("one", (1.0,), z.dtype, z.device, ())
+        return entry_mean(self, z, em_entries, s, self.col("alpha", z), self.col("eps", z), (pseudo, t, neg_beta, one))
 
     def counts(self, warmup_epoch: int, theta: float) -> list[int]:
         """Per-class number of new pseudo-labels per epoch: ``int(theta * U_c / (T - T_w))``."""

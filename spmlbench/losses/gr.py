@@ -7,7 +7,8 @@ Per entry, with ``k`` and ``v`` computed from the detached p::
     k(p) = sigmoid(w p + b),  v(p) = exp(-(p - mu)^2 / (2 sigma^2))
     L2 = (1 - p^q2) / q2,     L3 = (1 - (1 - p)^q3) / q3
 
-``p^q`` is evaluated as ``exp(q logsigmoid(z))`` (finite gradients at p = 0, 1).
+``p^q`` is evaluated as ``exp(q logsigmoid(z))`` (finite gradients at p = 0, 1). The B x C mean
+and its logit gradient (k, v constant) are evaluated in one fused step (:func:`entry_mean`).
 
 Schedule (set by ``start_epoch(e, T)``, ``n = linear_init``)::
 
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from spmlbench.errors import ConfigError
-from spmlbench.losses.base import BatchedLoss, SingleLoss, nlog
+from spmlbench.losses.base import BatchedLoss, SingleLoss, entry_mean
 from spmlbench.losses.hparams import HParams
 
 
@@ -125,16 +126,34 @@ class GRLossBatched(BatchedLoss):
             self._const_cache[ck] = None if all(on) else self.const(name, on, torch.bool, like.device, (-1, *([1] * dims)))
         return self._const_cache[ck]
 
+    def _kv_cols(self, like: Tensor, dims: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(w, b', mu, -2 sigma^2')`` as (M, 1, ...) columns, once per epoch and dtype/device.
+
+        The switches are folded in: ``b' = -inf`` where ``use_k`` is off (``sigmoid(w p - inf) = 0``
+        exactly) and ``-2 sigma^2' = -inf`` where ``use_v`` is off (``exp(x / -inf) = exp(-0) = 1``
+        exactly, x >= 0 finite), so k and v need no mask per step.
+        """
+        ck = ("kv_cols", like.dtype, like.device, dims)
+        hit = self._const_cache.get(ck)
+        if hit is None:
+            b, neg_two_var = self._shaped("b", like, dims), -self._two_var(like, dims)
+            k_on, v_on = self._switch("use_k", like, dims), self._switch("use_v", like, dims)
+            if k_on is not None:
+                b = torch.where(k_on, b, -math.inf)
+            if v_on is not None:
+                neg_two_var = torch.where(v_on, neg_two_var, -math.inf)
+            hit = (self._shaped("w", like, dims), b, self._shaped("mu", like, dims), neg_two_var)
+            self._const_cache[ck] = hit
+        return hit
+
     def _k(self, p: Tensor, dims: int) -> Tensor:
-        k = torch.sigmoid(self._shaped("w", p, dims) * p + self._shaped("b", p, dims))
-        on = self._switch("use_k", p, dims)
-        return k if on is None else torch.where(on, k, torch.zeros_like(k))
+        w, b = self._kv_cols(p, dims)[:2]
+        return torch.sigmoid(torch.addcmul(b, w, p))  # sigmoid(w p + b); 0 where use_k is off
 
     def _v(self, p: Tensor, dims: int) -> Tensor:
-        mu, two_var = self._shaped("mu", p, dims), self._two_var(p, dims)
-        v = torch.exp(-((p - mu) ** 2) / two_var)
-        on = self._switch("use_v", p, dims)
-        return v if on is None else torch.where(on, v, torch.ones_like(v))
+        mu, neg_two_var = self._kv_cols(p, dims)[2:]
+        d = p - mu
+        return torch.exp(d * d / neg_two_var)  # exp(-(p - mu)^2 / (2 sigma^2)); 1 where use_v is off
 
     def k(self, p: Tensor) -> Tensor:
         """Soft pseudo-label ``k(p)`` per config: p of any shape S -> (M, *S)."""
@@ -144,38 +163,54 @@ class GRLossBatched(BatchedLoss):
         """Reweighting ``v(p)`` per config: p of any shape S -> (M, *S)."""
         return self._v(p.unsqueeze(0), p.dim())
 
-    def _q(self, name: str, like: Tensor) -> tuple[Tensor, Tensor | None]:
-        """``(q_safe, zero)`` for ``q2``/``q3``: q with zeros replaced by 1, and the (M, 1, 1) zero mask
-        (None when no config has q = 0; decided on the host from the hyperparameters)."""
+    def _q(self, name: str, like: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(q_safe, -q_safe, zero)`` for ``q2``/``q3``: q with zeros replaced by 1, its negative, and the
+        (M, 1, 1) zero mask (None when no config has q = 0; decided on the host from the hyperparameters)."""
         ck = ("q", name, like.dtype, like.device)
         hit = self._const_cache.get(ck)
         if hit is None:
             q = self.col(name, like)
-            if any(v == 0 for v in self.values(name)):
-                zero = q == 0
-                hit = (torch.where(zero, torch.ones_like(q), q), zero)
-            else:
-                hit = (q, None)
+            zero = q == 0 if any(v == 0 for v in self.values(name)) else None
+            q_safe = q if zero is None else torch.where(zero, torch.ones_like(q), q)
+            hit = (q_safe, -q_safe, zero)
             self._const_cache[ck] = hit
         return hit
 
-    def loss_matrix(self, z: Tensor, s: Tensor, index: Tensor | None) -> Tensor:
-        p = torch.sigmoid(z)
-        pd = p.detach()
-        k, v = self._k(pd, 2), self._v(pd, 2)
-        l1 = nlog(p, self.col("eps", z))
-        l2 = _robust_log(F.logsigmoid(z), *self._q("q2", z))  # (1 - p^q2) / q2, -log p at q2 = 0
-        l3 = _robust_log(F.logsigmoid(-z), *self._q("q3", z))  # (1 - (1-p)^q3) / q3, -log(1-p) at q3 = 0
-        return torch.where(s, l1, v * (k * l2 + (1 - k) * l3))
+    def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
+        z, s = self.check_inputs(logits, observed, index)
+        return entry_mean(self, z, self._entries, s)
+
+    def _entries(self, z: Tensor, need_grad: bool, s: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Per-entry loss (M, B, C) and, if ``need_grad``, its derivative in z with k, v constant:
+
+        ``dL1 = -(1-p) p / (p + eps)``, ``dL2 = -(1-p) p^q2``, ``dL3 = p (1-p)^q3``.
+        """
+        nz = -z
+        p, pn = torch.sigmoid(z), torch.sigmoid(nz)  # pn = 1 - p, accurate near p = 1
+        k, v = self._k(p, 2), self._v(p, 2)
+        p_eps = p + self.col("eps", z)
+        e2, l2 = _robust_log(F.logsigmoid(z), *self._q("q2", z))  # (1 - p^q2) / q2, -log p at q2 = 0
+        e3, l3 = _robust_log(F.logsigmoid(nz), *self._q("q3", z))  # (1 - (1-p)^q3) / q3, -log(1-p) at q3 = 0
+        mat = torch.where(s, -torch.log(p_eps), v * torch.lerp(l3, l2, k))  # lerp: k l2 + (1 - k) l3
+        if not need_grad:
+            return mat, None
+        npn = -pn
+        d2 = torch.addcmul(npn, e2, npn)  # -(1-p) (1 + (p^q2 - 1))
+        d3 = torch.addcmul(p, e3, p)  # p (1 + ((1-p)^q3 - 1))
+        return mat, torch.where(s, npn * (p / p_eps), v * torch.lerp(d3, d2, k))
 
 
-def _robust_log(log_x: Tensor, q_safe: Tensor, zero: Tensor | None) -> Tensor:
-    """``(1 - x^q) / q`` from ``log x``; its q -> 0 limit ``-log x`` where ``zero`` (q == 0).
+def _robust_log(log_x: Tensor, q_safe: Tensor, neg_q_safe: Tensor, zero: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``(x^q - 1, (1 - x^q) / q)`` from ``log x``; ``(0, -log x)`` (the q -> 0 limit) where ``zero`` (q == 0).
 
-    ``q_safe`` is q with its zeros replaced by 1; ``zero`` None means no config has q = 0.
+    ``q_safe`` is q with its zeros replaced by 1 (``neg_q_safe`` = -q_safe); ``zero`` None means no
+    config has q = 0. ``x^q - 1`` is ``expm1(q log x)``; the value is ``-expm1(q log x) / q``.
     """
-    value = -torch.expm1(q_safe * log_x) / q_safe
-    return value if zero is None else torch.where(zero, -log_x, value)
+    em1 = torch.expm1(q_safe * log_x)
+    value = em1 / neg_q_safe
+    if zero is None:
+        return em1, value
+    return em1.masked_fill_(zero, 0.0), torch.where(zero, -log_x, value)
 
 
 class GRLoss(SingleLoss):

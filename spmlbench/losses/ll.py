@@ -14,6 +14,9 @@ LL-Cp keeps a corrected observed matrix (M, N, C): selected entries become obser
 for all later batches and epochs. It is filled lazily from the first batch that shows a row, or
 at once with ``init_state(observed_train)``; once a row is stored, the ``observed`` argument for
 that row is ignored in favour of the stored (corrected) row.
+
+The B x C mean and its logit gradient (autograd's ``softplus`` derivative, threshold included)
+are evaluated in one fused step (``entry_mean``).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from spmlbench.losses.base import BatchedLoss, ObservedStore, RecordsObserved, mean_bc, rows_of, set_rows
+from spmlbench.losses.base import BatchedLoss, ObservedStore, RecordsObserved, entry_mean
 from spmlbench.losses.hparams import HParams
 
 
@@ -66,6 +69,10 @@ def ll_num_selected(batch: int, num_classes: int, epoch: int, delta_rel: float, 
     return min(k, batch * num_classes)
 
 
+# d softplus(y) / dy times a gradient, as autograd computes it (exp(y) / (exp(y) + 1), 1 above the threshold)
+_softplus_grad = torch.ops.aten.softplus_backward.default
+
+
 class LLRLoss(BatchedLoss):
     """[ll_r] large-loss rejection."""
 
@@ -77,8 +84,9 @@ class LLRLoss(BatchedLoss):
         return [ll_num_selected(batch, self.num_classes, self.epoch, d, self.mode == "permanent")
                 for d in self.values("delta_rel")]
 
-    def selection(self, batch: int, device: torch.device) -> tuple[int, Tensor, Tensor] | None:
-        """``(max k, k - 1 clamped at 0 (M, 1) long, k > 0 (M, 1) bool)`` on ``device``; None if every k is 0.
+    def selection(self, batch: int, device: torch.device) -> tuple[int, Tensor, Tensor | None] | None:
+        """``(max k, k - 1 clamped at 0 (M, 1) long, k > 0 (M, 1) bool or None if every k > 0)`` on
+        ``device``; None if every k is 0.
 
         Computed on the host from (B, epoch, delta_rel) and cached: the per-batch selection then runs
         entirely on the device.
@@ -89,7 +97,7 @@ class LLRLoss(BatchedLoss):
             hit = None
             if max(ks) > 0:
                 kk = torch.tensor(ks, dtype=torch.long, device=device).view(-1, 1)
-                hit = (max(ks), (kk - 1).clamp(min=0), kk > 0)
+                hit = (max(ks), (kk - 1).clamp(min=0), None if min(ks) > 0 else kk > 0)
             self._const_cache[ck] = hit
         return self._const_cache[ck]
 
@@ -97,34 +105,52 @@ class LLRLoss(BatchedLoss):
         """The observed mask to use: (1 or M, B, C) as given; LL-Cp returns its stored (M, B, C)."""
         return s
 
-    def select(self, loss_an: Tensor, s_eff: Tensor) -> Tensor:
-        """(M, B, C) bool: unobserved entries with AN loss >= the k-th largest unobserved AN loss."""
+    def select(self, loss_an: Tensor, s_eff: Tensor) -> Tensor | None:
+        """(M, B, C) bool: unobserved entries with AN loss >= the k-th largest unobserved AN loss
+        (observed entries rank as 0); None when every k is 0."""
         m, b, c = loss_an.shape
         sel = self.selection(b, loss_an.device)
         if sel is None:
-            return torch.zeros(loss_an.shape, dtype=torch.bool, device=loss_an.device)
+            return None
         k_max, k_at, k_pos = sel
-        unobs = ~s_eff.expand(m, b, c)
-        ranked = torch.where(unobs, loss_an.detach(), 0.0).reshape(m, b * c)
+        ranked = torch.where(s_eff, self._zero(loss_an), loss_an).view(m, b * c)
         thr = torch.topk(ranked, k_max, dim=1).values.gather(1, k_at)
-        chosen = (ranked >= thr) & k_pos
-        return chosen.view(m, b, c) & unobs
+        chosen = ranked >= thr
+        if k_pos is not None:
+            chosen &= k_pos
+        return chosen.view(m, b, c) > s_eff  # bool a > b is a & ~b: observed entries are never chosen
 
     def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
         z, s = self.check_inputs(logits, observed, index)
-        s_eff = self.observed_for(s, index)
-        to_pos, to_neg = F.softplus(-z), F.softplus(z)
-        loss_an = torch.where(s_eff, to_pos, to_neg)
-        if self.selection(z.shape[1], z.device) is None:  # epoch 1 (k = 0): plain AN, nothing to store
-            return mean_bc(loss_an)
+        return entry_mean(self, z, self._entries, self.observed_for(s, index), index)
+
+    def _entries(self, z: Tensor, need_grad: bool, s_eff: Tensor, index: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Per-entry loss (M, B, C) (AN, with the selected entries rejected or corrected) and, if
+        ``need_grad``, its derivative in z; LL-Cp stores the selected entries."""
+        nz = -z
+        y = torch.where(s_eff, nz, z)  # AN: softplus(-z) on observed, softplus(z) on unobserved entries
+        mat = loss_an = F.softplus(y)
         chosen = self.select(loss_an, s_eff)
-        if self.mode == "reject":
-            mat = torch.where(chosen, 0.0, loss_an)
-        else:
-            mat = torch.where(chosen, to_pos, loss_an)
-        if self.mode == "permanent":
-            self.store_flips(chosen, index)
-        return mean_bc(mat)
+        flip = s_eff  # entries whose loss is softplus(-z)
+        if chosen is not None:
+            if self.mode == "reject":
+                mat = torch.where(chosen, self._zero(z), loss_an)
+            else:  # correction: -log p = softplus(-z) on the chosen (unobserved) entries
+                y = torch.where(chosen, nz, y)
+                mat, flip = F.softplus(y), s_eff | chosen
+            if self.mode == "permanent":
+                self.store_flips(chosen, index)
+        if not need_grad:
+            return mat, None
+        dsp = _softplus_grad(self.const("one", (1.0,), z.dtype, z.device, ()), y, 1.0, 20.0)  # autograd's rule
+        dmat = torch.where(flip, -dsp, dsp)
+        if chosen is not None and self.mode == "reject":
+            dmat.masked_fill_(chosen, 0.0)
+        return mat, dmat
+
+    def _zero(self, like: Tensor) -> Tensor:
+        """A cached 0-dim zero of ``like``'s dtype/device (no scalar conversion per op)."""
+        return self.const("zero", (0.0,), like.dtype, like.device, ())
 
     def store_flips(self, chosen: Tensor, index: Tensor | None) -> None:
         """LL-Cp only."""
@@ -150,18 +176,28 @@ class LLCpLoss(RecordsObserved, LLRLoss):
         self.store = ObservedStore(num_train, num_classes)
         self.register_buffer("corrected", torch.zeros(self.num_configs, num_train, num_classes, dtype=torch.bool))
 
+    def _rows(self, index: Tensor) -> tuple[Any, Tensor]:
+        """``(key, rows)``: ``self.corrected[key]`` are the (M, B, C) rows of ``index`` (B,) or (M, B)
+        (config m's own rows), and ``rows`` the matching (B, C) or (M, B, C) rows of the store."""
+        dev = self.corrected.device
+        idx = index if index.device == dev else index.to(dev)
+        if idx.dim() == 1:
+            return (slice(None), idx), self.store.observed[idx]
+        return (self.const("config_rows", range(self.num_configs), torch.long, dev, (-1, 1)), idx), self.store.observed[idx]
+
     def observed_for(self, s: Tensor, index: Tensor | None) -> Tensor:
         assert index is not None
         self.store.record(s, index)
-        idx = index.to(self.corrected.device)
-        original = self.store.observed[idx]  # (B, C) or (M, B, C)
-        stored = (original if idx.dim() == 2 else original.unsqueeze(0)) | rows_of(self.corrected, idx)
-        return stored.to(s.device)
+        key, original = self._rows(index)
+        stored = original | self.corrected[key]
+        return stored if stored.device == s.device else stored.to(s.device)
 
     @torch.no_grad()
     def store_flips(self, chosen: Tensor, index: Tensor | None) -> None:
         assert index is not None
-        set_rows(self.corrected, index, rows_of(self.corrected, index) | chosen.to(self.corrected.device))
+        key = self._rows(index)[0]
+        dev = self.corrected.device
+        self.corrected[key] = self.corrected[key] | (chosen if chosen.device == dev else chosen.to(dev))
 
     def observed_matrix(self) -> Tensor:
         """The current corrected observed matrix (M, N, C) bool (original positives plus flips)."""
