@@ -10,7 +10,7 @@ not thread settings; ``--threads 1`` on a machine whose cores are busy). The las
 throughputs (config-epochs per second) and their ratio.
 
     python benchmarks/linear_sweep.py                 # VOC-sized, CPU
-    python benchmarks/linear_sweep.py --processes 2      # the configs split over 2 processes (1 thread each)
+    python benchmarks/linear_sweep.py --processes 1      # one process (default auto: one per core, as spmlbench run)
     python benchmarks/linear_sweep.py --coco --device cuda
 """
 
@@ -71,19 +71,25 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=2048)
     ap.add_argument("--ref-configs", type=int, default=2, help="reference-loop configs timed (1 epoch each)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="intra-op CPU threads for both loops")
-    ap.add_argument("--processes", type=int, default=1,
-                    help="split the sweep's configs over this many CPU processes (threads // processes each)")
+    ap.add_argument("--processes", default="auto",
+                    help="split the sweep's configs over this many CPU processes (threads // processes each); "
+                         "auto (default, as spmlbench run): one per core for long runs")
     args = ap.parse_args()
     sizes = COCO if args.coco else VOC
     torch.set_num_threads(args.threads)  # a benchmark script: both loops run under the same setting
+    processes = None if args.processes == "auto" else int(args.processes)
     data = synthetic(sizes, args.dim)
     losses = list_losses()
     cfgs = configs(losses, list(range(args.seeds)), args.epochs, args.batch_size, sizes[4])
+    if processes is None:
+        from spmlbench.train.parallel import auto_processes
+
+        processes = auto_processes(cfgs, sizes[0], args.device)
     print(f"features: train {sizes[0]} / val {sizes[1]} / test {sizes[2]}, {args.dim}-d, {sizes[3]} classes; "
           f"{len(cfgs)} configs x {args.epochs} epochs, batch {args.batch_size}, device {args.device}, "
-          f"threads {torch.get_num_threads()}, processes {args.processes}")
+          f"threads {torch.get_num_threads()}, processes {processes}")
     t0 = time.perf_counter()
-    results = train_linear(data, cfgs, device=args.device, threads=args.threads, processes=args.processes)
+    results = train_linear(data, cfgs, device=args.device, threads=args.threads, processes=processes)
     batched_s = time.perf_counter() - t0
     by_loss: dict[str, list[float]] = {}
     for c, r in zip(cfgs, results):

@@ -24,17 +24,35 @@ def test_split_keeps_loss_calls_whole_and_balances_cost() -> None:
     configs = [cfg(n, s) for n in ("an", "role", "gr", "bce", "em_apl") for s in (0, 1, 2)]
     groups = split_configs(configs, 2)
     assert sorted(i for g in groups for i in g) == list(range(15))
-    for g in groups:  # every loss lives in exactly one group
-        assert all(configs[i].loss in {configs[j].loss for j in g} for i in g)
     losses = [{configs[i].loss for i in g} for g in groups]
-    assert not (losses[0] & losses[1])
-    assert "role" in losses[0] and len(losses[0]) < len(losses[1])  # the expensive call goes alone-ish
-    # ROLE (4.1) + 3 heads vs gr 2.2 + em_apl 2.3 + an 1 + bce 1 + 12 heads: 4.55 vs 8.3 -> role with the lightest
+    assert not (losses[0] & losses[1])  # with more calls than parts, every loss call stays whole
+    # costs (AN = 1, head 0.65 per config): role 6 + 1.95 = 7.95 first, then em_apl 4.15, gr 3.35,
+    # an 2.95 (lower index than bce on a tie), bce 2.95, each onto the lighter part:
+    # {role, bce} 10.9 vs {em_apl, gr, an} 10.45
+    assert losses == [{"role", "bce"}, {"em_apl", "gr", "an"}]
     assert split_configs(configs, 1) == [list(range(15))]
-    assert len(split_configs(configs[:3], 4)) == 1  # one loss call cannot be split
     # configs of one loss with a different batch size are a separate call
     mixed = [cfg("an", 0), cfg("an", 0, batch_size=16)]
     assert sorted(map(len, split_configs(mixed, 2))) == [1, 1]
+
+
+def test_split_halves_a_large_call_when_parts_outnumber_calls() -> None:
+    grid = [cfg("gr", s, lr=lr) for s in (0, 1) for lr in (1e-2, 1e-3, 1e-4)]  # one loss call of 6 configs
+    groups = split_configs(grid, 2)
+    assert sorted(map(len, groups)) == [3, 3] and sorted(i for g in groups for i in g) == list(range(6))
+    assert sorted(map(len, split_configs(grid, 4))) == [1, 1, 2, 2]
+    assert len(split_configs(grid[:1], 4)) == 1  # one config cannot be split
+
+
+def test_auto_processes_only_for_long_cpu_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from spmlbench.train import parallel
+
+    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    long_run = [cfg("an", s, epochs=25) for s in (0, 1, 2)]  # 4574 / 8 -> 572 steps x 25
+    assert parallel.auto_processes(long_run, 4574, "cpu") == 3  # at most one per config
+    assert parallel.auto_processes(long_run * 2, 4574, "cpu") == 4  # at most one per core
+    assert parallel.auto_processes(long_run, 4574, "cuda") == 1
+    assert parallel.auto_processes([cfg("an", 0, epochs=2)], 4574, "cpu") == 1  # 1144 steps: not worth spawning
 
 
 def test_two_processes_equal_one_process_bit_for_bit() -> None:

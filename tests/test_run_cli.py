@@ -29,6 +29,7 @@ def test_errors(cli, home: Path, tmp_path: Path) -> None:
     one_line_error(cli("run", "--image-size", "32", "--out", out), "--image-size")  # linear mode has no images
     one_line_error(cli("run", "--address", "auto", "--out", out), "--executor ray")
     one_line_error(cli("run", "--processes", "0", "--out", out), "--processes 0")
+    one_line_error(cli("run", "--processes", "many", "--out", out), "--processes many")
     write_dataset(home, backbone="other")  # labels, but no resnet50 features
     one_line_error(cli("run", "--dataset", "voc", "--out", out), "spmlbench features voc --backbone resnet50")
     write_dataset(home)

@@ -205,7 +205,8 @@ def run(
     experiment: Optional[str] = typer.Option(None, "--experiment", help="a named experiment spec or a .toml path"),
     exact: bool = typer.Option(False, "--exact", help="end to end: fp32, deterministic kernels (reproduction)"),
     workers: Optional[int] = typer.Option(None, "--workers", help="end to end: image decode workers [default: by device]"),
-    processes: int = typer.Option(1, "--processes", help="linear on the CPU: split the configs over N processes (about one per core)"),
+    processes: str = typer.Option("auto", "--processes",
+                                  help="linear on the CPU: split the configs over N processes; auto: one per core for long runs"),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="end to end: input size [default: the backbone's]"),
     weights: Optional[str] = typer.Option(None, "--weights", help="end to end: backbone weights, default or none"),
     keep_checkpoints: bool = typer.Option(True, "--keep-checkpoints/--drop-checkpoints",
@@ -231,8 +232,7 @@ def run(
                                   "drop it or change --mode")
     if workers is not None and workers < 0:
         raise ConfigError(f"--workers {workers}: must be >= 0")
-    if processes < 1:
-        raise ConfigError(f"--processes {processes}: must be >= 1")
+    n_processes = _parse_processes(processes)
     seed_list = parse_seeds(seeds) if seeds is not None else None
     ds_list = _split(datasets, "datasets") if datasets is not None else []
     if dataset and dataset not in ds_list:
@@ -257,7 +257,7 @@ def run(
                                 val=val, early_stop=early_stop, sets=set_, grids=grid, weights=weights,
                                 image_size=image_size, exact=exact)
     run_kwargs: dict[str, Any] = dict(home=home, device=device, force=force, reference_loop=reference_loop,
-                                      experiment=exp_name, workers=workers, processes=processes,
+                                      experiment=exp_name, workers=workers, processes=n_processes,
                                       dumps=frozenset(dumps),
                                       keep_checkpoints=keep_checkpoints)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -295,6 +295,19 @@ def _ray_options(executor: str, address: str | None, gpus: float | None, cpus: f
     if cpus is not None:
         opts["cpus_per_job"] = float(cpus)
     return opts
+
+
+def _parse_processes(text: str) -> int | None:
+    """``--processes``: ``auto`` -> None, else a positive int."""
+    if text.strip() == "auto":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ConfigError(f"--processes {text}: must be auto or a whole number >= 1")
+    return n
 
 
 def _run_ray(jobs: Sequence[JobSpec], out: Path, ray_opts: dict[str, Any], progress: RunProgress,

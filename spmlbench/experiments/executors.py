@@ -43,10 +43,10 @@ class LocalExecutor:
     """Trains in this process (linear jobs on the CPU optionally in ``processes`` child processes):
     the batched linear trainer, or the reference loop."""
 
-    def __init__(self, device: torch.device, reference_loop: bool = False, processes: int = 1) -> None:
+    def __init__(self, device: torch.device, reference_loop: bool = False, processes: int | None = None) -> None:
         self.device = device
         self.reference_loop = reference_loop
-        self.processes = processes  # linear jobs on the CPU: split each cohort over this many processes
+        self.processes = processes  # linear jobs on the CPU: split each cohort over this many processes (None: auto)
 
     def train(self, data: LinearData, jobs: Sequence[JobSpec], progress: ProgressFn | None = None,
               on_val: ValHook | None = None) -> list[ConfigResult]:

@@ -166,14 +166,15 @@ def run_jobs(
     workers: int | None = None,
     dumps: Collection[str] = (),
     keep_checkpoints: bool = True,
-    processes: int = 1,
+    processes: int | None = None,
 ) -> RunSummary:
     """Run every job that has no record yet (all with ``force``); see the module docstring.
 
     ``dumps``: ids of jobs whose per-epoch val predictions are written to ``<out>/dumps`` (linear
     mode only). ``workers``: image decode workers of end-to-end jobs (default: the trainer's).
     ``keep_checkpoints``: keep an end-to-end job's ``<out>/work/<job_id>`` after its record.
-    ``processes``: linear jobs on the CPU: split each cohort over this many processes (local executor).
+    ``processes``: linear jobs on the CPU: split each cohort over this many processes (local executor;
+    None: as many as pays off, see :func:`spmlbench.train.parallel.auto_processes`).
     """
     out = Path(out_dir)
     progress = progress or RunProgress()
@@ -184,8 +185,8 @@ def run_jobs(
             raise ConfigError(f"dump_predictions: job {j.loss} on {j.dataset} is mode {j.mode}; prediction dumps "
                               "are written by mode linear only; drop dump_predictions or use mode linear")
     dev = resolve_device(device)
-    if processes < 1:
-        raise ConfigError(f"--processes {processes}: must be >= 1")
+    if processes is not None and processes < 1:
+        raise ConfigError(f"--processes {processes}: must be >= 1 (or auto)")
     executor = executor or LocalExecutor(dev, reference_loop=reference_loop, processes=processes)
     load = loader or (lambda ds, bb: load_dataset(ds, bb, home))
     summary = RunSummary()

@@ -43,8 +43,9 @@ class LossSpec:
     stateful: bool = False  # keeps per-training-row state across batches (ROLE, LL-Cp, EM-APL)
     scheduled: bool = False  # changes with the epoch (GR, LL, SPLC, EM-APL)
     uses_clean_labels: bool = False
-    # relative CPU cost of one batched call per training step (AN = 1; benchmarks/loss_step.py, M = 3):
-    # only used to balance configs over processes (spmlbench.train.parallel)
+    # relative CPU cost of one batched call per training step (AN = 1; benchmarks/loss_step.py, M = 3,
+    # 1 thread; ROLE includes Adam on its label matrix): only balances configs over processes
+    # (spmlbench.train.parallel)
     step_cost: float = 1.0
 
 
@@ -68,20 +69,20 @@ def _registry() -> Registry[LossSpec]:
     reg: Registry[LossSpec] = Registry("loss")
     reg.add("bce", LossSpec(BCELoss, uses_clean_labels=True))
     reg.add("an", LossSpec(ANLoss))
-    reg.add("an_ls", LossSpec(ANLSLoss, step_cost=1.5))
-    reg.add("wan", LossSpec(WANLoss, step_cost=1.1))
-    reg.add("epr", LossSpec(EPRLoss, step_cost=1.3))
-    reg.add("role", LossSpec(ROLELoss, stateful=True, step_cost=4.1))
+    reg.add("an_ls", LossSpec(ANLSLoss, step_cost=1.3))
+    reg.add("wan", LossSpec(WANLoss, step_cost=1.15))
+    reg.add("epr", LossSpec(EPRLoss, step_cost=1.4))
+    reg.add("role", LossSpec(ROLELoss, stateful=True, step_cost=6.0))
     reg.add("ll_r", LossSpec(LLRLoss, scheduled=True, step_cost=1.2))
     reg.add("ll_ct", LossSpec(LLCtLoss, scheduled=True, step_cost=1.2))
-    reg.add("ll_cp", LossSpec(LLCpLoss, stateful=True, scheduled=True, step_cost=1.75))
-    reg.add("em", LossSpec(EMLoss, step_cost=1.5))
-    reg.add("em_apl", LossSpec(EMAPLLoss, stateful=True, scheduled=True, step_cost=2.3))
-    reg.add("focal", LossSpec(FocalLoss, step_cost=1.7))
-    reg.add("asl", LossSpec(ASLLoss, step_cost=1.8))
-    reg.add("hill", LossSpec(HillLoss, step_cost=1.35))
-    reg.add("splc", LossSpec(SPLCLoss, scheduled=True, step_cost=2.1))
-    reg.add("gr", LossSpec(GRLossBatched, single=GRLoss, scheduled=True, step_cost=2.2))
+    reg.add("ll_cp", LossSpec(LLCpLoss, stateful=True, scheduled=True, step_cost=2.1))
+    reg.add("em", LossSpec(EMLoss, step_cost=1.1))
+    reg.add("em_apl", LossSpec(EMAPLLoss, stateful=True, scheduled=True, step_cost=2.2))
+    reg.add("focal", LossSpec(FocalLoss, step_cost=1.5))
+    reg.add("asl", LossSpec(ASLLoss, step_cost=1.7))
+    reg.add("hill", LossSpec(HillLoss, step_cost=1.8))
+    reg.add("splc", LossSpec(SPLCLoss, scheduled=True, step_cost=1.7))
+    reg.add("gr", LossSpec(GRLossBatched, single=GRLoss, scheduled=True, step_cost=1.4))
     return reg
 
 

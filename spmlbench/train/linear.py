@@ -7,10 +7,10 @@ seeds, :mod:`spmlbench.train.seeding`). One step, for every config at once:
 1. one gather of each seed's batch rows ``(S, B, D)``, replicated to every config ``X (M, B, D)``,
    and one ``baddbmm`` for the logits ``(M, B, C)`` (a detached leaf: autograd never sees the
    head's big tensors); the label masks are bool, gathered the same way;
-2. one call of each loss's batched form with per-config ``observed (M_l, B, C)`` / ``index
-   (M_l, B)`` (all seeds of that loss together), one backward of the sum of every per-config
-   loss down to the logits (and ROLE's label logits); configs are independent, so each gets
-   exactly its own gradient;
+2. one call of each loss's batched form on its own slice of the logits (an autograd leaf) with
+   per-config ``observed (M_l, B, C)`` / ``index (M_l, B)`` (all seeds of that loss together), one
+   backward of every per-config loss down to those slices (and ROLE's label logits); configs
+   are independent, so each gets exactly its own gradient;
 3. the head gradient by hand: ``dW = X^T dlogits`` (one ``bmm``), ``db = sum_b dlogits``;
 4. one Adam step over all configs (torch's fused kernel on the big tensors, per-config lr).
 
@@ -209,7 +209,7 @@ def train_linear(
     progress: ProgressFn | None = None,
     on_val: ValHook | None = None,
     threads: int | None = None,
-    processes: int = 1,
+    processes: int | None = 1,
 ) -> list[ConfigResult]:
     """Train every config (batched); returns one :class:`ConfigResult` per config, in order.
 
@@ -219,9 +219,13 @@ def train_linear(
     ``threads``: intra-op CPU threads while training (None: leave torch's setting; the previous
     count is restored afterwards). On an idle 2-core machine the default (2) is faster; on a
     machine whose cores are busy with other work, 1 avoids multi-threaded kernels stalling.
-    ``processes`` > 1 (CPU only): split the configs over that many processes, whole loss calls per
-    process, ``threads // processes`` threads each (:mod:`spmlbench.train.parallel`).
+    ``processes`` > 1 (CPU only): split the configs over that many processes, ``threads // processes``
+    threads each; None: as many as pays off (:func:`spmlbench.train.parallel.auto_processes`).
     """
+    if processes is None:
+        from spmlbench.train.parallel import auto_processes
+
+        processes = auto_processes(configs, data.x_train.shape[0], device)
     if processes < 1:
         raise ConfigError(f"processes={processes}: must be >= 1")
     if processes > 1:
@@ -346,7 +350,8 @@ class _Cohort:
         # each config's loss value and the float64 sum of its logits (non-finite iff a logit is)
         values_hist = torch.empty(steps, m_total, device=self.device)
         logit_hist = torch.empty(steps, m_total, device=self.device, dtype=torch.float64)
-        ones = torch.ones(m_total, device=self.device)
+        calls = self.calls
+        ones = [torch.ones(call.hi - call.lo, device=self.device) for call in calls]
         for call in self.calls:
             call.loss.start_epoch(epoch, self.epochs)
         order = self.orders[epoch - 1]  # (S, N): each seed's row order
@@ -360,18 +365,19 @@ class _Cohort:
             yb = self.y_mask[idx_s].index_select(0, seed_of) if self.any_clean else sb
             logits = torch.baddbmm(self.bias.unsqueeze(1), xb, self.weight)
             torch.sum(logits, dim=(1, 2), dtype=torch.float64, out=logit_hist[t])
-            logits.requires_grad_(True)  # a leaf: autograd stops here, the head gradient is taken by hand
-            values = torch.cat([
-                call.loss(logits[call.lo:call.hi], (yb if call.clean else sb)[call.lo:call.hi], idx[call.lo:call.hi])
-                for call in self.calls
-            ])
+            # each loss call gets its own slice of the logits as an autograd leaf: autograd stops there
+            # (the head gradient is taken by hand) and never scatters slices into full-size zeros
+            leaves = [logits[call.lo:call.hi].requires_grad_(True) for call in calls]
+            values = [call.loss(z, (yb if call.clean else sb)[call.lo:call.hi], idx[call.lo:call.hi])
+                      for call, z in zip(calls, leaves)]
             for p in params:
                 p.grad = None
-            values.backward(ones)
-            dlogits = logits.grad
+            torch.autograd.backward(values, ones)
+            dlogits = torch.cat([z.grad if z.grad is not None else torch.zeros_like(z) for z in leaves])
             torch.bmm(xb.transpose(1, 2), dlogits, out=self.grad_w)
             self.optimizer.step([self.grad_w, dlogits.sum(dim=1)])
-            values_hist[t] = values.detach()
+            with torch.no_grad():
+                torch.cat(values, out=values_hist[t])
         return _epoch_summary(values_hist, logit_hist)
 
     @torch.no_grad()

@@ -16,6 +16,7 @@ Progress and per-epoch val scores (prediction dumps) are forwarded to the caller
 from __future__ import annotations
 
 import concurrent.futures as cf
+import os
 import queue as queue_mod
 from collections.abc import Sequence
 from typing import Any
@@ -33,8 +34,11 @@ from spmlbench.train.linear import (
     call_key,
     train_linear,
 )
+from spmlbench.train.seeding import num_steps
 
-HEAD_COST = 0.15  # estimated step cost of one config's head (forward, gradient, Adam) relative to one loss call
+HEAD_COST = 0.65  # estimated step cost of one config's head (forward, gradient, Adam at 1 thread), AN call = 1
+AUTO_MIN_STEPS = 2000  # processes=None splits only runs with at least this many steps per config
+AUTO_MAX = 8
 
 
 def loss_call_cost(loss: str) -> float:
@@ -45,20 +49,47 @@ def loss_call_cost(loss: str) -> float:
 
 
 def split_configs(configs: Sequence[TrainConfig], parts: int) -> list[list[int]]:
-    """Config indices in ``parts`` groups (fewer when there are fewer loss calls), whole loss calls
-    only, balanced by estimated cost (largest first onto the lightest part); empty parts dropped."""
+    """Config indices in up to ``parts`` groups, balanced by estimated step cost.
+
+    Items are loss calls (configs sharing one batched loss module and cohort); while there are
+    fewer items than parts, the largest call is halved (a config's numbers do not depend on which
+    configs share its call). Items go largest first onto the lightest group; empty groups are dropped.
+    """
     calls: dict[tuple[Any, ...], list[int]] = {}
     for i, c in enumerate(configs):
         calls.setdefault((c.batch_size, c.epochs, *call_key(c)), []).append(i)
-    weighted = sorted(calls.items(), key=lambda kv: (-(loss_call_cost(configs[kv[1][0]].loss)
-                                                        + HEAD_COST * len(kv[1])), kv[0][2], kv[1][0]))
+    items = list(calls.values())
+    while len(items) < parts:
+        big = max(range(len(items)), key=lambda k: (len(items[k]), -k))
+        if len(items[big]) < 2:
+            break
+        members = items.pop(big)
+        half = (len(members) + 1) // 2
+        items[big:big] = [members[:half], members[half:]]
+
+    def cost(members: list[int]) -> float:
+        return loss_call_cost(configs[members[0]].loss) + HEAD_COST * len(members)
+
     groups: list[list[int]] = [[] for _ in range(max(1, parts))]
     loads = [0.0] * len(groups)
-    for key, members in weighted:
+    for members in sorted(items, key=lambda m: (-cost(m), m[0])):
         k = min(range(len(groups)), key=lambda g: (loads[g], g))
         groups[k].extend(members)
-        loads[k] += loss_call_cost(configs[members[0]].loss) + HEAD_COST * len(members)
+        loads[k] += cost(members)
     return [sorted(g) for g in groups if g]
+
+
+def auto_processes(configs: Sequence[TrainConfig], num_train: int, device: str | torch.device) -> int:
+    """How many processes ``processes=None`` uses: 1 off the CPU or for short runs (fewer than
+    ``AUTO_MIN_STEPS`` optimizer steps in the longest config: spawning costs seconds), else one per
+    available core, at most ``AUTO_MAX`` and at most one per config."""
+    if torch.device(device).type != "cpu" or not configs:
+        return 1
+    steps = max(num_steps(num_train, c.batch_size) * c.epochs for c in configs)
+    if steps < AUTO_MIN_STEPS:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, AUTO_MAX, len(configs)))
 
 
 _EVENTS: Any = None  # the worker process's event queue (set by the pool initializer, one per process)
