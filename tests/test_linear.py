@@ -232,3 +232,20 @@ def test_epoch_summary_finds_the_first_bad_step_and_its_kind() -> None:
     assert first.tolist() == [2, 3, 3, -1]
     assert kind.tolist() == [2, 1, 1, 0]  # config 2: logits and loss bad at step 3 -> logits
     assert mean[1].item() == 2.0 and mean[3].item() == 6.0 and math.isnan(mean[0].item())
+
+
+def test_fused_and_autograd_paths_train_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trainer takes fused losses' gradients from value_and_grad and the others' from autograd:
+    switching every loss to autograd gives the same numbers."""
+    data = synthetic_data()
+    names = ("gr", "em_apl", "ll_cp", "role", "an", "focal")
+    configs = [cfg(n, s, epochs=2) for n in names for s in (0, 1)]
+    fused = train_linear(data, configs)
+    switched = [n for n in names if losses_mod.LOSSES.get(n).batched.fused_grad]
+    assert "gr" in switched  # the fused path is really exercised
+    for n in switched:
+        monkeypatch.setattr(losses_mod.LOSSES.get(n).batched, "fused_grad", False)
+    plain = train_linear(data, configs)
+    for c, a, b in zip(configs, fused, plain):
+        assert a.status == "ok", (c, a.error)
+        assert_same(a, b, tol=1e-5)

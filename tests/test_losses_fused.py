@@ -124,3 +124,51 @@ def test_a_config_is_bit_identical_alone_and_inside_a_batched_call(name: str) ->
         assert torch.equal(v[0], v_all[k]) and torch.equal(dz[0], dz_all[k]), (name, k)
         for a, b_ in zip(dp, dp_all):
             assert torch.equal(a[0], b_[k]), (name, k)
+
+
+@pytest.mark.parametrize("name", list_losses())
+def test_value_and_grad_equals_forward_and_autograd(name: str) -> None:
+    """For losses with a fused gradient: the same values (bitwise) and gradients (logits and loss
+    parameters) as forward + backward with a unit upstream gradient per config."""
+    from spmlbench.losses import LOSSES
+
+    if not LOSSES.get(name).batched.fused_grad:
+        pytest.skip(f"{name}: no fused gradient (trained through autograd)")
+    gen = torch.Generator().manual_seed(11)
+    n, c, b, m = 40, 20, 8, 3
+    obs = torch.zeros(n, c)
+    obs[torch.arange(n), torch.randint(0, c, (n,), generator=gen)] = 1
+    for shared in (True, False):
+        idx = torch.randperm(n, generator=gen)[:b] if shared else \
+            torch.stack([torch.randperm(n, generator=gen)[:b] for _ in range(m)])
+        z = torch.randn(m, b, c, generator=gen) * 3
+        z[0, 0, 0], z[1, 1, 1] = 40.0, -40.0
+
+        def build() -> tuple[torch.nn.Module, list[torch.Tensor]]:
+            loss = build_batched_loss(name, [{}] * m, num_classes=c, num_train=n, dataset="voc")
+            loss.init_state(obs, list(range(m)))
+            loss.start_epoch(4, 6)
+            return loss, [p for group in loss.param_groups(1.0) for p in group["params"]]
+
+        ref, ref_params = build()
+        leaf = z.clone().requires_grad_(True)
+        values = ref(leaf, obs[idx] > 0.5, idx)
+        torch.autograd.backward([values], [torch.ones(m)])
+        fused, fused_params = build()
+        v, dz = fused.value_and_grad(z, obs[idx] > 0.5, idx)
+        assert torch.equal(v, values.detach()), name
+        torch.testing.assert_close(dz, leaf.grad, rtol=1e-6, atol=1e-9)
+        for p, q in zip(fused_params, ref_params):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-9)
+
+
+def test_value_and_grad_needs_a_fused_loss() -> None:
+    from spmlbench.losses.base import BatchedLoss
+
+    class Plain(type(build_batched_loss("an", [{}], num_classes=3))):  # type: ignore[misc]
+        fused_grad = False
+
+    loss = Plain(build_batched_loss("an", [{}], num_classes=3).hparams, num_classes=3)
+    assert isinstance(loss, BatchedLoss)
+    with pytest.raises(TypeError, match="no fused gradient"):
+        loss.value_and_grad(torch.zeros(1, 2, 3), torch.zeros(2, 3))

@@ -91,6 +91,9 @@ class BatchedLoss(nn.Module):
 
     hparams_cls: ClassVar[type[HParams]]
     needs_rows: ClassVar[bool] = False  # keeps per-training-row state (needs num_train)
+    # forward goes through entry_mean exactly once (or value_and_grad is overridden): the trainer
+    # may take values and logit gradients from value_and_grad, without autograd
+    fused_grad: ClassVar[bool] = False
 
     def __init__(self, hparams: Sequence[HParams], num_classes: int, num_train: int | None = None) -> None:
         super().__init__()
@@ -115,6 +118,7 @@ class BatchedLoss(nn.Module):
         # host-to-device copy. Not state (a pure function of the hyperparameters); dropped by
         # ``_apply`` (``.to()``/``.cuda()``) and ``load_state_dict`` with the derived caches.
         self._const_cache: dict[Any, Any] = {}
+        self._capture: list[Tensor] | None = None  # set only inside value_and_grad (see entry_mean)
 
     # -- hyperparameters as tensors ---------------------------------------------------------
     def values(self, name: str) -> list[Any]:
@@ -185,6 +189,26 @@ class BatchedLoss(nn.Module):
         reg = self.regulariser(z, s, index)
         return value if reg is None else value + reg
 
+    def value_and_grad(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Per-config values ``(M,)`` and the derivative of their sum in ``logits`` ``(M, B, C)``,
+        without an autograd graph (the same numbers as ``forward`` + ``backward`` with a unit
+        upstream gradient). Gradients of the loss's own parameters (ROLE's ``G``) are accumulated
+        into their ``.grad``. Only for losses with ``fused_grad``; use autograd for the others.
+        """
+        if not self.fused_grad:
+            raise TypeError(f"{self.hparams_cls.loss}: no fused gradient; differentiate forward() with autograd")
+        self._capture = []
+        try:
+            with torch.no_grad():
+                values = self.forward(logits, observed, index)
+            captured = self._capture
+        finally:
+            self._capture = None
+        if len(captured) != 1:
+            raise RuntimeError(f"{self.hparams_cls.loss}: fused_grad losses must call entry_mean exactly once "
+                               f"per forward (called {len(captured)} times)")
+        return values, captured[0]
+
     def check_inputs(self, logits: Tensor, observed: Tensor, index: Tensor | None) -> tuple[Tensor, Tensor]:
         """Validate shapes; return logits and the observed mask (0/1 floats or bool) as ``(1, B, C)`` or
         ``(M, B, C)`` bool."""
@@ -205,7 +229,13 @@ class BatchedLoss(nn.Module):
         return logits, (s if s.dim() == 3 else s.unsqueeze(0))
 
 
-EntryFn = Callable[..., tuple[Tensor, Tensor | None]]
+EntryFn = Callable[..., tuple[Any, ...]]
+
+
+def _entry_value(out: tuple[Any, ...], count: Tensor) -> Tensor:
+    """``mean_bc(mat)`` (+ ``extra`` (M,) when the entry function returns a third element)."""
+    value = out[0].sum(dim=(-2, -1)) / count
+    return value if len(out) < 3 or out[2] is None else value + out[2]
 
 
 class _EntryMean(torch.autograd.Function):
@@ -213,9 +243,9 @@ class _EntryMean(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, z: Tensor, count: Tensor, entries: EntryFn, *args: Any) -> Tensor:
-        mat, dmat = entries(z, True, *args)
-        ctx.dmat, ctx.count, ctx.num_args = dmat, count, len(args)
-        return mat.sum(dim=(-2, -1)) / count
+        out = entries(z, True, *args)
+        ctx.dmat, ctx.count, ctx.num_args = out[1], count, len(args)
+        return _entry_value(out, count)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
@@ -225,17 +255,30 @@ class _EntryMean(torch.autograd.Function):
 
 
 def entry_mean(loss: BatchedLoss, z: Tensor, entries: EntryFn, *args: Any) -> Tensor:
-    """``mean_bc`` of the per-entry loss ``entries(z, need_grad, *args) -> (mat, d mat / d z)`` (M, B, C).
+    """``mean_bc`` of the per-entry loss ``entries(z, need_grad, *args) -> (mat, dmat[, extra])``.
 
-    Differentiable in ``z`` only, through the returned derivative (``None`` when ``need_grad`` is
-    False): one autograd node instead of one per elementwise op; ``args`` are constants. The mean
-    divides the sum by B x C as a cached tensor of ``loss`` (bitwise ``mean``, no scalar conversion).
+    ``mat`` (M, B, C) is the per-entry loss; ``dmat`` (``None`` when ``need_grad`` is False) is
+    ``B * C`` times the derivative of the returned value in ``z`` (for a plain mean: d mat / d z
+    entry by entry); an optional ``extra`` (M,) is added after the mean (a regulariser; its
+    derivative, times ``B * C``, belongs in ``dmat``). Differentiable in ``z`` only, through
+    ``dmat``: one autograd node instead of one per elementwise op; ``args`` are constants. The
+    mean divides the sum by B x C as a cached tensor of ``loss`` (bitwise ``mean``, no scalar
+    conversion). Inside :meth:`BatchedLoss.value_and_grad` no graph is built: the derivative of
+    the sum of the values is handed to it directly.
     """
     n = z.shape[-2] * z.shape[-1]
     count = loss.const(("entry_count", n), (n,), z.dtype, z.device, ())
+    if loss._capture is not None:
+        out = entries(z, True, *args)
+        inv = loss._const_cache.get(("entry_inv", n, z.dtype, z.device))
+        if inv is None:  # 1 / count as autograd's backward forms it from a unit upstream gradient
+            inv = torch.ones((), dtype=z.dtype, device=z.device) / count
+            loss._const_cache[("entry_inv", n, z.dtype, z.device)] = inv
+        loss._capture.append(out[1] * inv)
+        return _entry_value(out, count)
     if torch.is_grad_enabled() and z.requires_grad:
         return _EntryMean.apply(z, count, entries, *args)
-    return entries(z, False, *args)[0].sum(dim=(-2, -1)) / count
+    return _entry_value(entries(z, False, *args), count)
 
 
 class ObservedStore(nn.Module):

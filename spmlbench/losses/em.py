@@ -95,6 +95,8 @@ def em_entries(z: Tensor, need_grad: bool, s: Tensor, alpha: Tensor, eps: Tensor
 class EMLoss(BatchedLoss):
     """[em] entropy maximisation on unobserved entries."""
 
+    fused_grad = True  # forward = entry_mean (value_and_grad without autograd)
+
     hparams_cls = EMParams
 
     def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
@@ -104,6 +106,8 @@ class EMLoss(BatchedLoss):
 
 class EMAPLLoss(RecordsObserved, BatchedLoss):
     """[em_apl] EM plus asymmetric pseudo-labelling (soft negatives that accumulate)."""
+
+    fused_grad = True  # forward = entry_mean (value_and_grad without autograd)
 
     hparams_cls = EMAPLParams
     needs_rows = True

@@ -81,6 +81,8 @@ def gr_schedule(hp: GRParams, epoch: int, num_epochs: int) -> tuple[float, float
 class GRLossBatched(BatchedLoss):
     """[gr] batched form; current ``w, b, mu, sigma`` are (M,) float64 buffers."""
 
+    fused_grad = True  # forward = entry_mean (value_and_grad without autograd)
+
     hparams_cls = GRParams
 
     def __init__(self, hparams: Any, num_classes: int, num_train: int | None = None) -> None:

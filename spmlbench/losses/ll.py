@@ -76,6 +76,8 @@ _softplus_grad = torch.ops.aten.softplus_backward.default
 class LLRLoss(BatchedLoss):
     """[ll_r] large-loss rejection."""
 
+    fused_grad = True  # forward = entry_mean (value_and_grad without autograd)
+
     hparams_cls = LLRParams
     mode: ClassVar[str] = "reject"
 

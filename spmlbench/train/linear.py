@@ -7,10 +7,12 @@ seeds, :mod:`spmlbench.train.seeding`). One step, for every config at once:
 1. one gather of each seed's batch rows ``(S, B, D)``, replicated to every config ``X (M, B, D)``,
    and one ``baddbmm`` for the logits ``(M, B, C)`` (a detached leaf: autograd never sees the
    head's big tensors); the label masks are bool, gathered the same way;
-2. one call of each loss's batched form on its own slice of the logits (an autograd leaf) with
-   per-config ``observed (M_l, B, C)`` / ``index (M_l, B)`` (all seeds of that loss together), one
-   backward of every per-config loss down to those slices (and ROLE's label logits); configs
-   are independent, so each gets exactly its own gradient;
+2. one call of each loss's batched form on its own slice of the logits with per-config
+   ``observed (M_l, B, C)`` / ``index (M_l, B)`` (all seeds of that loss together): losses with a
+   fused gradient return values and logit gradients from ``value_and_grad`` (no autograd graph);
+   the others run forward on a slice made an autograd leaf, with one backward for all of them
+   (down to those slices and ROLE's label logits); configs are independent, so each gets exactly
+   its own gradient;
 3. the head gradient by hand: ``dW = X^T dlogits`` (one ``bmm``), ``db = sum_b dlogits``;
 4. one Adam step over all configs (torch's fused kernel on the big tensors, per-config lr).
 
@@ -352,6 +354,7 @@ class _Cohort:
         logit_hist = torch.empty(steps, m_total, device=self.device, dtype=torch.float64)
         calls = self.calls
         ones = [torch.ones(call.hi - call.lo, device=self.device) for call in calls]
+        fused = [bool(call.loss.fused_grad) for call in calls]
         for call in self.calls:
             call.loss.start_epoch(epoch, self.epochs)
         order = self.orders[epoch - 1]  # (S, N): each seed's row order
@@ -365,15 +368,30 @@ class _Cohort:
             yb = self.y_mask[idx_s].index_select(0, seed_of) if self.any_clean else sb
             logits = torch.baddbmm(self.bias.unsqueeze(1), xb, self.weight)
             torch.sum(logits, dim=(1, 2), dtype=torch.float64, out=logit_hist[t])
-            # each loss call gets its own slice of the logits as an autograd leaf: autograd stops there
-            # (the head gradient is taken by hand) and never scatters slices into full-size zeros
-            leaves = [logits[call.lo:call.hi].requires_grad_(True) for call in calls]
-            values = [call.loss(z, (yb if call.clean else sb)[call.lo:call.hi], idx[call.lo:call.hi])
-                      for call, z in zip(calls, leaves)]
             for p in params:
                 p.grad = None
-            torch.autograd.backward(values, ones)
-            dlogits = torch.cat([z.grad if z.grad is not None else torch.zeros_like(z) for z in leaves])
+            # fused losses hand over values and logit gradients directly (no autograd graph); the
+            # others get their own slice of the logits as an autograd leaf (autograd stops there, the
+            # head gradient is taken by hand, no slice gradient is scattered into full-size zeros)
+            values: list[Tensor] = []
+            grads: list[Tensor | None] = []
+            leaves: list[tuple[int, Tensor]] = []
+            for k, call in enumerate(calls):
+                z = logits[call.lo:call.hi]
+                obs = (yb if call.clean else sb)[call.lo:call.hi]
+                if fused[k]:
+                    v, g = call.loss.value_and_grad(z, obs, idx[call.lo:call.hi])
+                else:
+                    z.requires_grad_(True)
+                    v, g = call.loss(z, obs, idx[call.lo:call.hi]), None
+                    leaves.append((k, z))
+                values.append(v)
+                grads.append(g)
+            if leaves:
+                torch.autograd.backward([values[k] for k, _ in leaves], [ones[k] for k, _ in leaves])
+                for k, z in leaves:
+                    grads[k] = z.grad if z.grad is not None else torch.zeros_like(z)
+            dlogits = torch.cat(grads)  # type: ignore[arg-type]
             torch.bmm(xb.transpose(1, 2), dlogits, out=self.grad_w)
             self.optimizer.step([self.grad_w, dlogits.sum(dim=1)])
             with torch.no_grad():
