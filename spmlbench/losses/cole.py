@@ -3,6 +3,12 @@
 Reference conventions: ``nlog(x) = -log(x + eps)`` with eps = 1e-5 on probabilities; the per-entry
 matrix is averaged over B x C and regularisers are added after. ``1 - p`` is computed as
 ``sigmoid(-z)`` (same value, no cancellation near p = 1).
+
+Every loss computes its exact logit derivative with its value (``fused_grad``): BCE, AN, AN-LS,
+WAN and EPR through :func:`~spmlbench.losses.base.entry_mean`, ROLE (which also differentiates its
+label-logit matrix ``G``) through :func:`role_value` / :func:`role_grads`, shared by its autograd
+node :class:`ROLEValue` and :meth:`ROLELoss.value_and_grad`. With ``p = sigmoid(x)``,
+``d/dx log(p + eps) = p (1 - p) / (p + eps)``, the building block of every derivative below.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from spmlbench.errors import ConfigError
-from spmlbench.losses.base import BatchedLoss, nlog, signs
+from spmlbench.losses.base import BatchedLoss, entry_mean, signs
 from spmlbench.losses.hparams import HParams
 
 COLE_EPS = 1e-5
@@ -89,10 +95,27 @@ class ROLEParams(EPRParams):
 class BCELoss(BatchedLoss):
     """[bce] BCE on the clean labels (the trainer passes clean labels as ``observed``)."""
 
+    fused_grad = True  # forward = entry_mean (value_and_grad without autograd)
+
     hparams_cls = BCEParams
 
-    def loss_matrix(self, z: Tensor, s: Tensor, index: Tensor | None) -> Tensor:
-        return nlog(torch.sigmoid(z * signs(self, s, z)), self.col("eps", z))
+    def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
+        z, s = self.check_inputs(logits, observed, index)
+        return entry_mean(self, z, self._entries, s)
+
+    def _entries(self, z: Tensor, need_grad: bool, s: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``nlog(sigmoid(t z))`` (t = +1 where s, -1 where not) and, if ``need_grad``, its derivative in z:
+
+        ``-t (1 - p) p / (p + eps)`` with ``p = sigmoid(t z)``, ``1 - p = sigmoid(-t z)``.
+        """
+        t = signs(self, s, z, (1.0, -1.0))
+        tz = z * t  # [t z, -t z]: exact sign flips
+        p = torch.sigmoid(tz[0])
+        p_eps = p + self.col("eps", z)
+        mat = -torch.log(p_eps)  # nlog(p, eps)
+        if not need_grad:
+            return mat, None
+        return mat, torch.sigmoid(tz[1]).mul_(p).div_(p_eps).mul_(t[1])
 
 
 class ANLoss(BCELoss):
@@ -104,19 +127,39 @@ class ANLoss(BCELoss):
 class ANLSLoss(BatchedLoss):
     """[an_ls] AN with label smoothing ``ls`` on both sides."""
 
+    fused_grad = True  # forward = entry_mean (value_and_grad without autograd)
+
     hparams_cls = ANLSParams
 
-    def loss_matrix(self, z: Tensor, s: Tensor, index: Tensor | None) -> Tensor:
+    def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
+        z, s = self.check_inputs(logits, observed, index)
+        return entry_mean(self, z, self._entries, s)
+
+    def _entries(self, z: Tensor, need_grad: bool, s: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Per-entry loss and, if ``need_grad``, its derivative in z.
+
+        With ``t`` = +1 where s, -1 where not, ``x0 = sigmoid(t z)``, ``x1 = sigmoid(-t z) = 1 - x0``:
+        value ``w0 log(x0 + eps) + w1 log(x1 + eps)``, ``(w0, w1) = (-(1 - ls), -ls)``; derivative
+        ``t x0 x1 (w0 / (x0 + eps) - w1 / (x1 + eps))``.
+        """
         # logits [z, -z] where s, [-z, z] where not: logs [nlog(p), nlog(1-p)] / [nlog(1-p), nlog(p)],
         # weighted (1 - ls, ls) and summed (the minus sign of nlog folded into the weights)
         w = self.const("an_ls.-w", [-(1 - v) for v in self.values("ls_coef")] + [-v for v in self.values("ls_coef")],
                        z.dtype, z.device, (2, -1, 1, 1))
-        logs = torch.log(torch.sigmoid(z * signs(self, s, z, (1.0, -1.0))) + self.col("eps", z))
-        return (logs * w).sum(dim=0)
+        t = signs(self, s, z, (1.0, -1.0))
+        sig = torch.sigmoid(z * t)  # [x0, x1]
+        shifted = sig + self.col("eps", z)
+        mat = (torch.log(shifted) * w).sum(dim=0)
+        if not need_grad:
+            return mat, None
+        ratio = (w / shifted).unbind(0)
+        return mat, torch.sub(ratio[0], ratio[1]).mul_(sig[0]).mul_(sig[1]).mul_(t[0])
 
 
 class WANLoss(BatchedLoss):
     """[wan] s = 1: nlog(p); s = 0: nlog(1 - p) / (C - 1)."""
+
+    fused_grad = True  # forward = entry_mean (value_and_grad without autograd)
 
     hparams_cls = WANParams
 
@@ -125,26 +168,54 @@ class WANLoss(BatchedLoss):
         if num_classes < 2:
             raise ConfigError(f"wan: num_classes={num_classes}: must be >= 2 (negatives are weighted 1/(C-1))")
 
-    def loss_matrix(self, z: Tensor, s: Tensor, index: Tensor | None) -> Tensor:
-        # nlog(sigmoid(z s)) / (1 where s, C - 1 where not), the minus sign of nlog in the divisor
-        div = signs(self, s, z, (-1.0,), (1.0 - self.num_classes,))
-        return torch.log(torch.sigmoid(z * signs(self, s, z)) + self.col("eps", z)) / div
+    def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
+        z, s = self.check_inputs(logits, observed, index)
+        return entry_mean(self, z, self._entries, s)
+
+    def _entries(self, z: Tensor, need_grad: bool, s: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``nlog(sigmoid(t z)) / d`` (t = +1, d = 1 where s; t = -1, d = C - 1 where not) and, if
+        ``need_grad``, its derivative in z: ``-(t / d) (1 - p) p / (p + eps)``, ``p = sigmoid(t z)``."""
+        # [t, -t, -d, -t / d] in one select; the minus sign of nlog in the divisor -d
+        c = self.num_classes
+        t = signs(self, s, z, (1.0, -1.0, -1.0, -1.0), (-1.0, 1.0, 1.0 - c, 1.0 / (c - 1)))
+        tz = z * t[:2]  # [t z, -t z]: exact sign flips
+        p = torch.sigmoid(tz[0])
+        p_eps = p + self.col("eps", z)
+        mat = torch.log(p_eps) / t[2]
+        if not need_grad:
+            return mat, None
+        return mat, torch.sigmoid(tz[1]).mul_(p).div_(p_eps).mul_(t[3])
 
 
 class EPRLoss(BatchedLoss):
     """[epr] s = 1: nlog(p); s = 0: 0; plus ``(mean_b sum_c p - k)^2 / C^2``."""
 
+    fused_grad = True  # forward = entry_mean (value_and_grad without autograd)
+
     hparams_cls = EPRParams
 
     def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
-        # mean_bc(s nlog(p)) + (sum_bc p / B - k)^2 / C^2, one sigmoid shared by both terms
         z, s = self.check_inputs(logits, observed, index)
+        return entry_mean(self, z, self._entries, s)
+
+    def _entries(self, z: Tensor, need_grad: bool, s: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Per-entry ``s nlog(p)``, its derivative (times B C, the regulariser's included) and the regulariser.
+
+        With ``dev = sum_bc p / B - k``: regulariser ``dev^2 / C^2``; ``B C`` times the derivative of
+        the value in z is ``p (1 - p) (2 dev / C - s / (p + eps))`` (``1 - p = sigmoid(-z)``).
+        """
         b, c = z.shape[-2:]
-        p = torch.sigmoid(z)
-        fit = (torch.log(p + self.col("eps", z)) * signs(self, s, z, (-1.0 / (b * c),), (0.0,))).sum(dim=(-2, -1))
+        p = torch.sigmoid(z)  # one sigmoid shared by both terms
+        p_eps = p + self.col("eps", z)
+        neg_s = signs(self, s, z, (-1.0,), (0.0,))
+        mat = torch.log(p_eps) * neg_s  # s nlog(p)
         negk = self.const("epr.-k", [-v for v in self.values("expected_num_pos")], z.dtype, z.device, (-1,))
         dev = torch.add(negk, p.sum(dim=(-2, -1)), alpha=1.0 / b)
-        return torch.addcmul(fit, dev, dev, value=1.0 / c**2)
+        reg = torch.mul(dev, dev).mul_(1.0 / c**2)
+        if not need_grad:
+            return mat, None, reg
+        inner = torch.add(neg_s / p_eps, dev.view(-1, 1, 1), alpha=2.0 / c)
+        return mat, torch.sigmoid(-z).mul_(p).mul_(inner), reg
 
 
 class ROLELoss(BatchedLoss):
@@ -157,6 +228,8 @@ class ROLELoss(BatchedLoss):
     of ``seed[m]``, as a one-config loss initialised with that seed). Give it to the optimizer with
     :meth:`param_groups` (``lr_mult * lr``); all configs of one batched ROLE must share ``lr_mult``.
     """
+
+    fused_grad = True  # value_and_grad below: values, logit and G derivatives without autograd
 
     hparams_cls = ROLEParams
     needs_rows = True
@@ -208,7 +281,8 @@ class ROLELoss(BatchedLoss):
                               "split configs with different lr_mult into separate runs")
         return [{"params": [self.G], "lr": lr * mults.pop()}]
 
-    def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
+    def _inputs(self, logits: Tensor, observed: Tensor, index: Tensor | None) -> tuple[Tensor, RoleArgs]:
+        """Checked logits ``z`` and the constant arguments ``(rows, s, eps, -k, sign)`` of :func:`role_value`."""
         z, s = self.check_inputs(logits, observed, index)
         if not self.ready:
             raise RuntimeError("role: label matrix G not initialised; call loss.init_state(observed_train, seed) "
@@ -218,7 +292,83 @@ class ROLELoss(BatchedLoss):
         rows = (self.const("role.configs", range(m), torch.long, self.G.device, (-1, 1)), index.to(self.G.device))
         negk = self.const("role.-k", [-k for k in self.values("expected_num_pos")], z.dtype, z.device, (-1,))
         sign = self.const("role.sign", (1.0, -1.0), z.dtype, z.device, (2, 1, 1, 1, 1))
-        return ROLEValue.apply(z, self.G, rows, s, self.col("eps", z), negk, sign)
+        return z, (rows, s, self.col("eps", z), negk, sign)
+
+    def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
+        z, args = self._inputs(logits, observed, index)
+        return ROLEValue.apply(z, self.G, *args)
+
+    def value_and_grad(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Values (M,) and their summed logit derivative (M, B, C) without autograd; the derivative in
+        ``G`` is accumulated into ``G.grad`` (when ``G`` requires grad), as ``forward`` + ``backward``
+        with a unit upstream gradient would: the same numbers (:class:`ROLEValue` runs the same code)."""
+        with torch.no_grad():
+            z, (rows, s, eps, negk, sign) = self._inputs(logits, observed, index)
+            value, saved = role_value(z, gather_rows(self.G, rows), s, eps, negk, sign)
+            dz, dg = role_grads(saved)
+            if self.G.requires_grad:
+                d_g = scatter_rows(dg, rows, self.G.shape, self.G.dtype)
+                if self.G.grad is None:
+                    self.G.grad = d_g
+                else:
+                    self.G.grad.add_(d_g)  # what autograd's gradient accumulation does
+        return value, dz
+
+
+RoleArgs = tuple[tuple[Tensor, Tensor], Tensor, Tensor, Tensor, Tensor]
+RoleSaved = tuple[Tensor, Tensor, Tensor, Tensor]
+
+
+def gather_rows(G: Tensor, rows: tuple[Tensor, Tensor]) -> Tensor:
+    """``G[rows]`` (M, B, C) for ``rows`` = (config ids (M, 1), row ids (B,) or (M, B))."""
+    return G.index_select(1, rows[1]) if rows[1].dim() == 1 else G[rows]
+
+
+def scatter_rows(dg: Tensor, rows: tuple[Tensor, Tensor], shape: torch.Size, dtype: torch.dtype) -> Tensor:
+    """The gradient in ``G`` (``shape``, ``dtype``) of a gradient ``dg`` (M, B, C) in ``G[rows]``: zero
+    outside the rows, repeated rows add up."""
+    d_g = torch.zeros(shape, dtype=dtype, device=dg.device)
+    if rows[1].dim() == 1:
+        d_g.index_add_(1, rows[1], dg.to(dtype))
+    else:
+        d_g.index_put_(rows, dg.to(dtype), accumulate=True)
+    return d_g
+
+
+def role_value(z: Tensor, g: Tensor, s: Tensor, eps: Tensor, negk: Tensor, sign: Tensor,
+               weights: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, RoleSaved]:
+    """ROLE's per-config value (M,) (formula: :class:`ROLEValue`) from logits ``z`` and label logits
+    ``g = G[rows]`` (M, B, C), and the tensors :func:`role_grads` needs."""
+    b, c = z.shape[-2:]
+    sig = torch.sigmoid(torch.stack((z, g.to(z.dtype))) * sign)  # [[p, q], [1 - p, 1 - q]]
+    shifted = sig + eps
+    if weights is not None:
+        sig_w = torch.sigmoid(torch.stack(weights) * sign)
+    else:
+        sig_w = sig
+    w = sig_w.flip(1)  # weight of each log: [[q', p'], [1 - q', 1 - p']] ...
+    w[0].add_(s)  # ... plus s on nlog(p), nlog(q)
+    dev = torch.add(negk, sig[0].sum(dim=(-2, -1)), alpha=1.0 / b)  # (2, M): mean_b sum_c p - k (p, q)
+    # per config one contiguous row, reduced alike for any M (a config's value must not depend on
+    # which other configs share the call: job-id resume relies on it)
+    terms = (w * shifted.log()).movedim(2, 0).reshape(z.shape[0], -1)
+    value = terms.sum(dim=1).mul_(-0.5 / (b * c))
+    value.add_(torch.linalg.vecdot(dev, dev, dim=0), alpha=0.5 / c**2)
+    return value, (sig, shifted, w, dev)
+
+
+def role_grads(saved: RoleSaved, grad: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Derivatives ``(d/dz, d/dg)`` (M, B, C) of ``sum_m grad[m] value[m]`` (``grad`` None: all ones)
+    from :func:`role_value`'s saved tensors (cross targets constant)."""
+    sig, shifted, w, dev = saved
+    b, c = sig.shape[-2:]
+    # d value / d logit = -0.5/(BC) * x(1-x) * (w+/(x+eps) - w-/(1-x+eps) - 2 dev / C) per config
+    ratio = (w / shifted).unbind(0)
+    inner = torch.sub(ratio[0], ratio[1]).sub_(dev.view(2, -1, 1, 1), alpha=2.0 / c)
+    scale = -0.5 / (b * c) if grad is None else grad.view(-1, 1, 1).mul(-0.5 / (b * c))  # same numbers for ones
+    dx = sig.prod(dim=0).mul_(inner).mul_(scale)
+    dz, dg = dx.unbind(0)
+    return dz, dg
 
 
 class ROLEValue(torch.autograd.Function):
@@ -236,28 +386,14 @@ class ROLEValue(torch.autograd.Function):
     The cross targets ``p'``, ``q'`` are constants (detached ``p``, ``q``; ``1 - x`` is
     ``sigmoid(-logit)``). ``weights`` = (z', g') (M, B, C) takes the cross targets from other
     logits (a gradient check with fixed targets); None: from ``z`` and ``g`` themselves.
+    The math is :func:`role_value` and :func:`role_grads` (shared with :meth:`ROLELoss.value_and_grad`).
     """
 
     @staticmethod
     def forward(ctx: Any, z: Tensor, G: Tensor, rows: tuple[Tensor, Tensor], s: Tensor, eps: Tensor,
                 negk: Tensor, sign: Tensor, weights: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        b, c = z.shape[-2:]
-        g = G.index_select(1, rows[1]) if rows[1].dim() == 1 else G[rows]
-        sig = torch.sigmoid(torch.stack((z, g.to(z.dtype))) * sign)  # [[p, q], [1 - p, 1 - q]]
-        shifted = sig + eps
-        if weights is not None:
-            sig_w = torch.sigmoid(torch.stack(weights) * sign)
-        else:
-            sig_w = sig
-        w = sig_w.flip(1)  # weight of each log: [[q', p'], [1 - q', 1 - p']] ...
-        w[0].add_(s)  # ... plus s on nlog(p), nlog(q)
-        dev = torch.add(negk, sig[0].sum(dim=(-2, -1)), alpha=1.0 / b)  # (2, M): mean_b sum_c p - k (p, q)
-        # per config one contiguous row, reduced alike for any M (a config's value must not depend on
-        # which other configs share the call: job-id resume relies on it)
-        terms = (w * shifted.log()).movedim(2, 0).reshape(z.shape[0], -1)
-        value = terms.sum(dim=1).mul_(-0.5 / (b * c))
-        value.add_(torch.linalg.vecdot(dev, dev, dim=0), alpha=0.5 / c**2)
-        ctx.save_for_backward(sig, shifted, w, dev)
+        value, saved = role_value(z, gather_rows(G, rows), s, eps, negk, sign, weights)
+        ctx.save_for_backward(*saved)
         ctx.rows = rows
         ctx.g_meta = (G.shape, G.dtype)
         return value
@@ -266,19 +402,6 @@ class ROLEValue(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         if torch.is_grad_enabled():
             raise RuntimeError("role: the ROLE loss supports one backward pass only (no create_graph)")
-        sig, shifted, w, dev = ctx.saved_tensors
-        b, c = sig.shape[-2:]
-        # d value / d logit = -0.5/(BC) * x(1-x) * (w+/(x+eps) - w-/(1-x+eps) - 2 dev / C) per config
-        ratio = (w / shifted).unbind(0)
-        inner = torch.sub(ratio[0], ratio[1]).sub_(dev.view(2, -1, 1, 1), alpha=2.0 / c)
-        dx = sig.prod(dim=0).mul_(inner).mul_(grad.view(-1, 1, 1).mul(-0.5 / (b * c)))
-        dz, dg = dx.unbind(0)
-        d_g = None
-        if ctx.needs_input_grad[1]:
-            shape, dtype = ctx.g_meta
-            d_g = torch.zeros(shape, dtype=dtype, device=dg.device)
-            if ctx.rows[1].dim() == 1:
-                d_g.index_add_(1, ctx.rows[1], dg.to(dtype))
-            else:
-                d_g.index_put_(ctx.rows, dg.to(dtype), accumulate=True)
+        dz, dg = role_grads(ctx.saved_tensors, grad)
+        d_g = scatter_rows(dg, ctx.rows, *ctx.g_meta) if ctx.needs_input_grad[1] else None
         return (dz if ctx.needs_input_grad[0] else None), d_g, None, None, None, None, None, None
