@@ -71,13 +71,13 @@ def test_matched_seeds(monkeypatch: pytest.MonkeyPatch) -> None:
         def wrapped(name, *args, **kwargs):
             loss = build(name, *args, **kwargs)
             calls = seen.setdefault((tag, name), [])
-            original = loss.forward
+            original = loss.check_inputs  # every path (forward, value_and_grad) checks its inputs once
 
-            def forward(logits, observed, index=None):
+            def check_inputs(logits, observed, index=None):
                 calls.append((logits.detach().clone(), index.clone()))
                 return original(logits, observed, index)
 
-            loss.forward = forward
+            loss.check_inputs = check_inputs
             return loss
         return wrapped
 

@@ -9,6 +9,17 @@
 
 Powers ``x ** g`` of probabilities are computed as ``exp(g * logsigmoid(.))`` so that values and
 gradients stay finite at p = 0 and 1.
+
+Each loss is one fused step (:func:`entry_mean`): the per-entry value with the same operations as
+the plain formula, and its hand-derived logit derivative (``p = sigmoid(t)``, ``1 - p`` as
+``sigmoid(-t)``, ``d p / d t = p (1 - p)``, ``d logsigmoid(t) / d t = 1 - p``):
+
+- focal, ``t = +-z``: ``d/dt [(1-p)^g (-log(p + eps))] = -(1-p)^g p ((1-p) / (p + eps) - g log(p + eps))``.
+- focal margin ``f(y) = (1-q)^g (-log q)``, ``q = sigmoid(y)``: ``f'(y) = -(1-q)^g ((1-q) - g q log q)``.
+- hill negatives ``(lamb - p) p^2``: ``p (2 lamb - 3 p) * p (1-p)``.
+- asl (weight w detached): ``w p (1-p) / x`` times autograd's clamp factors: ``clamp(., max=1)``
+  passes the gradient only below 1 (0 at the bound), ``clamp(., min=eps)`` (tensor bound) passes it
+  above eps, half of it at ``x == eps`` (torch 2.x's tie rule), none below.
 """
 
 from __future__ import annotations
@@ -19,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from spmlbench.losses.base import BatchedLoss, nlog, signs, spow
+from spmlbench.losses.base import BatchedLoss, entry_mean, signs, spow
 from spmlbench.losses.hparams import HParams
 
 
@@ -84,47 +95,116 @@ class SPLCParams(HParams):
 class FocalLoss(BatchedLoss):
     """[focal] positive ``(1-p)^g nlog(p)``; negative ``p^g nlog(1-p)``."""
 
+    fused_grad = True  # forward = entry_mean (value_and_grad without autograd)
+
     hparams_cls = FocalParams
 
-    def loss_matrix(self, z: Tensor, s: Tensor, index: Tensor | None) -> Tensor:
-        t = z * signs(self, s, z)  # z where s, -z where not: neg(z) = pos(-z)
-        return spow(F.logsigmoid(-t), self.col("gamma", z)) * nlog(torch.sigmoid(t), self.col("eps", z))
+    def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
+        z, s = self.check_inputs(logits, observed, index)
+        return entry_mean(self, z, self._entries, s)
+
+    def _entries(self, z: Tensor, need_grad: bool, s: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Per-entry loss (M, B, C) and, if ``need_grad``, its derivative in z (the focusing weight included)."""
+        sg = signs(self, s, z)
+        t = z * sg  # z where s, -z where not: neg(z) = pos(-z)
+        nt = -t
+        n_a = spow(F.logsigmoid(nt), self.col("gamma", z)).neg_()  # -(1-p)^g
+        p = torch.sigmoid(t)
+        p_eps = p + self.col("eps", z)
+        log_p = torch.log(p_eps)
+        mat = n_a * log_p  # bitwise (1-p)^g * nlog(p, eps): only the sign moved
+        if not need_grad:
+            return mat, None
+        # (1-p) / (p+eps) - g log(p+eps)
+        inner = torch.addcmul(torch.sigmoid(nt) / p_eps, _neg_col(self, "gamma", z), log_p)
+        return mat, (n_a * p) * inner * sg
 
 
 class ASLLoss(BatchedLoss):
     """[asl] positive ``(1-p)^g+ (-log p)``; negative ``p_m^g- (-log(1-p_m))``, ``p_m = max(p-m, 0)``."""
 
+    fused_grad = True  # forward = entry_mean (value_and_grad without autograd)
+
     hparams_cls = ASLParams
 
-    def loss_matrix(self, z: Tensor, s: Tensor, index: Tensor | None) -> Tensor:
-        # x = p where s, 1 - p_m = min(1 - p + clip, 1) where not (1 - p as sigmoid(-z)): loss w * -log(max(x, eps))
+    def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
+        z, s = self.check_inputs(logits, observed, index)
+        return entry_mean(self, z, self._entries, s)
+
+    def _entries(self, z: Tensor, need_grad: bool, s: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Per-entry loss (M, B, C) and, if ``need_grad``, its derivative in z with the weight constant.
+
+        x = p where s, 1 - p_m = min(1 - p + clip, 1) where not (1 - p as sigmoid(-z)); the loss is
+        w * log(max(x, eps)) with w = -(1 - x)^gamma (the minus sign of -log folded in), detached.
+        """
         zero = self.const("zero", (0.0,), z.dtype, z.device, ())
-        x = torch.clamp(torch.sigmoid(z * signs(self, s, z)) + torch.where(s, zero, self.col("clip", z)), max=1.0)
-        with torch.no_grad():  # -(1 - x)^gamma, the minus sign of -log folded in
-            w = torch.pow(1 - x, torch.where(s, self.col("gamma_pos", z), self.col("gamma_neg", z))).neg_()
-        return w * torch.log(torch.clamp(x, min=self.col("eps", z)))
+        t = z * signs(self, s, z)
+        p = torch.sigmoid(t)
+        x = torch.clamp(p + torch.where(s, zero, self.col("clip", z)), max=1.0)
+        one_minus_x = 1 - x
+        w = self._weight(one_minus_x, s, z)
+        eps = self.col("eps", z)
+        x_eps = torch.clamp(x, min=eps)
+        mat = w * torch.log(x_eps)
+        if not need_grad:
+            return mat, None
+        # autograd's clamp factors, doubled: 2 [x < 1] * (1 if x > eps, 1/2 if x == eps, 0 below) =
+        # sign(1 - x) * (1 + sign(x - eps)) (1 - x >= 0; x - eps == 0 only at x == eps)
+        below_one = torch.sign(one_minus_x)
+        gate = torch.addcmul(below_one, torch.sign(x - eps), below_one)
+        dt = (p * torch.sigmoid(-t)) / x_eps * w * gate  # 2 w p (1-p) / x where the clamps pass
+        return mat, dt * signs(self, s, z, (0.5,))  # d/dz = +-d/dt, the doubling undone
+
+    def _weight(self, one_minus_x: Tensor, s: Tensor, z: Tensor) -> Tensor:
+        """``-(1 - x)^gamma`` (gamma_pos where s, gamma_neg where not): the focusing weight with the minus
+        sign of -log folded in; a constant for the gradient (detached, as the official code)."""
+        return torch.pow(one_minus_x, torch.where(s, self.col("gamma_pos", z), self.col("gamma_neg", z))).neg_()
 
 
-def focal_margin_positive(z: Tensor, margin: Tensor, gamma: Tensor) -> Tensor:
-    """``(1 - p_m)^g * (-log p_m)`` with ``p_m = sigmoid(z - margin)``, on logits."""
-    zm = z - margin
-    return spow(F.logsigmoid(-zm), gamma) * -F.logsigmoid(zm)
+def _neg_col(loss: BatchedLoss, name: str, like: Tensor) -> Tensor:
+    """``-hyperparameter`` as an (M, 1, 1) column (cached)."""
+    return loss.const(("neg", name), [-v for v in loss.values(name)], like.dtype, like.device)
+
+
+def focal_margin(y: Tensor, gamma: Tensor, neg_gamma: Tensor, need_grad: bool) -> tuple[Tensor, Tensor | None]:
+    """``f(y) = (1 - q)^g * (-log q)``, ``q = sigmoid(y)``, on logits (y = z - margin for a focal-margin
+    positive) and, if ``need_grad``, ``f'(y) = -(1 - q)^g ((1 - q) - g q log q)``; ``neg_gamma = -gamma``."""
+    ny = -y
+    n_a = spow(F.logsigmoid(ny), gamma).neg_()  # -(1-q)^g
+    log_q = F.logsigmoid(y)
+    val = n_a * log_q  # bitwise (1-q)^g * -log q: only the sign moved
+    if not need_grad:
+        return val, None
+    return val, n_a * torch.addcmul(torch.sigmoid(ny), neg_gamma * torch.sigmoid(y), log_q)
 
 
 class HillLoss(BatchedLoss):
     """[hill] positive: focal margin; unobserved: ``(lamb - p) p^2``."""
 
+    fused_grad = True  # forward = entry_mean (value_and_grad without autograd)
+
     hparams_cls = HillParams
 
-    def loss_matrix(self, z: Tensor, s: Tensor, index: Tensor | None) -> Tensor:
-        pos = focal_margin_positive(z, self.col("margin", z), self.col("gamma", z))
+    def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
+        z, s = self.check_inputs(logits, observed, index)
+        return entry_mean(self, z, self._entries, s)
+
+    def _entries(self, z: Tensor, need_grad: bool, s: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Per-entry loss (M, B, C) and, if ``need_grad``, its derivative in z."""
+        pos, dpos = focal_margin(z - self.col("margin", z), self.col("gamma", z), _neg_col(self, "gamma", z), need_grad)
         p = torch.sigmoid(z)
-        neg = (self.col("lamb", z) - p) * p * p
-        return torch.where(s, pos, neg)
+        mat = torch.where(s, pos, (self.col("lamb", z) - p) * p * p)
+        if dpos is None:
+            return mat, None
+        two_lamb = self.const("2lamb", [2 * v for v in self.values("lamb")], z.dtype, z.device)
+        dneg = (p * torch.add(two_lamb, p, alpha=-3)) * (p * torch.sigmoid(-z))  # p (2 lamb - 3p) * p (1-p)
+        return mat, torch.where(s, dpos, dneg)
 
 
 class SPLCLoss(BatchedLoss):
     """[splc] focal-margin positives; from ``change_epoch`` unobserved p > tau count as positives."""
+
+    fused_grad = True  # forward = entry_mean (value_and_grad without autograd)
 
     hparams_cls = SPLCParams
 
@@ -138,17 +218,25 @@ class SPLCLoss(BatchedLoss):
             self._const_cache[ck] = t
         return t
 
-    def loss_matrix(self, z: Tensor, s: Tensor, index: Tensor | None) -> Tensor:
-        # all three are f(y) = (1 - sigmoid(y))^g (-log sigmoid(y)) (focal_margin_positive with margin 0):
-        # y = z - margin (observed), z (pseudo positive), -z (negative)
+    def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
+        z, s = self.check_inputs(logits, observed, index)
+        return entry_mean(self, z, self._entries, s)
+
+    def _entries(self, z: Tensor, need_grad: bool, s: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Per-entry loss (M, B, C) and, if ``need_grad``, its derivative in z (the switch is piecewise
+        constant: no gradient through ``p > tau``).
+
+        All three cases are ``f(y)`` of :func:`focal_margin`: y = z - margin (observed), z (pseudo
+        positive), -z (negative).
+        """
         up = s
         switched = [self.epoch >= c for c in self.values("change_epoch")]
         if any(switched):
-            with torch.no_grad():
-                flip = torch.sigmoid(z) > self.col("tau", z)
-                if not all(switched):
-                    flip &= self.switched(z.device)
-                up = flip | s
+            flip = torch.sigmoid(z) > self.col("tau", z)
+            if not all(switched):
+                flip &= self.switched(z.device)
+            up = flip | s
         shift = torch.where(s, self.col("margin", z), self.const("zero", (0.0,), z.dtype, z.device, ()))
-        y = z * signs(self, up, z) - shift
-        return spow(F.logsigmoid(-y), self.col("gamma", z)) * -F.logsigmoid(y)
+        sg = signs(self, up, z)
+        mat, dy = focal_margin(z * sg - shift, self.col("gamma", z), _neg_col(self, "gamma", z), need_grad)
+        return mat, (None if dy is None else dy * sg)
