@@ -355,6 +355,7 @@ class _Cohort:
         calls = self.calls
         ones = [torch.ones(call.hi - call.lo, device=self.device) for call in calls]
         fused = [bool(call.loss.fused_grad) for call in calls]
+        sizes = [call.hi - call.lo for call in calls]  # calls cover the configs in order
         for call in self.calls:
             call.loss.start_epoch(epoch, self.epochs)
         order = self.orders[epoch - 1]  # (S, N): each seed's row order
@@ -376,14 +377,15 @@ class _Cohort:
             values: list[Tensor] = []
             grads: list[Tensor | None] = []
             leaves: list[tuple[int, Tensor]] = []
-            for k, call in enumerate(calls):
-                z = logits[call.lo:call.hi]
-                obs = (yb if call.clean else sb)[call.lo:call.hi]
+            s_parts = sb.split(sizes)
+            y_parts = yb.split(sizes) if self.any_clean else s_parts
+            for k, (call, z, i_k) in enumerate(zip(calls, logits.split(sizes), idx.split(sizes))):
+                obs = y_parts[k] if call.clean else s_parts[k]
                 if fused[k]:
-                    v, g = call.loss.value_and_grad(z, obs, idx[call.lo:call.hi])
+                    v, g = call.loss.value_and_grad(z, obs, i_k)
                 else:
                     z.requires_grad_(True)
-                    v, g = call.loss(z, obs, idx[call.lo:call.hi]), None
+                    v, g = call.loss(z, obs, i_k), None
                     leaves.append((k, z))
                 values.append(v)
                 grads.append(g)
