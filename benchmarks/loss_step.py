@@ -15,6 +15,7 @@ rounds of ``--steps / --rounds`` steps after a warm-up, rounds interleaved acros
 step per loss, the ratio to the baseline, and the total over the 16 losses.
 
     python benchmarks/loss_step.py                       # CPU, float32, 2000 steps per loss
+    python benchmarks/loss_step.py --path fused              # value_and_grad, as the linear trainer calls it
     python benchmarks/loss_step.py --steps 500 --device cuda
 """
 
@@ -80,6 +81,15 @@ def loss_step(name: str, args: argparse.Namespace, observed: Tensor,
         loss.end_epoch(lambda: head)
     params = [p for group in loss.param_groups(1.0) for p in group["params"]]
 
+    if args.path == "fused" and loss.fused_grad:
+        def fused_step(i: int) -> None:
+            idx, obs, logits = batches[i % len(batches)]
+            for p in params:
+                p.grad = None
+            loss.value_and_grad(logits.detach(), obs, idx)
+
+        return fused_step
+
     def step(i: int) -> None:
         idx, obs, logits = batches[i % len(batches)]
         logits.grad = None
@@ -144,6 +154,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: leave as is)")
     ap.add_argument("--losses", default="", help="comma-separated subset (default: all 16)")
+    ap.add_argument("--path", default="autograd", choices=["autograd", "fused"],
+                    help="autograd: forward + backward; fused: value_and_grad (as the linear trainer calls it)")
     args = ap.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -160,6 +172,7 @@ def main() -> None:
     base = us["baseline"]
     print(f"device={device} dtype={args.dtype} M={m} B={args.batch} C={args.classes} N={args.train} "
           f"epoch={args.epoch}/{args.epochs} steps={args.steps} rounds={args.rounds} threads={torch.get_num_threads()} "
+          f"path={args.path} "
           f"clock={'wall' if device.type == 'cuda' else 'process cpu'}")
     print(f"{'loss':<8} {'us/step':>9} {'x AN-BCE':>9}")
     total = sum(us[name] for name in names)
