@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -201,3 +202,19 @@ def test_linear_record_settings_hold_the_resolved_recipe(home: Path, tmp_path: P
     settings = json.loads(load_records(out)["settings"].iloc[0])
     assert settings["optimizer"] == "adam" and settings["lr"] == job.lr and settings["epochs"] == job.epochs
     assert settings["early_stop"] == job.early_stop and "Chen et al. 2024" in settings["recipe_source"]
+
+
+def test_force_skips_jobs_another_forced_run_redid_since_it_started(home: Path, tmp_path: Path) -> None:
+    """Two concurrent --force runs never re-run a job twice: a record newer than the run's start was
+    written by the other forced run (simulated here by moving one record's mtime into the future)."""
+    write_dataset(home)
+    out = tmp_path / "res"
+    jobs = jobs_for(["an", "gr"], seeds=[0])
+    assert len(run_jobs(jobs, out, device="cpu").ran) == 2
+    fresh = record_path(out, jobs[0].job_id)
+    future = time.time() + 3600
+    os.utime(fresh, (future, future))
+    s = run_jobs(jobs, out, device="cpu", force=True)
+    assert s.ran == [jobs[1].job_id] and s.by_others == [jobs[0].job_id]
+    assert fresh.stat().st_mtime == pytest.approx(future)  # not rewritten
+    assert not list((out / "locks").iterdir())

@@ -190,6 +190,7 @@ def run_jobs(
     executor = executor or LocalExecutor(dev, reference_loop=reference_loop, processes=processes)
     load = loader or (lambda ds, bb: load_dataset(ds, bb, home))
     summary = RunSummary()
+    started = time.time()  # with force: a record written after this is another run's fresh re-run
     feats = current_features(jobs, home) if loader is None else {}
     if force:
         todo = jobs
@@ -204,10 +205,12 @@ def run_jobs(
         progressed = False
         for cohort in _cohorts(todo):
             claimed = [j for j in cohort if locks.claim(out, j.job_id)]
-            if not force:  # finished by someone between our check and our claim
-                for j in [j for j in claimed if is_finished(out, j, dumps, feats)]:
-                    locks.release(out, j.job_id)
-                    claimed.remove(j)
+            # finished by someone between our check and our claim (with force: re-run by another
+            # forced run since this one started, so two concurrent --force runs never run a job twice)
+            for j in [j for j in claimed if (_written_since(out, j, started) if force
+                                             else is_finished(out, j, dumps, feats))]:
+                locks.release(out, j.job_id)
+                claimed.remove(j)
             if not claimed:
                 continue
             try:
@@ -285,6 +288,14 @@ def _run_image(job: JobSpec, out: Path, home: str | os.PathLike[str] | None, dev
     if not keep_checkpoints:
         shutil.rmtree(work, ignore_errors=True)
     return res
+
+
+def _written_since(out: Path, job: JobSpec, since: float) -> bool:
+    """Whether ``job``'s record was written at or after ``since`` (a time.time() value)."""
+    try:
+        return record_path(out, job.job_id).stat().st_mtime >= since
+    except FileNotFoundError:
+        return False
 
 
 def _done_elsewhere(out: Path, job: JobSpec, dumps: Collection[str] = (),
