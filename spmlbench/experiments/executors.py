@@ -43,7 +43,7 @@ class LocalExecutor:
     """Trains in this process (linear jobs on the CPU optionally in ``processes`` child processes):
     the batched linear trainer, or the reference loop."""
 
-    def __init__(self, device: torch.device, reference_loop: bool = False, processes: int | None = None) -> None:
+    def __init__(self, device: torch.device, reference_loop: bool = False, processes: int | None = 1) -> None:
         self.device = device
         self.reference_loop = reference_loop
         self.processes = processes  # linear jobs on the CPU: split each cohort over this many processes (None: auto)

@@ -166,7 +166,7 @@ def run_jobs(
     workers: int | None = None,
     dumps: Collection[str] = (),
     keep_checkpoints: bool = True,
-    processes: int | None = None,
+    processes: int | None = 1,
 ) -> RunSummary:
     """Run every job that has no record yet (all with ``force``); see the module docstring.
 
@@ -174,7 +174,9 @@ def run_jobs(
     mode only). ``workers``: image decode workers of end-to-end jobs (default: the trainer's).
     ``keep_checkpoints``: keep an end-to-end job's ``<out>/work/<job_id>`` after its record.
     ``processes``: linear jobs on the CPU: split each cohort over this many processes (local executor;
-    None: as many as pays off, see :func:`spmlbench.train.parallel.auto_processes`).
+    None: as many as pays off, see :func:`spmlbench.train.parallel.auto_processes`; the CLI's
+    default). Workers are spawned: a script that asks for more than one needs the
+    ``if __name__ == "__main__":`` guard.
     """
     out = Path(out_dir)
     progress = progress or RunProgress()

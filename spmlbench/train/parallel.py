@@ -11,6 +11,8 @@ A config's numbers do not depend on which other configs share its run (see
 :mod:`spmlbench.train.optim`), so a split run equals a single-process run with the same per-process
 thread count, bit for bit; across thread counts matrix products may round differently.
 Progress and per-epoch val scores (prediction dumps) are forwarded to the caller's callbacks.
+Workers are spawned (not forked: torch's thread pools are not fork-safe), so a script that asks for
+more than one process needs the ``if __name__ == "__main__":`` guard; a notebook does not.
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ import concurrent.futures as cf
 import os
 import queue as queue_mod
 from collections.abc import Sequence
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import torch
 import torch.multiprocessing as tmp
+
+from spmlbench.errors import ConfigError
 
 from spmlbench.train.linear import (
     ConfigResult,
@@ -143,7 +148,15 @@ def train_linear_parallel(
                 _drain(events, groups, progress, on_val, timeout=0.2)
                 done, pending = cf.wait(pending, timeout=0)
                 for fut in done:
-                    for i, r in zip(groups[futures[fut]], fut.result()):
+                    try:
+                        part = fut.result()
+                    except BrokenProcessPool:
+                        raise ConfigError(
+                            f"processes={len(groups)}: a worker process died before returning (killed, out of "
+                            "memory, or a script that starts spmlbench without an 'if __name__ == \"__main__\":' "
+                            "guard, which spawned workers re-run); guard the entry point or use processes=1"
+                        ) from None
+                    for i, r in zip(groups[futures[fut]], part):
                         results[i] = r
             _drain(events, groups, progress, on_val, timeout=0.0)
         except BaseException:
