@@ -67,9 +67,30 @@ def test_locks(tmp_path: Path) -> None:
     locks.lock_path(tmp_path, "b").write_text(f"{int(dead.stdout)} {socket.gethostname()}")
     assert locks.claim(tmp_path, "b")  # stale: its process is gone
     locks.lock_path(tmp_path, "c").write_text(f"1 other-host.example")
-    assert not locks.claim(tmp_path, "c")  # another host's claim is respected
+    assert not locks.claim(tmp_path, "c")  # another host's claim is respected while it is refreshed
+    assert locks.held_by_other(tmp_path, "c")
+    old = time.time() - locks.STALE_S - 60
+    os.utime(locks.lock_path(tmp_path, "c"), (old, old))  # ... but not once that host stopped refreshing it
+    assert not locks.held_by_other(tmp_path, "c")
+    assert locks.claim(tmp_path, "c") and locks.lock_path(tmp_path, "c").read_text() == f"{os.getpid()} {socket.gethostname()}"
+    os.utime(locks.lock_path(tmp_path, "a"), (old, old))
+    assert not locks.claim(tmp_path, "a")  # a live process on this host is respected however old its lock
     locks.release(tmp_path, "a")
     assert not locks.lock_path(tmp_path, "a").exists()
+
+
+def test_heartbeat_refreshes_own_claims_only(tmp_path: Path) -> None:
+    assert locks.claim(tmp_path, "mine")
+    locks.lock_path(tmp_path, "theirs").write_text("1 other-host.example")
+    old = time.time() - 3600
+    for name in ("mine", "theirs"):
+        os.utime(locks.lock_path(tmp_path, name), (old, old))
+    with locks.heartbeat(tmp_path, ["mine", "theirs"], every=0.05):
+        deadline = time.time() + 5
+        while locks.lock_path(tmp_path, "mine").stat().st_mtime < old + 60 and time.time() < deadline:
+            time.sleep(0.02)
+    assert locks.lock_path(tmp_path, "mine").stat().st_mtime > time.time() - 60  # refreshed
+    assert locks.lock_path(tmp_path, "theirs").stat().st_mtime == pytest.approx(old)  # not ours: untouched
 
 
 def test_run_skip_force_and_records(home: Path, tmp_path: Path) -> None:

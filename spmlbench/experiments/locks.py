@@ -1,7 +1,10 @@
 """Job claims: ``<out>/locks/<job_id>.lock`` created with O_EXCL, holding ``pid host``.
 
-Two processes never hold the same claim. A lock left by a dead process on this host (a killed
-run) is stale and is taken over; a lock from another host is respected.
+Two processes never hold the same claim. While a run trains a job it refreshes the lock's mtime
+every ``HEARTBEAT_S`` (:func:`heartbeat`). A lock is stale, and is taken over, when its process is
+gone from this host (a killed run), or when it comes from another host and has not been refreshed
+for ``STALE_S`` (that host died or lost the shared results folder: the job is not blocked forever).
+A live process on this host is always respected.
 """
 
 from __future__ import annotations
@@ -9,9 +12,14 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 LOCKS_DIR = "locks"
+HEARTBEAT_S = 60.0  # how often a running job's lock is refreshed
+STALE_S = 900.0  # another host's lock not refreshed for this long is abandoned (tolerates clock skew)
 
 
 def lock_path(out_dir: str | os.PathLike[str], job_id: str) -> Path:
@@ -33,13 +41,23 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def is_stale(content: str) -> bool:
-    """Whether a lock's ``pid host`` names a process on this host that no longer runs."""
+def is_stale(content: str, age_s: float | None = None, stale_s: float = STALE_S) -> bool:
+    """Whether a lock (``pid host``, refreshed ``age_s`` seconds ago) is abandoned: its process is
+    gone from this host, or it is another host's and older than ``stale_s``."""
     parts = content.split()
     if len(parts) != 2 or not parts[0].isdigit():
         return False  # being written, or foreign: not ours to judge
     pid, host = int(parts[0]), parts[1]
-    return host == socket.gethostname() and pid != os.getpid() and not _pid_alive(pid)
+    if host == socket.gethostname():
+        return pid != os.getpid() and not _pid_alive(pid)
+    return age_s is not None and age_s > stale_s
+
+
+def _age(path: Path) -> float | None:
+    try:
+        return time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return None
 
 
 def _create(path: Path) -> bool:
@@ -68,7 +86,7 @@ def claim(out_dir: str | os.PathLike[str], job_id: str) -> bool:
     content = _read(path)
     if content is None:
         return _create(path)
-    if not is_stale(content):
+    if not is_stale(content, _age(path)):
         return False
     # move the stale lock aside atomically; only one contender can move this file
     aside = path.with_name(f"{path.name}.stale.{os.getpid()}")
@@ -95,5 +113,33 @@ def release(out_dir: str | os.PathLike[str], job_id: str) -> None:
 
 def held_by_other(out_dir: str | os.PathLike[str], job_id: str) -> bool:
     """Whether a live claim by another process exists for ``job_id``."""
-    content = _read(lock_path(out_dir, job_id))
-    return content is not None and content != _owner() and not is_stale(content)
+    path = lock_path(out_dir, job_id)
+    content = _read(path)
+    return content is not None and content != _owner() and not is_stale(content, _age(path))
+
+
+def touch(out_dir: str | os.PathLike[str], job_id: str) -> None:
+    """Refresh this process's claim on ``job_id`` (its mtime); another process's lock is left alone."""
+    path = lock_path(out_dir, job_id)
+    if _read(path) == _owner():
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(path)
+
+
+@contextlib.contextmanager
+def heartbeat(out_dir: str | os.PathLike[str], job_ids: Sequence[str], every: float = HEARTBEAT_S) -> Iterator[None]:
+    """Refresh the claims on ``job_ids`` every ``every`` seconds (a daemon thread) while the block runs."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            for job_id in job_ids:
+                touch(out_dir, job_id)
+
+    thread = threading.Thread(target=beat, name="spmlbench-lock-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

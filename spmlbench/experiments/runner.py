@@ -216,18 +216,21 @@ def run_jobs(
             if not claimed:
                 continue
             try:
-                progress.cohort(claimed)
-                if claimed[0].mode == "linear":
-                    results = _run_linear(claimed, out, cache, load, executor, progress, experiment, str(dev), dumps)
-                else:
-                    results = [_run_image(claimed[0], out, home, dev, workers, progress, experiment, force,
-                                          keep_checkpoints)]
-                for j, r in zip(claimed, results):
-                    summary.ran.append(j.job_id)
-                    if r.status != "ok":
-                        summary.failed.append(j.job_id)
-                    mine.add(j.job_id)
-                progress.jobs_done(claimed, results)
+                # refresh the claims while training: another host judges them by their age
+                with locks.heartbeat(out, [j.job_id for j in claimed]):
+                    progress.cohort(claimed)
+                    if claimed[0].mode == "linear":
+                        results = _run_linear(claimed, out, cache, load, executor, progress, experiment, str(dev),
+                                              dumps)
+                    else:
+                        results = [_run_image(claimed[0], out, home, dev, workers, progress, experiment, force,
+                                              keep_checkpoints)]
+                    for j, r in zip(claimed, results):
+                        summary.ran.append(j.job_id)
+                        if r.status != "ok":
+                            summary.failed.append(j.job_id)
+                        mine.add(j.job_id)
+                    progress.jobs_done(claimed, results)
             finally:
                 for j in claimed:
                     locks.release(out, j.job_id)
