@@ -172,3 +172,30 @@ def test_value_and_grad_needs_a_fused_loss() -> None:
     assert isinstance(loss, BatchedLoss)
     with pytest.raises(TypeError, match="no fused gradient"):
         loss.value_and_grad(torch.zeros(1, 2, 3), torch.zeros(2, 3))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", list_losses())
+def test_cuda_value_and_grad_does_not_synchronise(name: str) -> None:
+    """The trainer's per-step call on CUDA (per-config rows, bool observed) never waits for the device."""
+    n, c, m = 12, 5, 2
+    obs = torch.eye(c)[torch.arange(n) % c].cuda()
+    loss = build_batched_loss(name, [{}] * m, num_classes=c, num_train=n, dataset="voc").cuda()
+    loss.init_state(obs, [0, 1])
+    z = torch.randn(m, 6, c, device="cuda")
+    idx = torch.stack([torch.arange(6), torch.arange(6, 12)]).cuda()
+    s = obs[idx] > 0.5
+    params = [p for group in loss.param_groups(1.0) for p in group["params"]]
+    for epoch in (1, 3):
+        loss.start_epoch(epoch, 3)
+        loss.value_and_grad(z, s, idx)  # first step of the epoch fills the caches
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(2):
+                for p in params:
+                    p.grad = None
+                values, grad = loss.value_and_grad(z, s, idx)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert values.shape == (m,) and grad.shape == z.shape
