@@ -91,3 +91,23 @@ def test_digits_default_run(cli, home: Path, tmp_path: Path, monkeypatch: pytest
     means = df.groupby("loss")["test_map"].mean()
     assert means["bce"] > means["an"]
     assert "± " in r.out
+
+
+@pytest.mark.ray
+def test_processes_auto_means_one_per_ray_task(cli, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ray task owns --cpus-per-job CPUs, not the node: auto does not split inside it; a number does."""
+    from spmlbench.cli import run_cmd
+    from spmlbench.experiments.runner import RunSummary
+
+    write_dataset(home)
+    seen: list[object] = []
+
+    def fake_ray(jobs, out, ray_opts, progress, run_kwargs):  # noqa: ANN001
+        seen.append(run_kwargs["processes"])
+        return RunSummary()
+
+    monkeypatch.setattr(run_cmd, "_run_ray", fake_ray)
+    args = ("run", "--dataset", "voc", "--losses", "an", "--seeds", "0", "--out", str(tmp_path / "r"), "--executor", "ray")
+    assert cli(*args).code == 0
+    assert cli(*args, "--processes", "3").code == 0
+    assert seen == [1, 3]

@@ -206,7 +206,8 @@ def run(
     exact: bool = typer.Option(False, "--exact", help="end to end: fp32, deterministic kernels (reproduction)"),
     workers: Optional[int] = typer.Option(None, "--workers", help="end to end: image decode workers [default: by device]"),
     processes: str = typer.Option("auto", "--processes",
-                                  help="linear on the CPU: split the configs over N processes; auto: one per core for long runs"),
+                                  help="linear on the CPU: split the configs over N processes; auto: one per core for long runs "
+                                       "(1 per task with --executor ray)"),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="end to end: input size [default: the backbone's]"),
     weights: Optional[str] = typer.Option(None, "--weights", help="end to end: backbone weights, default or none"),
     keep_checkpoints: bool = typer.Option(True, "--keep-checkpoints/--drop-checkpoints",
@@ -233,6 +234,8 @@ def run(
     if workers is not None and workers < 0:
         raise ConfigError(f"--workers {workers}: must be >= 0")
     n_processes = _parse_processes(processes)
+    if n_processes is None and ray_opts is not None:
+        n_processes = 1  # a ray task gets --cpus-per-job CPUs, not the whole node: split only when asked
     seed_list = parse_seeds(seeds) if seeds is not None else None
     ds_list = _split(datasets, "datasets") if datasets is not None else []
     if dataset and dataset not in ds_list:
