@@ -26,9 +26,6 @@ from spmlbench.losses.hparams import HParams
 PredictFn = Callable[[], Tensor]
 
 
-def nlog(x: Tensor, eps: Tensor | float) -> Tensor:
-    """``-log(x + eps)``: the reference codes' negative log of a probability."""
-    return -torch.log(x + eps)
 
 
 def spow(logx: Tensor, q: Tensor | float) -> Tensor:
@@ -36,15 +33,8 @@ def spow(logx: Tensor, q: Tensor | float) -> Tensor:
     return torch.exp(q * logx)
 
 
-def mean_bc(mat: Tensor) -> Tensor:
-    """Average the per-entry loss over the last two axes (B x C) -> ``(M,)``."""
-    return mat.mean(dim=(-2, -1))
 
 
-def expected_positive_reg(p: Tensor, k: Tensor) -> Tensor:
-    """EPR regulariser ``(mean_b sum_c p - k)^2 / C^2`` for ``p`` (M, B, C), ``k`` (M,) -> (M,)."""
-    c = p.shape[-1]
-    return (p.sum(dim=-1).mean(dim=-1) - k) ** 2 / c**2
 
 
 def rows_of(state: Tensor, index: Tensor) -> Tensor:
@@ -56,13 +46,6 @@ def rows_of(state: Tensor, index: Tensor) -> Tensor:
     return state[torch.arange(state.shape[0], device=state.device).unsqueeze(1), idx]
 
 
-def set_rows(state: Tensor, index: Tensor, value: Tensor) -> None:
-    """In place: ``rows_of(state, index) = value`` (value (M, B, ...))."""
-    idx = index.to(state.device)
-    if idx.dim() == 1:
-        state[:, idx] = value.to(state.device)
-    else:
-        state[torch.arange(state.shape[0], device=state.device).unsqueeze(1), idx] = value.to(state.device)
 
 
 def signs(loss: BatchedLoss, s: Tensor, like: Tensor, pos: Sequence[float] = (1.0,),
@@ -84,9 +67,9 @@ class BatchedLoss(nn.Module):
 
     ``observed`` is (B, C) or (M, B, C), ``index`` (B,) or (M, B) (see the module docstring).
 
-    Subclasses set ``hparams_cls`` and implement :meth:`loss_matrix` (and optionally a
-    regulariser) or override :meth:`forward`. ``self.epoch``/``self.num_epochs`` hold the
-    1-based epoch set by :meth:`start_epoch`.
+    Subclasses set ``hparams_cls`` and implement :meth:`forward` (most derive from
+    :class:`EntryLoss` and implement its per-entry function instead). ``self.epoch``/
+    ``self.num_epochs`` hold the 1-based epoch set by :meth:`start_epoch`.
     """
 
     hparams_cls: ClassVar[type[HParams]]
@@ -174,20 +157,9 @@ class BatchedLoss(nn.Module):
         """Extra optimizer groups for learnable loss state (ROLE's label logits); none by default."""
         return []
 
-    def loss_matrix(self, z: Tensor, s: Tensor, index: Tensor | None) -> Tensor:
-        """Per-entry loss (M, B, C) from logits ``z`` (M, B, C) and observed mask ``s`` (1 or M, B, C) bool."""
-        raise NotImplementedError
-
-    def regulariser(self, z: Tensor, s: Tensor, index: Tensor | None) -> Tensor | None:
-        """Optional (M,) term added after the B x C mean."""
-        return None
-
     def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
-        """Per-config losses ``(M,)``: mean over B x C of :meth:`loss_matrix` plus the regulariser."""
-        z, s = self.check_inputs(logits, observed, index)
-        value = mean_bc(self.loss_matrix(z, s, index))
-        reg = self.regulariser(z, s, index)
-        return value if reg is None else value + reg
+        """Per-config losses ``(M,)`` of logits (M, B, C) against ``observed`` for training rows ``index``."""
+        raise NotImplementedError
 
     def value_and_grad(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Per-config values ``(M,)`` and the derivative of their sum in ``logits`` ``(M, B, C)``,
@@ -280,6 +252,24 @@ def entry_mean(loss: BatchedLoss, z: Tensor, entries: EntryFn, *args: Any) -> Te
     if torch.is_grad_enabled() and z.requires_grad:
         return _EntryMean.apply(z, count, entries, *args)
     return _entry_value(entries(z, False, *args), count)
+
+
+class EntryLoss(BatchedLoss):
+    """A loss given by its per-entry value and exact logit derivative (:meth:`entries`), averaged
+    with :func:`entry_mean`: one autograd node in ``forward``, and values and logit gradients
+    without autograd through :meth:`value_and_grad`. Losses that need more than the observed mask
+    (rows, stored state) override ``forward`` and still call :func:`entry_mean` once."""
+
+    fused_grad = True
+
+    def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
+        """Per-config losses ``(M,)``: the B x C mean of :meth:`entries` (plus its extra term)."""
+        z, s = self.check_inputs(logits, observed, index)
+        return entry_mean(self, z, self.entries, s)
+
+    def entries(self, z: Tensor, need_grad: bool, s: Tensor) -> tuple[Any, ...]:
+        """``(mat, dmat[, extra])`` as :func:`entry_mean` describes, for observed mask ``s``."""
+        raise NotImplementedError
 
 
 class ObservedStore(nn.Module):

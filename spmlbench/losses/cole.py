@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from spmlbench.errors import ConfigError
-from spmlbench.losses.base import BatchedLoss, entry_mean, signs
+from spmlbench.losses.base import BatchedLoss, EntryLoss, signs
 from spmlbench.losses.hparams import HParams
 
 COLE_EPS = 1e-5
@@ -92,18 +92,14 @@ class ROLEParams(EPRParams):
         self.positive("lr_mult")
 
 
-class BCELoss(BatchedLoss):
+class BCELoss(EntryLoss):
     """[bce] BCE on the clean labels (the trainer passes clean labels as ``observed``)."""
 
-    fused_grad = True  # forward = entry_mean (value_and_grad without autograd)
 
     hparams_cls = BCEParams
 
-    def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
-        z, s = self.check_inputs(logits, observed, index)
-        return entry_mean(self, z, self._entries, s)
 
-    def _entries(self, z: Tensor, need_grad: bool, s: Tensor) -> tuple[Tensor, Tensor | None]:
+    def entries(self, z: Tensor, need_grad: bool, s: Tensor) -> tuple[Tensor, Tensor | None]:
         """``nlog(sigmoid(t z))`` (t = +1 where s, -1 where not) and, if ``need_grad``, its derivative in z:
 
         ``-t (1 - p) p / (p + eps)`` with ``p = sigmoid(t z)``, ``1 - p = sigmoid(-t z)``.
@@ -124,18 +120,14 @@ class ANLoss(BCELoss):
     hparams_cls = ANParams
 
 
-class ANLSLoss(BatchedLoss):
+class ANLSLoss(EntryLoss):
     """[an_ls] AN with label smoothing ``ls`` on both sides."""
 
-    fused_grad = True  # forward = entry_mean (value_and_grad without autograd)
 
     hparams_cls = ANLSParams
 
-    def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
-        z, s = self.check_inputs(logits, observed, index)
-        return entry_mean(self, z, self._entries, s)
 
-    def _entries(self, z: Tensor, need_grad: bool, s: Tensor) -> tuple[Tensor, Tensor | None]:
+    def entries(self, z: Tensor, need_grad: bool, s: Tensor) -> tuple[Tensor, Tensor | None]:
         """Per-entry loss and, if ``need_grad``, its derivative in z.
 
         With ``t`` = +1 where s, -1 where not, ``x0 = sigmoid(t z)``, ``x1 = sigmoid(-t z) = 1 - x0``:
@@ -156,10 +148,9 @@ class ANLSLoss(BatchedLoss):
         return mat, torch.sub(ratio[0], ratio[1]).mul_(sig[0]).mul_(sig[1]).mul_(t[0])
 
 
-class WANLoss(BatchedLoss):
+class WANLoss(EntryLoss):
     """[wan] s = 1: nlog(p); s = 0: nlog(1 - p) / (C - 1)."""
 
-    fused_grad = True  # forward = entry_mean (value_and_grad without autograd)
 
     hparams_cls = WANParams
 
@@ -168,11 +159,8 @@ class WANLoss(BatchedLoss):
         if num_classes < 2:
             raise ConfigError(f"wan: num_classes={num_classes}: must be >= 2 (negatives are weighted 1/(C-1))")
 
-    def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
-        z, s = self.check_inputs(logits, observed, index)
-        return entry_mean(self, z, self._entries, s)
 
-    def _entries(self, z: Tensor, need_grad: bool, s: Tensor) -> tuple[Tensor, Tensor | None]:
+    def entries(self, z: Tensor, need_grad: bool, s: Tensor) -> tuple[Tensor, Tensor | None]:
         """``nlog(sigmoid(t z)) / d`` (t = +1, d = 1 where s; t = -1, d = C - 1 where not) and, if
         ``need_grad``, its derivative in z: ``-(t / d) (1 - p) p / (p + eps)``, ``p = sigmoid(t z)``."""
         # [t, -t, -d, -t / d] in one select; the minus sign of nlog in the divisor -d
@@ -187,18 +175,14 @@ class WANLoss(BatchedLoss):
         return mat, torch.sigmoid(tz[1]).mul_(p).div_(p_eps).mul_(t[3])
 
 
-class EPRLoss(BatchedLoss):
+class EPRLoss(EntryLoss):
     """[epr] s = 1: nlog(p); s = 0: 0; plus ``(mean_b sum_c p - k)^2 / C^2``."""
 
-    fused_grad = True  # forward = entry_mean (value_and_grad without autograd)
 
     hparams_cls = EPRParams
 
-    def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
-        z, s = self.check_inputs(logits, observed, index)
-        return entry_mean(self, z, self._entries, s)
 
-    def _entries(self, z: Tensor, need_grad: bool, s: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
+    def entries(self, z: Tensor, need_grad: bool, s: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
         """Per-entry ``s nlog(p)``, its derivative (times B C, the regulariser's included) and the regulariser.
 
         With ``dev = sum_bc p / B - k``: regulariser ``dev^2 / C^2``; ``B C`` times the derivative of

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from spmlbench.errors import ConfigError
-from spmlbench.losses.base import BatchedLoss, ObservedStore, PredictFn, RecordsObserved, entry_mean, rows_of
+from spmlbench.losses.base import EntryLoss, ObservedStore, PredictFn, RecordsObserved, entry_mean, rows_of
 from spmlbench.losses.hparams import HParams
 
 EM_EPS = 1e-5
@@ -92,10 +92,9 @@ def em_entries(z: Tensor, need_grad: bool, s: Tensor, alpha: Tensor, eps: Tensor
     return mat, torch.where(s, d_obs, coef * dh)
 
 
-class EMLoss(BatchedLoss):
+class EMLoss(EntryLoss):
     """[em] entropy maximisation on unobserved entries."""
 
-    fused_grad = True  # forward = entry_mean (value_and_grad without autograd)
 
     hparams_cls = EMParams
 
@@ -104,10 +103,9 @@ class EMLoss(BatchedLoss):
         return entry_mean(self, z, em_entries, s, self.col("alpha", z), self.col("eps", z))
 
 
-class EMAPLLoss(RecordsObserved, BatchedLoss):
+class EMAPLLoss(RecordsObserved, EntryLoss):
     """[em_apl] EM plus asymmetric pseudo-labelling (soft negatives that accumulate)."""
 
-    fused_grad = True  # forward = entry_mean (value_and_grad without autograd)
 
     hparams_cls = EMAPLParams
     needs_rows = True

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from spmlbench.errors import ConfigError
-from spmlbench.losses.base import BatchedLoss, SingleLoss, entry_mean
+from spmlbench.losses.base import EntryLoss, SingleLoss
 from spmlbench.losses.hparams import HParams
 
 
@@ -78,10 +78,9 @@ def gr_schedule(hp: GRParams, epoch: int, num_epochs: int) -> tuple[float, float
     return w0 + (wt - w0) * f_w, b0 + (bt - b0) * f_w, mu0 + (mut - mu0) * f_mu, sig0 + (sigt - sig0) * f_mu
 
 
-class GRLossBatched(BatchedLoss):
+class GRLossBatched(EntryLoss):
     """[gr] batched form; current ``w, b, mu, sigma`` are (M,) float64 buffers."""
 
-    fused_grad = True  # forward = entry_mean (value_and_grad without autograd)
 
     hparams_cls = GRParams
 
@@ -178,11 +177,8 @@ class GRLossBatched(BatchedLoss):
             self._const_cache[ck] = hit
         return hit
 
-    def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
-        z, s = self.check_inputs(logits, observed, index)
-        return entry_mean(self, z, self._entries, s)
 
-    def _entries(self, z: Tensor, need_grad: bool, s: Tensor) -> tuple[Tensor, Tensor | None]:
+    def entries(self, z: Tensor, need_grad: bool, s: Tensor) -> tuple[Tensor, Tensor | None]:
         """Per-entry loss (M, B, C) and, if ``need_grad``, its derivative in z with k, v constant:
 
         ``dL1 = -(1-p) p / (p + eps)``, ``dL2 = -(1-p) p^q2``, ``dL3 = p (1-p)^q3``.

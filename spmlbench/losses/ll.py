@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from spmlbench.losses.base import BatchedLoss, ObservedStore, RecordsObserved, entry_mean
+from spmlbench.losses.base import EntryLoss, ObservedStore, RecordsObserved, entry_mean
 from spmlbench.losses.hparams import HParams
 
 
@@ -73,10 +73,9 @@ def ll_num_selected(batch: int, num_classes: int, epoch: int, delta_rel: float, 
 _softplus_grad = torch.ops.aten.softplus_backward.default
 
 
-class LLRLoss(BatchedLoss):
+class LLRLoss(EntryLoss):
     """[ll_r] large-loss rejection."""
 
-    fused_grad = True  # forward = entry_mean (value_and_grad without autograd)
 
     hparams_cls = LLRParams
     mode: ClassVar[str] = "reject"
@@ -124,9 +123,10 @@ class LLRLoss(BatchedLoss):
 
     def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
         z, s = self.check_inputs(logits, observed, index)
-        return entry_mean(self, z, self._entries, self.observed_for(s, index), index)
+        return entry_mean(self, z, self.entries, self.observed_for(s, index), index)
 
-    def _entries(self, z: Tensor, need_grad: bool, s_eff: Tensor, index: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    def entries(self, z: Tensor, need_grad: bool, s_eff: Tensor,  # type: ignore[override]
+                index: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Per-entry loss (M, B, C) (AN, with the selected entries rejected or corrected) and, if
         ``need_grad``, its derivative in z; LL-Cp stores the selected entries."""
         nz = -z

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from spmlbench.losses.base import BatchedLoss, entry_mean, signs, spow
+from spmlbench.losses.base import BatchedLoss, EntryLoss, signs, spow
 from spmlbench.losses.hparams import HParams
 
 
@@ -92,18 +92,14 @@ class SPLCParams(HParams):
         self.require("change_epoch", self.change_epoch >= 1, ">= 1 (1-based epoch)")
 
 
-class FocalLoss(BatchedLoss):
+class FocalLoss(EntryLoss):
     """[focal] positive ``(1-p)^g nlog(p)``; negative ``p^g nlog(1-p)``."""
 
-    fused_grad = True  # forward = entry_mean (value_and_grad without autograd)
 
     hparams_cls = FocalParams
 
-    def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
-        z, s = self.check_inputs(logits, observed, index)
-        return entry_mean(self, z, self._entries, s)
 
-    def _entries(self, z: Tensor, need_grad: bool, s: Tensor) -> tuple[Tensor, Tensor | None]:
+    def entries(self, z: Tensor, need_grad: bool, s: Tensor) -> tuple[Tensor, Tensor | None]:
         """Per-entry loss (M, B, C) and, if ``need_grad``, its derivative in z (the focusing weight included)."""
         sg = signs(self, s, z)
         t = z * sg  # z where s, -z where not: neg(z) = pos(-z)
@@ -120,18 +116,14 @@ class FocalLoss(BatchedLoss):
         return mat, (n_a * p) * inner * sg
 
 
-class ASLLoss(BatchedLoss):
+class ASLLoss(EntryLoss):
     """[asl] positive ``(1-p)^g+ (-log p)``; negative ``p_m^g- (-log(1-p_m))``, ``p_m = max(p-m, 0)``."""
 
-    fused_grad = True  # forward = entry_mean (value_and_grad without autograd)
 
     hparams_cls = ASLParams
 
-    def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
-        z, s = self.check_inputs(logits, observed, index)
-        return entry_mean(self, z, self._entries, s)
 
-    def _entries(self, z: Tensor, need_grad: bool, s: Tensor) -> tuple[Tensor, Tensor | None]:
+    def entries(self, z: Tensor, need_grad: bool, s: Tensor) -> tuple[Tensor, Tensor | None]:
         """Per-entry loss (M, B, C) and, if ``need_grad``, its derivative in z with the weight constant.
 
         x = p where s, 1 - p_m = min(1 - p + clip, 1) where not (1 - p as sigmoid(-z)); the loss is
@@ -178,18 +170,14 @@ def focal_margin(y: Tensor, gamma: Tensor, neg_gamma: Tensor, need_grad: bool) -
     return val, n_a * torch.addcmul(torch.sigmoid(ny), neg_gamma * torch.sigmoid(y), log_q)
 
 
-class HillLoss(BatchedLoss):
+class HillLoss(EntryLoss):
     """[hill] positive: focal margin; unobserved: ``(lamb - p) p^2``."""
 
-    fused_grad = True  # forward = entry_mean (value_and_grad without autograd)
 
     hparams_cls = HillParams
 
-    def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
-        z, s = self.check_inputs(logits, observed, index)
-        return entry_mean(self, z, self._entries, s)
 
-    def _entries(self, z: Tensor, need_grad: bool, s: Tensor) -> tuple[Tensor, Tensor | None]:
+    def entries(self, z: Tensor, need_grad: bool, s: Tensor) -> tuple[Tensor, Tensor | None]:
         """Per-entry loss (M, B, C) and, if ``need_grad``, its derivative in z."""
         pos, dpos = focal_margin(z - self.col("margin", z), self.col("gamma", z), _neg_col(self, "gamma", z), need_grad)
         p = torch.sigmoid(z)
@@ -201,10 +189,9 @@ class HillLoss(BatchedLoss):
         return mat, torch.where(s, dpos, dneg)
 
 
-class SPLCLoss(BatchedLoss):
+class SPLCLoss(EntryLoss):
     """[splc] focal-margin positives; from ``change_epoch`` unobserved p > tau count as positives."""
 
-    fused_grad = True  # forward = entry_mean (value_and_grad without autograd)
 
     hparams_cls = SPLCParams
 
@@ -218,11 +205,8 @@ class SPLCLoss(BatchedLoss):
             self._const_cache[ck] = t
         return t
 
-    def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
-        z, s = self.check_inputs(logits, observed, index)
-        return entry_mean(self, z, self._entries, s)
 
-    def _entries(self, z: Tensor, need_grad: bool, s: Tensor) -> tuple[Tensor, Tensor | None]:
+    def entries(self, z: Tensor, need_grad: bool, s: Tensor) -> tuple[Tensor, Tensor | None]:
         """Per-entry loss (M, B, C) and, if ``need_grad``, its derivative in z (the switch is piecewise
         constant: no gradient through ``p > tau``).
 
