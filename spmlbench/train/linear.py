@@ -353,10 +353,10 @@ class _Cohort:
         values_hist = torch.empty(steps, m_total, device=self.device)
         logit_hist = torch.empty(steps, m_total, device=self.device, dtype=torch.float64)
         calls = self.calls
-        ones = [torch.ones(call.hi - call.lo, device=self.device) for call in calls]
-        fused = [bool(call.loss.fused_grad) for call in calls]
         sizes = [call.hi - call.lo for call in calls]  # calls cover the configs in order
-        for call in self.calls:
+        ones = [torch.ones(size, device=self.device) for size in sizes]  # autograd fallback only
+        fused = [bool(call.loss.fused_grad) for call in calls]
+        for call in calls:
             call.loss.start_epoch(epoch, self.epochs)
         order = self.orders[epoch - 1]  # (S, N): each seed's row order
         seed_of = self.seed_of
@@ -366,7 +366,6 @@ class _Cohort:
             idx = idx_s.index_select(0, seed_of)  # (M, B): config m's rows
             xb = x_train[idx_s].index_select(0, seed_of)  # (M, B, D): gather S batches, then replicate
             sb = self.s_mask[idx_s].index_select(0, seed_of)
-            yb = self.y_mask[idx_s].index_select(0, seed_of) if self.any_clean else sb
             logits = torch.baddbmm(self.bias.unsqueeze(1), xb, self.weight)
             torch.sum(logits, dim=(1, 2), dtype=torch.float64, out=logit_hist[t])
             for p in params:
@@ -378,7 +377,7 @@ class _Cohort:
             grads: list[Tensor | None] = []
             leaves: list[tuple[int, Tensor]] = []
             s_parts = sb.split(sizes)
-            y_parts = yb.split(sizes) if self.any_clean else s_parts
+            y_parts = self.y_mask[idx_s].index_select(0, seed_of).split(sizes) if self.any_clean else s_parts
             for k, (call, z, i_k) in enumerate(zip(calls, logits.split(sizes), idx.split(sizes))):
                 obs = y_parts[k] if call.clean else s_parts[k]
                 if fused[k]:
