@@ -117,6 +117,18 @@ def test_non_finite_config_fails_alone() -> None:
         assert_same(a, b, tol=0)
 
 
+def test_non_finite_config_fails_alone_among_seeds() -> None:
+    """With several seeds the heads are stored by seed: the failed config's head is the one reset."""
+    data = synthetic_data()
+    good = [cfg("epr", 1, epochs=3), cfg("gr", 0, epochs=3), cfg("an", 1, epochs=3), cfg("epr", 2, epochs=3)]
+    bad = cfg("epr", 0, epochs=3, hparams=(("expected_num_pos", 1e30),))
+    mixed = train_linear(data, [good[0], bad, *good[1:]])
+    assert mixed[1].status == "failed" and "epoch 1" in (mixed[1].error or "")
+    for a, c in zip([mixed[0], *mixed[2:]], good):
+        assert a.status == "ok"
+        assert_same(a, train_linear(data, [c])[0], tol=0)
+
+
 def test_early_stop_rules_by_hand() -> None:
     def run(rule: str, values: list[float]) -> tuple[int, int]:
         es = EarlyStop(rule)

@@ -191,6 +191,23 @@ def test_role_value_and_grad_equals_forward_and_backward(per_config: bool, dtype
 
 
 @pytest.mark.parametrize("per_config", [False, True])
+def test_role_gradient_after_clearing_holds_only_the_new_batch(per_config: bool) -> None:
+    """The trainer clears G.grad every step; each step's G.grad is that step's gradient alone (the
+    reused buffer's rows from the step before are zero again), equal to a fresh autograd backward."""
+    auto, fused = _loss("role"), _loss("role")
+    for seed in (8, 9, 10):
+        z, s, idx = _batch(seed, per_config)
+        idx = (idx + seed) % N  # other rows than the step before
+        auto.G.grad = None
+        fused.G.grad = None
+        _forward_backward(auto, z, s, idx)
+        fused.value_and_grad(z, s, idx)
+        assert fused.G.grad is not None and auto.G.grad is not None
+        torch.testing.assert_close(fused.G.grad, auto.G.grad, rtol=1e-12, atol=1e-15)
+        assert (fused.G.grad != 0).any(dim=2).sum() == (auto.G.grad != 0).any(dim=2).sum()
+
+
+@pytest.mark.parametrize("per_config", [False, True])
 def test_role_value_and_grad_matches_the_formula(per_config: bool) -> None:
     loss = _loss("role")
     z, s, idx = _batch(6, per_config)

@@ -291,12 +291,36 @@ class ROLELoss(BatchedLoss):
             value, saved = role_value(z, gather_rows(self.G, rows), s, eps, negk, sign)
             dz, dg = role_grads(saved)
             if self.G.requires_grad:
-                d_g = scatter_rows(dg, rows, self.G.shape, self.G.dtype)
                 if self.G.grad is None:
-                    self.G.grad = d_g
-                else:
-                    self.G.grad.add_(d_g)  # what autograd's gradient accumulation does
+                    self.G.grad = self._fresh_grad(dg, rows)
+                else:  # what autograd's gradient accumulation does
+                    self.G.grad.add_(scatter_rows(dg, rows, self.G.shape, self.G.dtype))
         return value, dz
+
+    def _fresh_grad(self, dg: Tensor, rows: tuple[Tensor, Tensor]) -> Tensor:
+        """``G``'s gradient for ``dg`` in ``G[rows]`` (zero elsewhere) in a buffer reused from call to call.
+
+        A step touches ``M x B`` of G's ``M x N`` rows, so instead of a new zero matrix per step only
+        the rows the previous call wrote are zeroed again. The tensor handed out as ``G.grad`` is
+        therefore overwritten by the next call that finds ``G.grad`` cleared (the trainer clears it
+        every step; do not keep a reference to it across steps).
+        """
+        held = self.__dict__.get("_grad_buf")
+        if held is None or held[0].shape != self.G.shape or held[0].dtype != self.G.dtype \
+                or held[0].device != self.G.device:
+            buf = torch.zeros_like(self.G, memory_format=torch.contiguous_format)
+        else:
+            buf, last = held
+            if last[1].dim() == 1:
+                buf.index_fill_(1, last[1], 0.0)
+            else:
+                buf.index_put_(last, torch.zeros((), dtype=buf.dtype, device=buf.device))
+        if rows[1].dim() == 1:
+            buf.index_add_(1, rows[1], dg.to(buf.dtype))
+        else:
+            buf.index_put_(rows, dg.to(buf.dtype), accumulate=True)
+        self.__dict__["_grad_buf"] = (buf, (rows[0], rows[1].clone()))
+        return buf
 
 
 RoleArgs = tuple[tuple[Tensor, Tensor], Tensor, Tensor, Tensor, Tensor]

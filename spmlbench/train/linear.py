@@ -1,11 +1,12 @@
 """Linear probes on cached features: many configs (losses x seeds x grid points) trained at once.
 
 The head of config ``m`` is ``W[m] (D, C)``, ``b[m] (C,)``, all configs of a cohort stacked
-(configs ordered by loss, then seed). Configs that share a seed share their minibatches (matched
+(configs ordered by loss, then seed; stored by seed). Configs that share a seed share their minibatches (matched
 seeds, :mod:`spmlbench.train.seeding`). One step, for every config at once:
 
-1. one gather of each seed's batch rows ``(S, B, D)``, replicated to every config ``X (M, B, D)``,
-   and one ``baddbmm`` for the logits ``(M, B, C)`` (a detached leaf: autograd never sees the
+1. one gather of each seed's batch rows ``(S, B, D)``; the heads (:mod:`spmlbench.train.heads`) are
+   stored grouped by seed, so each seed's batch serves all its configs as a stride-0 view: one
+   ``baddbmm`` per seed for the logits ``(M, B, C)`` (plain tensors: autograd never sees the
    head's big tensors); the label masks are bool, gathered the same way;
 2. one call of each loss's batched form on its own slice of the logits with per-config
    ``observed (M_l, B, C)`` / ``index (M_l, B)`` (all seeds of that loss together): losses with a
@@ -13,7 +14,7 @@ seeds, :mod:`spmlbench.train.seeding`). One step, for every config at once:
    the others run forward on a slice made an autograd leaf, with one backward for all of them
    (down to those slices and ROLE's label logits); configs are independent, so each gets exactly
    its own gradient;
-3. the head gradient by hand: ``dW = X^T dlogits`` (one ``bmm``), ``db = sum_b dlogits``;
+3. the head gradient by hand: ``dW = X^T dlogits`` (one ``bmm`` per seed), ``db = sum_b dlogits``;
 4. one Adam step over all configs (torch's fused kernel on the big tensors, per-config lr).
 
 Nothing in an epoch reads a value back to the host: every step writes each config's loss value
@@ -41,6 +42,7 @@ from torch import Tensor
 
 from spmlbench.errors import ConfigError
 from spmlbench.train.evaluate import average_precision, mean_ap
+from spmlbench.train.heads import StackedHeads, predict
 from spmlbench.train.optim import BatchedAdam
 from spmlbench.train.seeding import epoch_orders, head_init, num_steps
 
@@ -305,10 +307,11 @@ class _Cohort:
         cfgs = [configs[i] for i in self.order]
         self.seeds = sorted({cfg.seed for cfg in cfgs})
         seed_pos = {s: k for k, s in enumerate(self.seeds)}
-        self.seed_of = torch.tensor([seed_pos[cfg.seed] for cfg in cfgs], device=device)  # (M,) seed slot
+        seed_of = [seed_pos[cfg.seed] for cfg in cfgs]
+        self.seed_of = torch.tensor(seed_of, device=device)  # (M,) seed slot
         inits = {s: head_init(s, d, c) for s in self.seeds}
-        self.weight = torch.stack([inits[cfg.seed][0].t() for cfg in cfgs]).contiguous().to(device)  # (M, D, C)
-        self.bias = torch.stack([inits[cfg.seed][1] for cfg in cfgs]).to(device)  # (M, C)
+        self.heads = StackedHeads(torch.stack([inits[cfg.seed][0].t() for cfg in cfgs]).to(device),  # (M, D, C)
+                                  torch.stack([inits[cfg.seed][1] for cfg in cfgs]).to(device), seed_of)
         self.calls: list[_LossCall] = []
         params: list[Tensor] = []  # loss parameters (ROLE's label logits)
         lrs: list[list[float]] = []
@@ -333,9 +336,8 @@ class _Cohort:
                        zip(*(epoch_orders(s, n, self.epochs, d, c) for s in self.seeds))]
         self.loss_params = params
         # parameters 0 / 1 of the optimizer are the stacked head weight / bias
-        self.optimizer = BatchedAdam([self.weight, self.bias, *params],
-                                     [[x.lr for x in cfgs], [x.lr for x in cfgs], *lrs])
-        self.grad_w = torch.empty_like(self.weight)
+        head_lrs = self.heads.storage_values([x.lr for x in cfgs])
+        self.optimizer = BatchedAdam([self.heads.weight, self.heads.bias, *params], [head_lrs, head_lrs, *lrs])
         self.any_clean = any(call.clean for call in self.calls)
         self.s_mask = data.s_train > 0.5  # bool label masks, gathered per step (no per-loss conversion)
         self.y_mask = data.y_train > 0.5
@@ -347,7 +349,8 @@ class _Cohort:
         n = x_train.shape[0]
         bsz = self.batch_size
         steps = num_steps(n, bsz)
-        m_total = self.weight.shape[0]
+        m_total = self.heads.num_configs
+        heads = self.heads
         # per step, written in place and checked once at the end of the epoch (no host sync, few ops):
         # each config's loss value and the float64 sum of its logits (non-finite iff a logit is)
         values_hist = torch.empty(steps, m_total, device=self.device)
@@ -363,10 +366,11 @@ class _Cohort:
         params = self.loss_params
         for t in range(steps):
             idx_s = order[:, t * bsz:(t + 1) * bsz]  # (S, B): one minibatch per seed
+            flat = idx_s.reshape(-1)
             idx = idx_s.index_select(0, seed_of)  # (M, B): config m's rows
-            xb = x_train[idx_s].index_select(0, seed_of)  # (M, B, D): gather S batches, then replicate
-            sb = self.s_mask[idx_s].index_select(0, seed_of)
-            logits = torch.baddbmm(self.bias.unsqueeze(1), xb, self.weight)
+            xs = x_train.index_select(0, flat).view(*idx_s.shape, -1)  # (S, B, D): each seed's batch, once
+            sb = self.s_mask.index_select(0, flat).view(*idx_s.shape, -1).index_select(0, seed_of)
+            logits = heads.logits(xs)
             torch.sum(logits, dim=(1, 2), dtype=torch.float64, out=logit_hist[t])
             for p in params:
                 p.grad = None
@@ -377,7 +381,8 @@ class _Cohort:
             grads: list[Tensor | None] = []
             leaves: list[tuple[int, Tensor]] = []
             s_parts = sb.split(sizes)
-            y_parts = self.y_mask[idx_s].index_select(0, seed_of).split(sizes) if self.any_clean else s_parts
+            y_parts = (self.y_mask.index_select(0, flat).view(*idx_s.shape, -1).index_select(0, seed_of).split(sizes)
+                       if self.any_clean else s_parts)
             for k, (call, z, i_k) in enumerate(zip(calls, logits.split(sizes), idx.split(sizes))):
                 obs = y_parts[k] if call.clean else s_parts[k]
                 if fused[k]:
@@ -392,17 +397,10 @@ class _Cohort:
                 torch.autograd.backward([values[k] for k, _ in leaves], [ones[k] for k, _ in leaves])
                 for k, z in leaves:
                     grads[k] = z.grad if z.grad is not None else torch.zeros_like(z)
-            dlogits = torch.cat(grads)  # type: ignore[arg-type]
-            torch.bmm(xb.transpose(1, 2), dlogits, out=self.grad_w)
-            self.optimizer.step([self.grad_w, dlogits.sum(dim=1)])
+            self.optimizer.step(list(heads.grads(xs, torch.cat(grads))))  # type: ignore[arg-type]
             with torch.no_grad():
                 torch.cat(values, out=values_hist[t])
         return _epoch_summary(values_hist, logit_hist)
-
-    @torch.no_grad()
-    def _predict(self, x: Tensor, lo: int = 0, hi: int | None = None) -> Tensor:
-        """Logits (M', N, C) of configs ``lo:hi`` on rows ``x`` (N, D)."""
-        return torch.matmul(x, self.weight[lo:hi]) + self.bias[lo:hi].unsqueeze(1)
 
     def run(self, progress: ProgressFn | None, on_val: ValHook | None = None) -> list[ConfigResult]:
         """Train the cohort; return results in the cohort's config order."""
@@ -410,16 +408,17 @@ class _Cohort:
         results = [ConfigResult() for _ in range(m_total)]  # in cohort positions
         rules = [EarlyStop(self.configs[i].early_stop) for i in self.order]
         active = [True] * m_total
-        best_w = self.weight.clone()
-        best_b = self.bias.clone()
+        heads = self.heads
+        best_w = heads.weight.clone()  # storage order
+        best_b = heads.bias.clone()
         for epoch in range(1, self.epochs + 1):
             if not any(active):
                 break
             mean_loss, first_bad, bad_kind = self._train_epoch(epoch)
             for call in self.calls:
-                call.loss.end_epoch(lambda call=call: self._predict(self.data.x_train, call.lo, call.hi))
+                call.loss.end_epoch(lambda call=call: self.heads.predict(self.data.x_train, call.lo, call.hi))
             with torch.no_grad():
-                probs = torch.sigmoid(self._predict(self.data.x_val))
+                probs = torch.sigmoid(self.heads.predict(self.data.x_val))
                 val = mean_ap(probs, self.val_labels).cpu().tolist()
                 if on_val is not None:
                     on_val(epoch, list(self.order), probs)
@@ -449,20 +448,20 @@ class _Cohort:
                     active[j] = False
             with torch.no_grad():
                 if bool(improved.any()):
-                    sel = improved.to(self.device)
-                    best_w = torch.where(sel.view(-1, 1, 1), self.weight, best_w)
-                    best_b = torch.where(sel.view(-1, 1), self.bias, best_b)
+                    sel = heads.to_storage(improved.to(self.device))
+                    best_w = torch.where(sel.view(-1, 1, 1), heads.weight, best_w)
+                    best_b = torch.where(sel.view(-1, 1), heads.bias, best_b)
                 if bool(failed_now.any()):  # keep NaN out of a failed config's head
-                    bad = failed_now.to(self.device)
-                    self.weight.masked_fill_(bad.view(-1, 1, 1), 0.0)
-                    self.bias.masked_fill_(bad.view(-1, 1), 0.0)
+                    bad = heads.to_storage(failed_now.to(self.device))
+                    heads.weight.masked_fill_(bad.view(-1, 1, 1), 0.0)
+                    heads.bias.masked_fill_(bad.view(-1, 1), 0.0)
                     self.optimizer.reset_configs(0, bad)
                     self.optimizer.reset_configs(1, bad)
             if progress is not None:
                 done = [r.val_map[r.best_epoch - 1] for r in results if r.best_epoch > 0]
                 progress(EpochProgress(epoch, self.epochs, m_total, max(done) if done else float("nan")))
         with torch.no_grad():
-            scores = torch.sigmoid(torch.matmul(self.data.x_test, best_w) + best_b.unsqueeze(1))
+            scores = torch.sigmoid(predict(self.data.x_test, best_w, best_b, heads))
             ap = average_precision(scores, self.data.y_test).cpu()
             for j, r in enumerate(results):
                 if r.best_epoch > 0:
