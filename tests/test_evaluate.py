@@ -81,3 +81,23 @@ def test_hand_derived_value() -> None:
     scores = torch.tensor([[0.9], [0.8], [0.8], [0.1]])
     labels = torch.tensor([[1], [0], [1], [0]])
     assert average_precision(scores, labels).item() == pytest.approx(0.5 + 0.5 * 2 / 3, abs=1e-12)
+
+
+def test_float32_key_sort_equals_the_float64_path_and_sklearn() -> None:
+    """Float32 scores on the CPU are sorted as integer keys; their AP equals the float64 path (torch.sort;
+    float32 -> float64 keeps every order and tie) and scikit-learn, with negative scores, infinities
+    and signed zeros (-0.0 == +0.0 is one tie group)."""
+    rng = np.random.default_rng(7)
+    n, c = 400, 9
+    labels = (rng.random((n, c)) < 0.3).astype(np.int8)
+    values = np.array([-np.inf, -3.5, -1.0, -0.0, 0.0, 1e-30, 0.5, 2.0, np.inf], dtype=np.float32)
+    scores = values[rng.integers(0, len(values), (n, c))]
+    scores[:, 4] = rng.normal(size=n).astype(np.float32)  # one class without ties
+    s32 = torch.tensor(scores)
+    got = average_precision(s32, torch.tensor(labels))
+    # equal up to the summation order of positives inside a tie group
+    torch.testing.assert_close(got, average_precision(s32.double(), torch.tensor(labels)), rtol=0, atol=1e-14)
+    finite = np.clip(scores.astype(np.float64), -1e300, 1e300)  # scikit-learn refuses inf; same order and ties
+    np.testing.assert_allclose(got.numpy(), sk_ap(finite, labels), rtol=0, atol=1e-12)
+    flipped = torch.tensor(np.where(scores == 0, np.float32(-0.0), scores))  # every zero now -0.0
+    torch.testing.assert_close(average_precision(flipped, torch.tensor(labels)), got, rtol=0, atol=1e-14)

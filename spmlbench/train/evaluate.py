@@ -8,10 +8,42 @@ the end of its tie group, divided by ``n_pos``. A class with no positive gets AP
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 # elements per chunk of (configs x classes x rows) sorted at once; bounds the float64 work memory
 _CHUNK_ELEMS = 1 << 24
+
+
+def _ap_rows_cpu32(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """:func:`_ap_rows` for float32 scores on the CPU, in numpy (several times faster at eval sizes).
+
+    Each entry becomes one int64 key: the score's bits mapped to an order-preserving integer,
+    inverted for descending order, with its label as the lowest bit. One SIMD sort of the keys
+    orders every row; the order inside a run of equal scores does not matter, because every
+    positive of a tie group gets the precision at the group's end. AP is then a sum over tie groups
+    (groups never cross rows: each row's last entry ends a group):
+    ``sum_g pos_in_g * TP(end_g) / (end_g + 1) / n_pos``.
+    """
+    r, n = scores.shape
+    bits = (scores + 0.0).contiguous().view(torch.int32).numpy().astype(np.int64)  # + 0.0: -0.0 -> +0.0
+    mono = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # integer order = float order (finite, +-inf)
+    keys = np.sort(((~mono) << 1) | (labels != 0).numpy(), axis=1)  # ~: descending scores
+    is_last = np.ones((r, n), dtype=bool)
+    np.not_equal(keys[:, :-1] >> 1, keys[:, 1:] >> 1, out=is_last[:, :-1])
+    ends = np.flatnonzero(is_last)  # flat index of every tie group's last entry
+    cum = np.cumsum(keys & 1, axis=None)  # positives up to each entry, over all rows
+    row_total = cum[n - 1::n]
+    row_base = np.concatenate(([0], row_total[:-1]))  # positives in the rows before
+    cum_end = cum[ends]
+    row = ends // n
+    rank = ends - row * n
+    rank += 1
+    contrib = np.subtract(cum_end, row_base[row]) / rank  # precision at the group's end
+    contrib *= np.diff(cum_end, prepend=0)  # times the positives in the group
+    n_pos = row_total - row_base
+    ap = np.bincount(row, weights=contrib, minlength=r) / np.maximum(n_pos, 1)
+    return torch.from_numpy(np.where(n_pos > 0, ap, 0.0))
 
 
 def _ap_rows(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -19,6 +51,8 @@ def _ap_rows(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     r, n = scores.shape
     if n == 0:
         return torch.zeros(r, dtype=torch.float64, device=scores.device)
+    if scores.device.type == "cpu" and scores.dtype == torch.float32:
+        return _ap_rows_cpu32(scores, labels)
     sorted_scores, order = torch.sort(scores, dim=1, descending=True)
     pos = torch.gather(labels, 1, order).to(torch.float64)
     tp = torch.cumsum(pos, dim=1)
