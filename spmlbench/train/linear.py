@@ -403,7 +403,17 @@ class _Cohort:
         return _epoch_summary(values_hist, logit_hist)
 
     def run(self, progress: ProgressFn | None, on_val: ValHook | None = None) -> list[ConfigResult]:
-        """Train the cohort; return results in the cohort's config order."""
+        """Train the cohort; return results in the cohort's config order.
+
+        When every loss has a fused gradient nothing needs autograd, so the whole run is in
+        ``torch.inference_mode`` (less dispatch work per op: the steps are made of many tiny ops).
+        The cohort's tensors are private to it and dropped afterwards; ``on_val`` gets inference
+        tensors (read them, or clone them to keep).
+        """
+        with torch.inference_mode(all(call.loss.fused_grad for call in self.calls)):
+            return self._run(progress, on_val)
+
+    def _run(self, progress: ProgressFn | None, on_val: ValHook | None) -> list[ConfigResult]:
         m_total = len(self.order)
         results = [ConfigResult() for _ in range(m_total)]  # in cohort positions
         rules = [EarlyStop(self.configs[i].early_stop) for i in self.order]
