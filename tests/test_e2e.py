@@ -254,8 +254,12 @@ def test_gr_linear_init_freezes_the_backbone_for_n_epochs(tiny: Path, tmp_path: 
     initial = {k: v.clone() for k, v in MICRO.build("none").named_parameters()}
     snapshots: dict[int, dict[str, torch.Tensor]] = {}
 
+    initial_stats = {k: v.clone() for k, v in MICRO.build("none").named_buffers() if "running" in k}
+    snapshots: dict[int, dict[str, torch.Tensor]] = {}
+
     def snap(epoch: int, ctx: e2e.TrainContext) -> None:
         snapshots[epoch] = {k: v.detach().clone() for k, v in ctx.model.named_parameters()}
+        snapshots[epoch].update({k: v.clone() for k, v in ctx.model.named_buffers()})
 
     job = Job(loss="gr", hparams={"linear_init": 1}, epochs=2, backbone=micro)
     res = _run(tiny, tmp_path / "w", job, hooks=e2e.Hooks(on_epoch_end=snap))
@@ -263,6 +267,11 @@ def test_gr_linear_init_freezes_the_backbone_for_n_epochs(tiny: Path, tmp_path: 
     after1, after2 = snapshots[1], snapshots[2]
     for name, value in initial.items():
         assert torch.equal(after1[f"backbone.{name}"], value), name  # frozen in epoch 1
+    # only the weights are frozen: the backbone stays in train mode, so batch-norm running statistics
+    # still update in the frozen epochs (GR's train.py sets requires_grad=False and keeps model.train())
+    assert len(initial_stats) == 4
+    for name, value in initial_stats.items():
+        assert not torch.equal(after1[f"backbone.{name}"], value), name
     assert any(not torch.equal(after2[f"backbone.{n}"], v) for n, v in initial.items())  # trained in epoch 2
     from spmlbench.train.seeding import head_init
 
