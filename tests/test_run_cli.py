@@ -53,6 +53,18 @@ def test_skip_and_force(cli, home: Path, tmp_path: Path) -> None:
     assert len(load_records(out)) == 6
 
 
+def test_failed_job_is_reported_and_its_record_skipped_on_rerun(cli, home: Path, tmp_path: Path) -> None:
+    write_dataset(home)
+    args = ("run", "--dataset", "voc", "--losses", "an,epr", "--seeds", "0", "--epochs", "2",
+            "--set", "epr.expected_num_pos=1e30", "--out", str(tmp_path / "res"))  # the regulariser overflows
+    r = cli(*args)
+    assert r.code == 0, r.err
+    assert "2 jobs run" in r.out and "failed: epr seed 0" in r.out and "non-finite loss in epoch 1" in r.out
+    assert "(1 failed)" in r.out  # the table cell
+    r = cli(*args)
+    assert r.code == 0 and "2 finished jobs skipped, 1 of them failed" in r.out and "0 jobs run" in r.out
+
+
 def test_processes_split_the_run_with_the_same_results(cli, home: Path, tmp_path: Path) -> None:
     write_dataset(home)
     args = ("run", "--dataset", "voc", "--losses", "an,gr,role", "--seeds", "0,1", "--epochs", "2", "--device", "cpu")

@@ -140,7 +140,8 @@ def result_table(jobs: Sequence[JobSpec], out: Path) -> Table:
     ids = {j.job_id for j in jobs}
     df = df[df["job_id"].isin(ids)].copy()
     datasets = list(dict.fromkeys(j.dataset for j in jobs))
-    table = Table(title=f"test mAP at the best val epoch (mean ± sample std over seeds; records in {out})")
+    title = "test mAP at the best val epoch"
+    table = Table(title=title, caption="mean ± sample std over seeds", min_width=len(title) + 4)
     table.add_column("loss")
     for ds in datasets:
         table.add_column(ds, justify="right")
@@ -385,11 +386,16 @@ def _experiment_jobs(name: str, datasets: list[str] | None, seeds: list[int] | N
 
 def _report(summary: RunSummary, jobs: Sequence[JobSpec], out: Path) -> None:
     if summary.skipped:
-        console.print(f"{len(summary.skipped)} finished jobs skipped (records in {out / 'records'}); "
+        from spmlbench.experiments.records import load_records
+
+        df = load_records(out)
+        failed = int((df[df["job_id"].isin(summary.skipped)]["status"] != "ok").sum()) if not df.empty else 0
+        note = f", {failed} of them failed (same seeds: a re-run fails the same way)" if failed else ""
+        console.print(f"{len(summary.skipped)} finished jobs skipped{note} (records in {out / 'records'}); "
                       "use --force to re-run them", highlight=False)
     if summary.by_others:
         console.print(f"{len(summary.by_others)} jobs were run by another process on {out}", highlight=False)
-    console.print(f"{len(summary.ran)} jobs run", highlight=False)
+    console.print(f"{len(summary.ran)} jobs run; records in {out / 'records'}", highlight=False)
     console.print(result_table(jobs, out))
     if summary.failed:
         from spmlbench.experiments.records import load_records
