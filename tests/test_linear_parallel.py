@@ -82,3 +82,49 @@ def test_two_processes_equal_one_process_bit_for_bit() -> None:
 def test_processes_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="processes=0"):
         train_linear(synthetic_data(), [cfg("an", 0)], processes=0)
+
+
+def test_a_worker_pool_serves_several_calls_with_the_same_workers() -> None:
+    """Workers are spawned once per pool (not per cohort); each call still equals one process."""
+    from spmlbench.train.parallel import WorkerPool
+
+    data = synthetic_data()
+    first = [cfg(n, s) for n in ("an", "gr") for s in (0, 1)]
+    second = [cfg(n, s, batch_size=16) for n in ("role", "bce") for s in (0, 2)]
+    with WorkerPool(2) as pool:
+        a = train_linear(data, first, threads=2, processes=2, pool=pool)
+        workers = set(pool._pool._processes)  # type: ignore[union-attr]  # pids of the live workers
+        b = train_linear(data, second, threads=2, processes=2, pool=pool)
+        assert set(pool._pool._processes) == workers and len(workers) == 2  # type: ignore[union-attr]
+    assert pool._pool is None  # closed on leaving the block
+    for configs, got in ((first, a), (second, b)):
+        want = train_linear(data, configs, threads=1)
+        assert [dataclasses.asdict(r) for r in got] == [dataclasses.asdict(r) for r in want]
+
+
+def test_the_runner_starts_one_pool_per_run_and_closes_it(monkeypatch: pytest.MonkeyPatch, home, tmp_path) -> None:
+    from spmlbench.experiments.jobs import expand_jobs
+    from spmlbench.experiments.runner import run_jobs
+    from spmlbench.train import parallel
+    from test_linear_support import write_dataset
+
+    pools: list[parallel.WorkerPool] = []
+    closed: list[parallel.WorkerPool] = []
+
+    class Counting(parallel.WorkerPool):
+        def __init__(self, size: int) -> None:
+            super().__init__(size)
+            pools.append(self)
+
+        def close(self) -> None:
+            closed.append(self)
+            super().close()
+
+    monkeypatch.setattr(parallel, "WorkerPool", Counting)
+    write_dataset(home)
+    meta = {"protocol": {"label_seed": 1200, "split_seed": 1200}, "expected_positives": {"computed": 1.6}}
+    jobs = [j for bs in (8, 16) for j in expand_jobs(dataset="voc", losses=["an", "gr"], seeds=[0, 1], meta=meta,
+                                                     backbone="resnet50", epochs=2, batch_size=bs)]
+    summary = run_jobs(jobs, tmp_path / "res", home=home, device="cpu", processes=2)  # two cohorts (batch sizes)
+    assert len(summary.ran) == 8 and not summary.failed
+    assert len(pools) == 1 and closed == pools and pools[0]._pool is None

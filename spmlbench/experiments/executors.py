@@ -47,6 +47,13 @@ class LocalExecutor:
         self.device = device
         self.reference_loop = reference_loop
         self.processes = processes  # linear jobs on the CPU: split each cohort over this many processes (None: auto)
+        self._pool: Any = None  # worker processes, started by the first cohort that splits, kept until close()
+
+    def close(self) -> None:
+        """Stop the worker processes (if any were started)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     def train(self, data: LinearData, jobs: Sequence[JobSpec], progress: ProgressFn | None = None,
               on_val: ValHook | None = None) -> list[ConfigResult]:
@@ -61,8 +68,17 @@ class LocalExecutor:
             from spmlbench.train.reference import train_reference
 
             return train_reference(data, configs, device=self.device, progress=progress)
+        if self.device.type != "cpu":
+            return train_linear(data, configs, device=self.device, progress=progress, on_val=on_val)
+        from spmlbench.train.parallel import WorkerPool, auto_processes, auto_size
+
+        processes = self.processes
+        if processes is None:
+            processes = auto_processes(configs, data.x_train.shape[0], self.device)
+        if processes > 1 and self._pool is None:
+            self._pool = WorkerPool(processes if self.processes is not None else max(processes, auto_size()))
         return train_linear(data, configs, device=self.device, progress=progress, on_val=on_val,
-                            processes=self.processes if self.device.type == "cpu" else 1)
+                            processes=processes, pool=self._pool)
 
 
 def train_image_job(

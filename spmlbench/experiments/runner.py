@@ -189,7 +189,21 @@ def run_jobs(
     dev = resolve_device(device)
     if processes is not None and processes < 1:
         raise ConfigError(f"--processes {processes}: must be >= 1 (or auto)")
+    own_executor = executor is None
     executor = executor or LocalExecutor(dev, reference_loop=reference_loop, processes=processes)
+    try:
+        return _run_all(jobs, out, executor, home=home, dev=dev, force=force, experiment=experiment,
+                        progress=progress, loader=loader, workers=workers, dumps=dumps,
+                        keep_checkpoints=keep_checkpoints)
+    finally:
+        if own_executor:
+            executor.close()  # type: ignore[attr-defined]
+
+
+def _run_all(jobs: list[JobSpec], out: Path, executor: Executor, *, home: str | os.PathLike[str] | None,
+             dev: Any, force: bool, experiment: str, progress: RunProgress,
+             loader: Callable[[str, str], _Dataset] | None, workers: int | None, dumps: frozenset[str],
+             keep_checkpoints: bool) -> RunSummary:
     load = loader or (lambda ds, bb: load_dataset(ds, bb, home))
     summary = RunSummary()
     started = time.time()  # with force: a record written after this is another run's fresh re-run

@@ -214,6 +214,7 @@ def train_linear(
     on_val: ValHook | None = None,
     threads: int | None = None,
     processes: int | None = 1,
+    pool: Any = None,
 ) -> list[ConfigResult]:
     """Train every config (batched); returns one :class:`ConfigResult` per config, in order.
 
@@ -225,6 +226,8 @@ def train_linear(
     machine whose cores are busy with other work, 1 avoids multi-threaded kernels stalling.
     ``processes`` > 1 (CPU only): split the configs over that many processes, ``threads // processes``
     threads each; None: as many as pays off (:func:`spmlbench.train.parallel.auto_processes`).
+    ``pool``: a :class:`spmlbench.train.parallel.WorkerPool` whose workers to use (kept across
+    calls; default: workers started for this call).
     """
     if processes is None:
         from spmlbench.train.parallel import auto_processes
@@ -236,7 +239,7 @@ def train_linear(
         from spmlbench.train.parallel import train_linear_parallel
 
         return train_linear_parallel(data, configs, processes, device=device, progress=progress, on_val=on_val,
-                                     threads=threads)
+                                     threads=threads, pool=pool)
     for c in configs:
         _check_config(c)
     results: list[ConfigResult | None] = [None] * len(configs)

@@ -6,6 +6,8 @@ into ``n`` parts along loss-call boundaries (configs that share one batched loss
 together, so each loss's cost is paid once per part), balances the parts by an estimated step cost,
 and trains each part with :func:`~spmlbench.train.linear.train_linear` in its own spawned process
 (``threads // n`` intra-op threads each). Features reach the workers through shared memory.
+A :class:`WorkerPool` keeps its workers for several calls (the runner keeps one for a whole run,
+so the spawn and torch import are paid once, not once per cohort).
 
 A config's numbers do not depend on which other configs share its run (see
 :mod:`spmlbench.train.optim`), so a split run equals a single-process run with the same per-process
@@ -93,8 +95,13 @@ def auto_processes(configs: Sequence[TrainConfig], num_train: int, device: str |
     steps = max(num_steps(num_train, c.batch_size) * c.epochs for c in configs)
     if steps < AUTO_MIN_STEPS:
         return 1
+    return max(1, min(auto_size(), len(configs)))
+
+
+def auto_size() -> int:
+    """The most processes ``processes=None`` uses: one per available core, at most ``AUTO_MAX``."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cores, AUTO_MAX, len(configs)))
+    return max(1, min(cores, AUTO_MAX))
 
 
 _EVENTS: Any = None  # the worker process's event queue (set by the pool initializer, one per process)
@@ -105,52 +112,85 @@ def _init_worker(events: Any) -> None:
     _EVENTS = events
 
 
-def _train_part(part: int, data: LinearData, configs: list[TrainConfig], device: str, threads: int,
+def _train_part(call: int, part: int, data: LinearData, configs: list[TrainConfig], device: str, threads: int,
                 want_val: bool) -> list[ConfigResult]:
     torch.set_num_threads(threads)
     events = _EVENTS
 
     def progress(p: EpochProgress) -> None:
-        events.put(("progress", part, p))
+        events.put((call, "progress", part, p))
 
     def on_val(epoch: int, idx: list[int], probs: torch.Tensor) -> None:
-        events.put(("val", part, (epoch, idx, probs.detach().cpu().clone())))
+        events.put((call, "val", part, (epoch, idx, probs.detach().cpu().clone())))
 
     return train_linear(data, configs, device=device, progress=progress, on_val=on_val if want_val else None)
 
 
-def train_linear_parallel(
-    data: LinearData,
-    configs: Sequence[TrainConfig],
-    processes: int,
-    *,
-    device: str | torch.device = "cpu",
-    progress: ProgressFn | None = None,
-    on_val: ValHook | None = None,
-    threads: int | None = None,
-) -> list[ConfigResult]:
-    """Train ``configs`` in up to ``processes`` CPU processes; results in input order (see module doc)."""
-    groups = split_configs(configs, processes)
-    if len(groups) <= 1 or torch.device(device).type != "cpu":
-        return train_linear(data, configs, device=device, progress=progress, on_val=on_val, threads=threads)
-    total = threads if threads is not None else torch.get_num_threads()
-    each = max(1, int(total) // len(groups))
-    ctx = tmp.get_context("spawn")
-    events = ctx.Queue()
-    results: list[ConfigResult | None] = [None] * len(configs)
-    with cf.ProcessPoolExecutor(max_workers=len(groups), mp_context=ctx, initializer=_init_worker,
-                                initargs=(events,)) as pool:
-        futures = {pool.submit(_train_part, k, data, [configs[i] for i in g], str(device), each, on_val is not None): k
-                   for k, g in enumerate(groups)}
+class WorkerPool:
+    """Spawned CPU worker processes, kept for every cohort of a run (the spawn and torch import,
+    a few seconds, are paid once per worker, not once per cohort).
+
+    Workers start on first use, at most ``size``; :meth:`close` (or leaving the ``with`` block)
+    stops them. A pool serves one caller at a time.
+    """
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ConfigError(f"processes={size}: must be >= 1")
+        self.size = size
+        self._pool: cf.ProcessPoolExecutor | None = None
+        self._events: Any = None
+        self._calls = 0
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the workers (a later :meth:`train` starts new ones)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool = None
+
+    def train(
+        self,
+        data: LinearData,
+        configs: Sequence[TrainConfig],
+        processes: int,
+        *,
+        device: str | torch.device = "cpu",
+        progress: ProgressFn | None = None,
+        on_val: ValHook | None = None,
+        threads: int | None = None,
+    ) -> list[ConfigResult]:
+        """Train ``configs`` split into up to ``min(processes, size)`` parts; results in input order."""
+        groups = split_configs(configs, min(processes, self.size))
+        if len(groups) <= 1 or torch.device(device).type != "cpu":
+            return train_linear(data, configs, device=device, progress=progress, on_val=on_val, threads=threads)
+        total = threads if threads is not None else torch.get_num_threads()
+        each = max(1, int(total) // len(groups))
+        if self._pool is None:
+            ctx = tmp.get_context("spawn")
+            self._events = ctx.Queue()
+            self._pool = cf.ProcessPoolExecutor(max_workers=self.size, mp_context=ctx, initializer=_init_worker,
+                                                initargs=(self._events,))
+        self._calls += 1
+        call = self._calls  # events of an earlier, interrupted call are told apart and dropped
+        results: list[ConfigResult | None] = [None] * len(configs)
+        futures = {self._pool.submit(_train_part, call, k, data, [configs[i] for i in g], str(device), each,
+                                     on_val is not None): k for k, g in enumerate(groups)}
         try:
             pending = set(futures)
             while pending:
-                _drain(events, groups, progress, on_val, timeout=0.2)
+                _drain(self._events, call, groups, progress, on_val, timeout=0.2)
                 done, pending = cf.wait(pending, timeout=0)
                 for fut in done:
                     try:
                         part = fut.result()
                     except BrokenProcessPool:
+                        self._pool = None  # broken: a later call starts new workers
                         raise ConfigError(
                             f"processes={len(groups)}: a worker process died before returning (killed, out of "
                             "memory, or a script that starts spmlbench without an 'if __name__ == \"__main__\":' "
@@ -158,23 +198,36 @@ def train_linear_parallel(
                         ) from None
                     for i, r in zip(groups[futures[fut]], part):
                         results[i] = r
-            _drain(events, groups, progress, on_val, timeout=0.0)
+            _drain(self._events, call, groups, progress, on_val, timeout=0.0)
         except BaseException:
             for fut in futures:
                 fut.cancel()
             raise
-    return [r for r in results if r is not None]
+        return [r for r in results if r is not None]
 
 
-def _drain(events: Any, groups: list[list[int]], progress: ProgressFn | None, on_val: ValHook | None,
+def train_linear_parallel(data: LinearData, configs: Sequence[TrainConfig], processes: int, *,
+                          pool: WorkerPool | None = None, **options: Any) -> list[ConfigResult]:
+    """Train ``configs`` in up to ``processes`` CPU processes (``pool``'s workers, or a pool of this
+    call's own); results in input order (see module doc). ``options``: ``device``, ``progress``,
+    ``on_val``, ``threads``, as :meth:`WorkerPool.train`."""
+    if pool is not None:
+        return pool.train(data, configs, processes, **options)
+    with WorkerPool(processes) as own:
+        return own.train(data, configs, processes, **options)
+
+
+def _drain(events: Any, call: int, groups: list[list[int]], progress: ProgressFn | None, on_val: ValHook | None,
            timeout: float) -> None:
-    """Forward the workers' queued events to the caller's callbacks."""
+    """Forward the workers' queued events of call ``call`` to the caller's callbacks."""
     while True:
         try:
-            kind, part, payload = events.get(timeout=timeout) if timeout > 0 else events.get_nowait()
+            tag, kind, part, payload = events.get(timeout=timeout) if timeout > 0 else events.get_nowait()
         except queue_mod.Empty:
             return
         timeout = 0.0
+        if tag != call:
+            continue
         if kind == "progress" and progress is not None:
             progress(payload)
         elif kind == "val" and on_val is not None:
