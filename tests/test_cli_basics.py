@@ -19,3 +19,19 @@ def test_console_script_runs() -> None:
     out = subprocess.run([sys.executable, "-m", "spmlbench", "version"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "torch 2.14.1" in out.stdout
+
+
+def test_tables_sent_to_a_pipe_are_not_cut_to_80_columns() -> None:
+    """``spmlbench losses | cat``: with COLUMNS unset, a piped stdout gets 160 columns; COLUMNS wins."""
+    import os
+
+    from spmlbench.cli import PIPE_COLUMNS
+
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    out = subprocess.run([sys.executable, "-m", "spmlbench", "losses"], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    widths = {len(line) for line in out.stdout.splitlines() if line.strip()}
+    assert max(widths) == PIPE_COLUMNS and "key hyperparameters (defaults)" in out.stdout  # header on one line
+    narrow = subprocess.run([sys.executable, "-m", "spmlbench", "losses"], capture_output=True, text=True,
+                            env={**env, "COLUMNS": "100"})
+    assert max(len(line) for line in narrow.stdout.splitlines()) == 100
