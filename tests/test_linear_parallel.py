@@ -128,3 +128,23 @@ def test_the_runner_starts_one_pool_per_run_and_closes_it(monkeypatch: pytest.Mo
     summary = run_jobs(jobs, tmp_path / "res", home=home, device="cpu", processes=2)  # two cohorts (batch sizes)
     assert len(summary.ran) == 8 and not summary.failed
     assert len(pools) == 1 and closed == pools and pools[0]._pool is None
+
+
+def test_an_error_in_the_caller_stops_the_workers() -> None:
+    """A callback that raises in the parent (e.g. a full disk while writing dumps) ends the call at once
+    and terminates the workers instead of leaving them training the rest of the cohort."""
+    from spmlbench.train.parallel import WorkerPool
+
+    data = synthetic_data()
+    configs = [cfg(n, s, epochs=30) for n in ("an", "gr") for s in (0, 1)]
+
+    def boom(epoch: int, idx: list[int], probs: torch.Tensor) -> None:
+        raise OSError("disk full")
+
+    pool = WorkerPool(2)
+    with pytest.raises(OSError, match="disk full"):
+        train_linear(data, configs, threads=2, processes=2, pool=pool, on_val=boom)
+    assert pool._pool is None
+    again = train_linear(data, configs[:2], threads=2, processes=2, pool=pool)  # new workers on the next call
+    assert [r.status for r in again] == ["ok", "ok"]
+    pool.close()

@@ -200,10 +200,21 @@ class WorkerPool:
                         results[i] = r
             _drain(self._events, call, groups, progress, on_val, timeout=0.0)
         except BaseException:
-            for fut in futures:
-                fut.cancel()
+            self._terminate()  # do not leave workers training a cohort whose caller gave up
             raise
         return [r for r in results if r is not None]
+
+    def _terminate(self) -> None:
+        """Stop the workers now, mid-task (after an error or an interrupt in the caller)."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        processes = list(getattr(pool, "_processes", {}).values())  # no public API before Python 3.14
+        for proc in processes:
+            proc.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        for proc in processes:
+            proc.join(timeout=5)
 
 
 def train_linear_parallel(data: LinearData, configs: Sequence[TrainConfig], processes: int, *,
