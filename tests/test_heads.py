@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from spmlbench.train.heads import StackedHeads, predict
+from spmlbench.train.heads import StackedHeads
 
 SEED_OF = [1, 0, 1, 2, 0, 1]  # configs in their own order; storage groups them by seed slot
 M, S, B, D, C = len(SEED_OF), 3, 4, 6, 5
@@ -60,4 +60,5 @@ def test_predict_slices_are_in_config_order() -> None:
     torch.testing.assert_close(heads.predict(x), want, rtol=1e-13, atol=1e-13)
     torch.testing.assert_close(heads.predict(x, 2, 5), want[2:5], rtol=1e-13, atol=1e-13)
     snapshot_w, snapshot_b = heads.weight.clone() * 2, heads.bias.clone() * 2  # storage order, like a best-epoch copy
-    torch.testing.assert_close(predict(x, snapshot_w, snapshot_b, heads, 1, 4), 2 * want[1:4], rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(heads.predict(x, 1, 4, weight=snapshot_w, bias=snapshot_b), 2 * want[1:4],
+                               rtol=1e-13, atol=1e-13)

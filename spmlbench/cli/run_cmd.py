@@ -130,15 +130,14 @@ def _label(loss: str, hp: dict[str, Any], varying: list[str]) -> str:
     return f"{loss} (" + ", ".join(f"{k}={json.dumps(hp.get(k))}" for k in varying) + ")"
 
 
-def result_table(jobs: Sequence[JobSpec], out: Path) -> Table:
-    """Test mAP per loss (rows) and dataset (columns): mean ± std over seeds of this run's jobs."""
+def result_table(jobs: Sequence[JobSpec], records: Any) -> Table:
+    """Test mAP per loss (rows) and dataset (columns): mean ± std over seeds of this run's jobs
+    (``records``: the results folder's records, :func:`~spmlbench.experiments.records.load_records`)."""
 
-    from spmlbench.experiments.records import load_records
     from spmlbench.report.tables import fmt
 
-    df = load_records(out)
     ids = {j.job_id for j in jobs}
-    df = df[df["job_id"].isin(ids)].copy()
+    df = records[records["job_id"].isin(ids)].copy()
     datasets = list(dict.fromkeys(j.dataset for j in jobs))
     title = "test mAP at the best val epoch"
     table = Table(title=title, caption="mean ± sample std over seeds", min_width=len(title) + 4)
@@ -385,10 +384,10 @@ def _experiment_jobs(name: str, datasets: list[str] | None, seeds: list[int] | N
 
 
 def _report(summary: RunSummary, jobs: Sequence[JobSpec], out: Path) -> None:
-    if summary.skipped:
-        from spmlbench.experiments.records import load_records
+    from spmlbench.experiments.records import load_records
 
-        df = load_records(out)
+    df = load_records(out)  # read once for the messages and the table
+    if summary.skipped:
         failed = int((df[df["job_id"].isin(summary.skipped)]["status"] != "ok").sum()) if not df.empty else 0
         note = f", {failed} of them failed (same seeds: a re-run fails the same way)" if failed else ""
         console.print(f"{len(summary.skipped)} finished jobs skipped{note} (records in {out / 'records'}); "
@@ -396,11 +395,8 @@ def _report(summary: RunSummary, jobs: Sequence[JobSpec], out: Path) -> None:
     if summary.by_others:
         console.print(f"{len(summary.by_others)} jobs were run by another process on {out}", highlight=False)
     console.print(f"{len(summary.ran)} jobs run; records in {out / 'records'}", highlight=False)
-    console.print(result_table(jobs, out))
+    console.print(result_table(jobs, df))
     if summary.failed:
-        from spmlbench.experiments.records import load_records
-
-        df = load_records(out)
         for _, row in df[df["job_id"].isin(summary.failed)].iterrows():
             console.print(f"failed: {row['loss']} seed {row['seed']} ({row['job_id']}): {row['error']}",
                           markup=False, highlight=False)

@@ -76,7 +76,7 @@ class LocalExecutor:
         if processes is None:
             processes = auto_processes(configs, data.x_train.shape[0], self.device)
         if processes > 1 and self._pool is None:
-            self._pool = WorkerPool(processes if self.processes is not None else max(processes, auto_size()))
+            self._pool = WorkerPool(self.processes or auto_size())  # auto: room for the largest split
         return train_linear(data, configs, device=self.device, progress=progress, on_val=on_val,
                             processes=processes, pool=self._pool)
 

@@ -87,19 +87,17 @@ class StackedHeads:
         return self.grad_w, g.sum(dim=1)
 
     @torch.no_grad()
-    def predict(self, x: Tensor, lo: int = 0, hi: int | None = None) -> Tensor:
-        """Logits ``(M', N, C)`` of configs ``lo:hi`` (config order) on rows ``x (N, D)``."""
-        return predict(x, self.weight, self.bias, self, lo, hi)
-
-
-def predict(x: Tensor, weight: Tensor, bias: Tensor, heads: StackedHeads, lo: int = 0, hi: int | None = None) -> Tensor:
-    """Logits ``(M', N, C)`` of configs ``lo:hi`` (config order) with storage-ordered ``weight`` / ``bias``
-    (the current heads or a snapshot of them) on rows ``x (N, D)``."""
-    m = heads.num_configs
-    hi = m if hi is None else hi
-    if lo == 0 and hi == m:
-        return heads.to_configs(torch.matmul(x, weight) + bias.unsqueeze(1))
-    if not heads.permuted:
-        return torch.matmul(x, weight[lo:hi]) + bias[lo:hi].unsqueeze(1)
-    rows = heads.storage_of[lo:hi]
-    return torch.matmul(x, weight.index_select(0, rows)) + bias.index_select(0, rows).unsqueeze(1)
+    def predict(self, x: Tensor, lo: int = 0, hi: int | None = None, *, weight: Tensor | None = None,
+                bias: Tensor | None = None) -> Tensor:
+        """Logits ``(M', N, C)`` of configs ``lo:hi`` (config order) on rows ``x (N, D)``, with the
+        current heads or a storage-ordered snapshot of them (``weight`` / ``bias``)."""
+        w = self.weight if weight is None else weight
+        b = self.bias if bias is None else bias
+        m = self.num_configs
+        hi = m if hi is None else hi
+        if lo == 0 and hi == m:
+            return self.to_configs(torch.matmul(x, w) + b.unsqueeze(1))
+        if not self.permuted:
+            return torch.matmul(x, w[lo:hi]) + b[lo:hi].unsqueeze(1)
+        rows = self.storage_of[lo:hi]
+        return torch.matmul(x, w.index_select(0, rows)) + b.index_select(0, rows).unsqueeze(1)

@@ -42,7 +42,7 @@ from torch import Tensor
 
 from spmlbench.errors import ConfigError
 from spmlbench.train.evaluate import average_precision, mean_ap
-from spmlbench.train.heads import StackedHeads, predict
+from spmlbench.train.heads import StackedHeads
 from spmlbench.train.optim import BatchedAdam
 from spmlbench.train.seeding import epoch_orders, head_init, num_steps
 
@@ -474,7 +474,7 @@ class _Cohort:
                 done = [r.val_map[r.best_epoch - 1] for r in results if r.best_epoch > 0]
                 progress(EpochProgress(epoch, self.epochs, m_total, max(done) if done else float("nan")))
         with torch.no_grad():
-            scores = torch.sigmoid(predict(self.data.x_test, best_w, best_b, heads))
+            scores = torch.sigmoid(heads.predict(self.data.x_test, weight=best_w, bias=best_b))
             ap = average_precision(scores, self.data.y_test).cpu()
             for j, r in enumerate(results):
                 if r.best_epoch > 0:
