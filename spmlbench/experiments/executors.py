@@ -47,7 +47,7 @@ class LocalExecutor:
         self.device = device
         self.reference_loop = reference_loop
         self.processes = processes  # linear jobs on the CPU: split each cohort over this many processes (None: auto)
-        self._pool: Any = None  # worker processes, started by the first cohort that splits, kept until close()
+        self._pool: Any = None  # worker processes (started by the first cohort that splits), kept until close()
 
     def close(self) -> None:
         """Stop the worker processes (if any were started)."""
@@ -70,15 +70,13 @@ class LocalExecutor:
             return train_reference(data, configs, device=self.device, progress=progress)
         if self.device.type != "cpu":
             return train_linear(data, configs, device=self.device, progress=progress, on_val=on_val)
-        from spmlbench.train.parallel import WorkerPool, auto_processes, auto_size
+        if self._pool is None and self.processes != 1:
+            from spmlbench.train.parallel import WorkerPool, auto_size
 
-        processes = self.processes
-        if processes is None:
-            processes = auto_processes(configs, data.x_train.shape[0], self.device)
-        if processes > 1 and self._pool is None:
-            self._pool = WorkerPool(self.processes or auto_size())  # auto: room for the largest split
+            # workers start only when a cohort really splits (auto may keep a short one in-process)
+            self._pool = WorkerPool(self.processes or auto_size())
         return train_linear(data, configs, device=self.device, progress=progress, on_val=on_val,
-                            processes=processes, pool=self._pool)
+                            processes=self.processes, pool=self._pool)
 
 
 def train_image_job(

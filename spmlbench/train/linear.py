@@ -367,12 +367,17 @@ class _Cohort:
         order = self.orders[epoch - 1]  # (S, N): each seed's row order
         seed_of = self.seed_of
         params = self.loss_params
+
+        def per_config(mask: Tensor, rows: Tensor, shape: torch.Size) -> Tensor:
+            """Label-mask rows of each seed's batch ``(S, B, C)``, repeated for its configs ``(M, B, C)``."""
+            return mask.index_select(0, rows).view(*shape, -1).index_select(0, seed_of)
+
         for t in range(steps):
             idx_s = order[:, t * bsz:(t + 1) * bsz]  # (S, B): one minibatch per seed
             flat = idx_s.reshape(-1)
             idx = idx_s.index_select(0, seed_of)  # (M, B): config m's rows
             xs = x_train.index_select(0, flat).view(*idx_s.shape, -1)  # (S, B, D): each seed's batch, once
-            sb = self.s_mask.index_select(0, flat).view(*idx_s.shape, -1).index_select(0, seed_of)
+            sb = per_config(self.s_mask, flat, idx_s.shape)
             logits = heads.logits(xs)
             torch.sum(logits, dim=(1, 2), dtype=torch.float64, out=logit_hist[t])
             for p in params:
@@ -384,8 +389,7 @@ class _Cohort:
             grads: list[Tensor | None] = []
             leaves: list[tuple[int, Tensor]] = []
             s_parts = sb.split(sizes)
-            y_parts = (self.y_mask.index_select(0, flat).view(*idx_s.shape, -1).index_select(0, seed_of).split(sizes)
-                       if self.any_clean else s_parts)
+            y_parts = per_config(self.y_mask, flat, idx_s.shape).split(sizes) if self.any_clean else s_parts
             for k, (call, z, i_k) in enumerate(zip(calls, logits.split(sizes), idx.split(sizes))):
                 obs = y_parts[k] if call.clean else s_parts[k]
                 if fused[k]:
