@@ -12,7 +12,7 @@ def test_table_lists_all_losses(cli) -> None:
     assert res.code == 0, res.err
     first_cells = {line.split("│")[1].strip() for line in res.out.splitlines() if line.startswith("│")}
     assert set(NAMES) <= first_cells
-    assert "Chen et al., IJCAI" in res.out and "beta=[0, 2, -2, -2]" in res.out
+    assert "Chen et al., IJCAI" in res.out and "coco [0, 10, -2, -8]" in res.out and "else [0, 2, -2, -2]" in res.out
 
 
 def test_json(cli) -> None:

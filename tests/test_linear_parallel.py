@@ -124,7 +124,7 @@ def test_the_runner_starts_one_pool_per_run_and_closes_it(monkeypatch: pytest.Mo
     write_dataset(home)
     meta = {"protocol": {"label_seed": 1200, "split_seed": 1200}, "expected_positives": {"computed": 1.6}}
     jobs = [j for bs in (8, 16) for j in expand_jobs(dataset="voc", losses=["an", "gr"], seeds=[0, 1], meta=meta,
-                                                     backbone="resnet50", epochs=2, batch_size=bs)]
+                                                     backbone="resnet50", epochs=2, batch_size=bs, lr=1e-4)]
     summary = run_jobs(jobs, tmp_path / "res", home=home, device="cpu", processes=2)  # two cohorts (batch sizes)
     assert len(summary.ran) == 8 and not summary.failed
     assert len(pools) == 1 and closed == pools and pools[0]._pool is None

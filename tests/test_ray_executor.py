@@ -40,7 +40,8 @@ def data_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def sweep(backbone: str = "resnet50", losses: Sequence[str] = ("an", "gr", "role")) -> list[JobSpec]:
     """3 losses x 2 seeds x 3 epochs on digits: two linear cohorts (batch 8: an, gr; batch 16: role)."""
-    return expand_jobs(dataset="digits", losses=list(losses), seeds=[0, 1], meta=META, backbone=backbone, epochs=3)
+    return expand_jobs(dataset="digits", losses=list(losses), seeds=[0, 1], meta=META, backbone=backbone, epochs=3,
+                       recipe="paper")
 
 
 def plain(values: Any) -> list[Any]:
@@ -113,7 +114,8 @@ def test_plan_tasks_groups_linear_cohorts_and_isolates_e2e() -> None:
     assert [t.jobs[0].mode for t in tasks] == ["linear", "linear", "e2e", "e2e"]
     assert {(t.num_cpus, t.num_gpus) for t in tasks} == {(2.0, 0.5)}
     assert {t.num_gpus for t in plan_tasks(linear, device="cpu", gpus_per_job=1)} == {0.0}
-    big = expand_jobs(dataset="digits", losses=["gr"], seeds=range(MAX_COHORT + 3), meta=META, backbone="resnet50")
+    big = expand_jobs(dataset="digits", losses=["gr"], seeds=range(MAX_COHORT + 3), meta=META, backbone="resnet50",
+                      recipe="paper")
     assert [len(t.jobs) for t in plan_tasks(big)] == [MAX_COHORT, 3]
 
 

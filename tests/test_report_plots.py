@@ -143,7 +143,8 @@ def test_cli_report_plots(tmp_path: Path, cli, home: Path) -> None:
     for i, q3 in enumerate((0.25, 0.5)):
         hp = json.dumps({"q2": 0.01, "q3": q3})
         row = {"dataset": "voc", "loss": "gr", "hparams": hp, "mode": "linear", "seed": 0, "label_seed": 1200,
-               "split_seed": 1200, "job_id": hashlib.sha256(hp.encode()).hexdigest()[:16], "experiment": "grid-gr",
+               "split_seed": 1200, "lr": 1e-4, "batch_size": 8,  # grid-gr's fixed point
+                   "job_id": hashlib.sha256(hp.encode()).hexdigest()[:16], "experiment": "grid-gr",
                "status": "ok", "error": "", "test_map": 60.0 + i, "device": "cpu", "versions": "{}",
                "git_rev": "x", "features_sha256": "0" * 64, "created": "2026"}
         pd.DataFrame([row]).to_parquet(recs / f"{row['job_id']}.parquet")

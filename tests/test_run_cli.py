@@ -41,7 +41,7 @@ def test_errors(cli, home: Path, tmp_path: Path) -> None:
 def test_skip_and_force(cli, home: Path, tmp_path: Path) -> None:
     write_dataset(home)
     out = str(tmp_path / "res")
-    args = ("run", "--dataset", "voc", "--losses", "an,gr", "--seeds", "0,1", "--epochs", "2", "--out", out,
+    args = ("run", "--recipe", "paper", "--dataset", "voc", "--losses", "an,gr", "--seeds", "0,1", "--epochs", "2", "--out", out,
             "--grid", "gr.q3=1,1.5")
     r = cli(*args)
     assert r.code == 0, r.err
@@ -55,7 +55,7 @@ def test_skip_and_force(cli, home: Path, tmp_path: Path) -> None:
 
 def test_failed_job_is_reported_and_its_record_skipped_on_rerun(cli, home: Path, tmp_path: Path) -> None:
     write_dataset(home)
-    args = ("run", "--dataset", "voc", "--losses", "an,epr", "--seeds", "0", "--epochs", "2",
+    args = ("run", "--recipe", "paper", "--dataset", "voc", "--losses", "an,epr", "--seeds", "0", "--epochs", "2",
             "--set", "epr.expected_num_pos=1e30", "--out", str(tmp_path / "res"))  # the regulariser overflows
     r = cli(*args)
     assert r.code == 0, r.err
@@ -67,7 +67,7 @@ def test_failed_job_is_reported_and_its_record_skipped_on_rerun(cli, home: Path,
 
 def test_processes_split_the_run_with_the_same_results(cli, home: Path, tmp_path: Path) -> None:
     write_dataset(home)
-    args = ("run", "--dataset", "voc", "--losses", "an,gr,role", "--seeds", "0,1", "--epochs", "2", "--device", "cpu")
+    args = ("run", "--recipe", "paper", "--dataset", "voc", "--losses", "an,gr,role", "--seeds", "0,1", "--epochs", "2", "--device", "cpu")
     r1 = cli(*args, "--out", str(tmp_path / "one"))
     r2 = cli(*args, "--out", str(tmp_path / "two"), "--processes", "2")
     assert r1.code == 0 and r2.code == 0, (r1.err, r2.err)
@@ -80,7 +80,7 @@ def test_processes_split_the_run_with_the_same_results(cli, home: Path, tmp_path
 
 def test_digits_small_run_offline(cli, home: Path, tmp_path: Path) -> None:
     out = tmp_path / "res"
-    r = cli("run", "--losses", "bce,an", "--seeds", "0,1", "--epochs", "4", "--out", str(out))
+    r = cli("run", "--recipe", "paper", "--losses", "bce,an", "--seeds", "0,1", "--epochs", "4", "--out", str(out))
     assert r.code == 0, r.err
     df = load_records(out)
     assert set(df["dataset"]) == {"digits"} and (df["status"] == "ok").all() and len(df) == 4
@@ -99,6 +99,8 @@ def test_digits_default_run(cli, home: Path, tmp_path: Path, monkeypatch: pytest
     r = cli("run")
     assert r.code == 0, r.err
     df = load_records(tmp_path / "results")
+    assert len(df) == 16 * 8 + 16 * 2  # the grid on seed 0, seeds 1 and 2 at each loss's selected point
+    df = df[df["selected"].astype(bool)]
     assert len(df) == 16 * 3 and (df["status"] == "ok").all()
     means = df.groupby("loss")["test_map"].mean()
     assert means["bce"] > means["an"]
@@ -119,7 +121,7 @@ def test_processes_auto_means_one_per_ray_task(cli, home: Path, tmp_path: Path, 
         return RunSummary()
 
     monkeypatch.setattr(run_cmd, "_run_ray", fake_ray)
-    args = ("run", "--dataset", "voc", "--losses", "an", "--seeds", "0", "--out", str(tmp_path / "r"), "--executor", "ray")
+    args = ("run", "--recipe", "paper", "--dataset", "voc", "--losses", "an", "--seeds", "0", "--out", str(tmp_path / "r"), "--executor", "ray")
     assert cli(*args).code == 0
     assert cli(*args, "--processes", "3").code == 0
     assert seen == [1, 3]

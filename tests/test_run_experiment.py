@@ -48,7 +48,7 @@ def test_experiment_runs_resumes_and_dumps(cli, home: Path, tmp_path: Path) -> N
     write_dataset(home)
     out = tmp_path / "res"
     spec = write_spec(tmp_path)
-    r = cli("run", "--experiment", spec, "--epochs", "3", "--out", str(out))
+    r = cli("run", "--recipe", "paper", "--experiment", spec, "--epochs", "3", "--out", str(out))
     assert r.code == 0, r.err
     assert "4 jobs run" in r.out
     df = load_records(out)
@@ -74,7 +74,7 @@ def test_experiment_runs_resumes_and_dumps(cli, home: Path, tmp_path: Path) -> N
             assert sklearn_map(z["probs"], y_val) == pytest.approx(row["val_map"][e - 1], abs=1e-3)
 
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "records").iterdir()}
-    r = cli("run", "--experiment", spec, "--epochs", "3", "--out", str(out))
+    r = cli("run", "--recipe", "paper", "--experiment", spec, "--epochs", "3", "--out", str(out))
     assert r.code == 0 and "4 finished jobs skipped" in r.out and "0 jobs run" in r.out
     assert {p.name: p.stat().st_mtime_ns for p in (out / "records").iterdir()} == stamps
 
@@ -82,7 +82,7 @@ def test_experiment_runs_resumes_and_dumps(cli, home: Path, tmp_path: Path) -> N
     (dump_dir(out, gr0) / "complete").unlink()  # dumps of a job never finished: it runs again
     for f in dump_dir(out, gr0).glob("epoch_*.npz"):
         f.unlink()
-    r = cli("run", "--experiment", spec, "--epochs", "3", "--out", str(out))
+    r = cli("run", "--recipe", "paper", "--experiment", spec, "--epochs", "3", "--out", str(out))
     assert r.code == 0 and "3 finished jobs skipped" in r.out and "1 jobs run" in r.out
     assert len(list(dump_dir(out, gr0).glob("epoch_*.npz"))) == df.set_index("job_id").loc[gr0, "epochs_run"]
 
@@ -91,14 +91,14 @@ def test_experiment_overrides_from_the_cli(cli, home: Path, tmp_path: Path) -> N
     write_dataset(home)
     out = tmp_path / "res"
     spec = write_spec(tmp_path, 'overrides = { lr = 0.002 }')
-    r = cli("run", "--experiment", spec, "--seeds", "1", "--datasets", "voc", "--set", "gr.q3=1.5",
+    r = cli("run", "--recipe", "paper", "--experiment", spec, "--seeds", "1", "--datasets", "voc", "--set", "gr.q3=1.5",
             "--epochs", "1", "--batch-size", "16", "--out", str(out))
     assert r.code == 0, r.err
     df = load_records(out).set_index("loss")
     assert set(df["seed"]) == {1} and set(df["epochs"]) == {1} and set(df["batch_size"]) == {16}
     assert df.loc["gr", "lr"] == 0.002 and json.loads(df.loc["gr", "hparams"])["q3"] == 1.5
     assert df.loc["an", "lr"] == 1e-4  # the an group has no override: its recipe
-    r = cli("run", "--experiment", spec, "--seeds", "1", "--lr", "0.01", "--epochs", "1", "--out", str(out),
+    r = cli("run", "--recipe", "paper", "--experiment", spec, "--seeds", "1", "--lr", "0.01", "--epochs", "1", "--out", str(out),
             "--losses", "an")
     assert r.code == 0 and "1 jobs run" in r.out
     assert sorted(load_records(out)["lr"]) == [1e-4, 0.002, 0.01]

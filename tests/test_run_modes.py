@@ -133,7 +133,7 @@ def test_ray_executor_gets_the_jobs_and_options(cli, home: Path, tmp_path: Path,
     monkeypatch.setitem(sys.modules, "spmlbench.experiments.ray_executor", fake)
     write_dataset(home)
     out = tmp_path / "res"
-    r = cli("run", "--dataset", "voc", "--losses", "an,gr", "--seeds", "0,1", "--epochs", "1", "--out", str(out),
+    r = cli("run", "--recipe", "paper", "--dataset", "voc", "--losses", "an,gr", "--seeds", "0,1", "--epochs", "1", "--out", str(out),
             "--executor", "ray", "--address", "10.0.0.1:6379", "--gpus-per-job", "0.5", "--cpus-per-job", "2")
     assert r.code == 0, r.err
     (jobs, got_out, kw), = calls

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from spmlbench.experiments import locks
-from spmlbench.experiments.jobs import JobSpec, expand_jobs, parse_grid, recipe
+from spmlbench.experiments.jobs import JobSpec, expand_jobs, parse_grid
+from spmlbench.experiments.recipes import paper_recipe as recipe
 from spmlbench.experiments.records import load_records, record_path
 from spmlbench.experiments.runner import run_jobs
 from test_linear_support import write_dataset
@@ -24,7 +25,7 @@ META = {"protocol": {"label_seed": 1200, "split_seed": 1200}, "expected_positive
 
 
 def jobs_for(losses: list[str], **kw) -> list[JobSpec]:
-    base = dict(dataset="voc", losses=losses, seeds=[0], meta=META, backbone="resnet50", epochs=2)
+    base = dict(dataset="voc", losses=losses, seeds=[0], meta=META, backbone="resnet50", epochs=2, recipe="paper")
     base.update(kw)
     return expand_jobs(**base)
 
@@ -134,7 +135,8 @@ RUN_SCRIPT = textwrap.dedent("""
             if self.cohorts == 2 and {kill}:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    jobs = expand_jobs(dataset="voc", losses=["an", "role", "gr"], seeds=[0, 1], meta=META, backbone="resnet50")
+    jobs = expand_jobs(dataset="voc", losses=["an", "role", "gr"], seeds=[0, 1], meta=META, backbone="resnet50",
+                       recipe="paper")
     s = run_jobs(jobs, sys.argv[1], device="cpu", progress=KillInSecondCohort())
     print("RAN", len(s.ran))
 """)
@@ -179,19 +181,17 @@ def test_two_concurrent_runs(home: Path, tmp_path: Path) -> None:
     assert record_path(out, df["job_id"][0]).exists()
 
 
-def test_recipe_resolution_order_with_dataset_override() -> None:
-    """Family values apply on every dataset; the digits-wide override changes only the lr."""
-    from spmlbench.experiments.jobs import recipe
-
+def test_paper_recipes_have_no_dataset_wide_override() -> None:
+    """Family values apply on every dataset; digits has no lr override any more (the selection replaces it)."""
     role_voc, role_digits = recipe("role", "voc"), recipe("role", "digits")
     assert (role_voc.lr, role_voc.batch_size, role_voc.epochs) == (1e-3, 16, 25)
     assert (role_digits.lr, role_digits.batch_size, role_digits.epochs) == (1e-3, 16, 25)
     em_voc, em_digits = recipe("em", "voc"), recipe("em", "digits")
     assert (em_voc.lr, em_voc.batch_size, em_voc.epochs, em_voc.early_stop) == (1e-5, 8, 10, "no_improve")
-    assert (em_digits.lr, em_digits.batch_size, em_digits.epochs, em_digits.early_stop) == (1e-3, 8, 10, "no_improve")
+    assert (em_digits.lr, em_digits.batch_size, em_digits.epochs, em_digits.early_stop) == (1e-5, 8, 10, "no_improve")
     gr_digits = recipe("gr", "digits")
-    assert (gr_digits.lr, gr_digits.epochs, gr_digits.early_stop) == (1e-3, 8, "drop:2")
-    assert "digits demo" in gr_digits.source and "digits" not in recipe("gr", "voc").source
+    assert (gr_digits.lr, gr_digits.epochs, gr_digits.early_stop) == (1e-4, 8, "drop:2")
+    assert "digits" not in gr_digits.source
 
 
 def test_rebuilt_feature_cache_reruns_linear_jobs(home: Path, tmp_path: Path) -> None:

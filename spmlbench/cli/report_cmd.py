@@ -20,6 +20,7 @@ def report(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write report files (and plots/) into this folder."),
     plots: bool = typer.Option(False, "--plots", help="Also write the figures as PNG (into --out/plots, default ./report/plots)."),
     results: Optional[Path] = typer.Option(None, "--results", help="Folder holding records/ (default ./results)."),
+    grid_points: bool = typer.Option(False, "--grid-points", help="Also show every (lr, batch) grid point of the selection."),
 ) -> None:
     """Turn result records into tables (mean ± std, published numbers, paired tests) and figures."""
     from spmlbench.report import FORMATS, build_report
@@ -31,7 +32,7 @@ def report(
     plots_dir = None
     if plots:
         plots_dir = (out if out is not None else Path("report")) / "plots"
-    rep = build_report(results_dir, experiment, plots_dir=plots_dir)
+    rep = build_report(results_dir, experiment, plots_dir=plots_dir, grid_points=grid_points)
     if out is not None and plots_dir is not None:
         rep.figures = [p.relative_to(out) for p in rep.figures]  # links in md/html relative to the report
     if fmt == "console":

@@ -11,13 +11,14 @@ from typing import Any, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from spmlbench.cli.app import app, console, err_console
+from spmlbench.cli.app import app, err_console
+from spmlbench.cli.run_view import RichRunProgress, report_run
 from spmlbench.errors import ConfigError, DataError
 from spmlbench.experiments.jobs import MODES, JobSpec, expand_jobs
+from spmlbench.experiments.recipes import LINEAR_RECIPES, SELECT_RULES, check_choice, linear_protocol
 from spmlbench.experiments.runner import RunProgress, RunSummary, check_protocol, run_jobs
-from spmlbench.train.linear import EpochProgress
+from spmlbench.experiments.selection import run_selected
 
 DEFAULT_DATASET = "digits"
 DEFAULT_SEEDS = "0,1,2"
@@ -43,6 +44,17 @@ def parse_losses(text: str) -> list[str]:
     for n in names:
         LOSSES.get(n)
     return names
+
+
+def parse_numbers(text: str | None, what: str, kind: type) -> list[Any] | None:
+    """``--lr-grid 1e-3,1e-4`` / ``--batch-grid 8,16``: a comma list of numbers (None when not given)."""
+    if text is None:
+        return None
+    try:
+        return [kind(t) for t in _split(text, what)]
+    except ValueError:
+        raise ConfigError(f"--{what} {text!r}: expected comma-separated numbers, e.g. "
+                          f"{'1e-3,1e-4' if kind is float else '8,16'}") from None
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -96,77 +108,6 @@ def ensure_dataset(dataset: str, backbone: str | None, home: str | None, say: An
     return meta, bb
 
 
-class RichRunProgress(RunProgress):
-    """Jobs done, the current cohort's epoch and its best val mAP, drawn with rich on stderr."""
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-        self.jobs_task = progress.add_task("jobs", total=0)
-        self.epoch_task = progress.add_task("epoch", total=0, visible=False)
-
-    def start(self, total: int, skipped: int) -> None:
-        self.progress.update(self.jobs_task, total=total, completed=skipped)
-
-    def cohort(self, jobs: Sequence[JobSpec]) -> None:
-        losses = ",".join(dict.fromkeys(j.loss for j in jobs))
-        self.progress.update(self.epoch_task, total=jobs[0].epochs, completed=0, visible=True,
-                             description=f"{len(jobs)} configs ({losses})")
-
-    def epoch(self, event: EpochProgress) -> None:
-        best = "-" if math.isnan(event.best_val_map) else f"{event.best_val_map:.2f}"
-        desc = self.progress.tasks[self.epoch_task].description.split(" | ")[0]
-        self.progress.update(self.epoch_task, completed=event.epoch, description=f"{desc} | best val mAP {best}")
-
-    def jobs_done(self, jobs: Sequence[JobSpec], results: Sequence[Any]) -> None:
-        self.progress.advance(self.jobs_task, len(jobs))
-
-    def waiting(self, count: int) -> None:
-        self.progress.update(self.epoch_task, visible=True, description=f"waiting for {count} jobs run elsewhere")
-
-
-def _label(loss: str, hp: dict[str, Any], varying: list[str]) -> str:
-    if not varying:
-        return loss
-    return f"{loss} (" + ", ".join(f"{k}={json.dumps(hp.get(k))}" for k in varying) + ")"
-
-
-def result_table(jobs: Sequence[JobSpec], records: Any) -> Table:
-    """Test mAP per loss (rows) and dataset (columns): mean ± std over seeds of this run's jobs
-    (``records``: the results folder's records, :func:`~spmlbench.experiments.records.load_records`)."""
-
-    from spmlbench.report.tables import fmt
-
-    ids = {j.job_id for j in jobs}
-    df = records[records["job_id"].isin(ids)].copy()
-    datasets = list(dict.fromkeys(j.dataset for j in jobs))
-    title = "test mAP at the best val epoch"
-    table = Table(title=title, caption="mean ± sample std over seeds", min_width=len(title) + 4)
-    table.add_column("loss")
-    for ds in datasets:
-        table.add_column(ds, justify="right")
-    if df.empty:
-        return table
-    df["hp"] = [json.loads(h) for h in df["hparams"]]
-    rows: dict[str, dict[str, str]] = {}
-    for loss in dict.fromkeys(j.loss for j in jobs):
-        sub = df[df["loss"] == loss]
-        if sub.empty:
-            continue
-        keys = sorted({k for hp in sub["hp"] for k in hp})
-        varying = [k for k in keys if len({json.dumps(hp.get(k)) for hp in sub["hp"]}) > 1]
-        sub = sub.assign(label=[_label(loss, hp, varying) for hp in sub["hp"]])
-        for (label, ds), grp in sub.groupby(["label", "dataset"], sort=False):
-            ok = grp[grp["status"] == "ok"]["test_map"].astype(float)
-            failed = int((grp["status"] != "ok").sum())
-            text = "-" if ok.empty else fmt(float(ok.mean()), float(ok.std(ddof=1)) if len(ok) > 1 else None)
-            if failed:
-                text += f" ({failed} failed)"
-            rows.setdefault(str(label), {})[str(ds)] = text
-    for label, cells in rows.items():
-        table.add_row(label, *(cells.get(ds, "") for ds in datasets))
-    return table
-
-
 @dataclasses.dataclass
 class _Options:
     """The job-shaping options of one ``run`` call (shared by plain runs and experiments)."""
@@ -180,6 +121,9 @@ class _Options:
     weights: str | None
     image_size: int | None
     exact: bool
+    recipe: str = "cole"
+    lr_grid: list[float] | None = None
+    batch_grid: list[int] | None = None
 
 
 @app.command()
@@ -190,7 +134,16 @@ def run(
     seeds: Optional[str] = typer.Option(None, "--seeds", help="comma list of seeds [default: 0,1,2 or the experiment's]"),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="epochs for every loss [default: the loss's recipe]"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="batch size [default: the loss's recipe]"),
-    lr: Optional[float] = typer.Option(None, "--lr", help="learning rate [default: the loss's recipe]"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="learning rate: fixes the lr axis of the selection grid "
+                                                             "[default: the grid, or the loss's recipe]"),
+    recipe: str = typer.Option("cole", "--recipe", help="linear: cole (Cole et al.'s protocol, (lr, batch) selected "
+                                                        "on val) or paper (each paper's budget; not comparable)"),
+    select: Optional[str] = typer.Option(None, "--select", help="linear, cole: first-seed (grid on the first seed, "
+                                                                  "others at its point), each-seed or mean"),
+    lr_grid: Optional[str] = typer.Option(None, "--lr-grid", help="linear, cole: lr values to select from "
+                                                                    "[default: 1e-2,1e-3,1e-4,1e-5]"),
+    batch_grid: Optional[str] = typer.Option(None, "--batch-grid", help="linear, cole: batch sizes to select from "
+                                                                          "[default: 8,16]"),
     val: str = typer.Option("clean", "--val", help="score val with clean or observed labels"),
     early_stop: str = typer.Option("paper", "--early-stop", help="paper (each loss's own rule) or none"),
     set_: list[str] = typer.Option([], "--set", help="loss.param=value (repeatable)"),
@@ -240,7 +193,12 @@ def run(
     ds_list = _split(datasets, "datasets") if datasets is not None else []
     if dataset and dataset not in ds_list:
         ds_list.insert(0, dataset)
-    opts = _Options(epochs, batch_size, lr, val, early_stop, list(set_), weights, image_size, exact)
+    check_choice("recipe", recipe, LINEAR_RECIPES)
+    rule = check_choice("select", select, SELECT_RULES) if select is not None else linear_protocol().select
+    if select is not None and recipe != "cole":
+        raise ConfigError("--select: only used with --recipe cole (the paper recipes have one point); drop it")
+    opts = _Options(epochs, batch_size, lr, val, early_stop, list(set_), weights, image_size, exact, recipe,
+                    parse_numbers(lr_grid, "lr-grid", float), parse_numbers(batch_grid, "batch-grid", int))
     dumps: set[str] = set()
     if experiment:
         if grid:
@@ -258,18 +216,41 @@ def run(
             jobs += expand_jobs(dataset=ds, losses=loss_names, seeds=seed_list or parse_seeds(DEFAULT_SEEDS),
                                 meta=meta, backbone=bb, mode=run_mode, epochs=epochs, batch_size=batch_size, lr=lr,
                                 val=val, early_stop=early_stop, sets=set_, grids=grid, weights=weights,
-                                image_size=image_size, exact=exact)
+                                image_size=image_size, exact=exact, **_recipe_kwargs(opts, run_mode))
     run_kwargs: dict[str, Any] = dict(home=home, device=device, force=force, reference_loop=reference_loop,
                                       experiment=exp_name, workers=workers, processes=n_processes,
                                       dumps=frozenset(dumps),
                                       keep_checkpoints=keep_checkpoints)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=False) as bar:
-        if ray_opts is None:
-            summary = run_jobs(jobs, out, progress=RichRunProgress(bar), **run_kwargs)
-        else:
-            summary = _run_ray(jobs, out, ray_opts, RichRunProgress(bar), run_kwargs)
-    _report(summary, jobs, out)
+        view = RichRunProgress(bar)
+
+        def run_stage(stage: list[JobSpec]) -> RunSummary:
+            if ray_opts is None:
+                return run_jobs(stage, out, progress=view, **run_kwargs)
+            return _run_ray(stage, out, ray_opts, view, run_kwargs)
+
+        summaries, shown = run_selected(jobs, out, rule, run_stage)
+    report_run(_merge(summaries), shown, out)
+
+
+def _merge(summaries: Sequence[RunSummary]) -> RunSummary:
+    """One summary of a run's stages."""
+    total = RunSummary()
+    for s in summaries:
+        for name in ("ran", "skipped", "by_others", "failed"):
+            getattr(total, name).extend(getattr(s, name))
+    return total
+
+
+def _recipe_kwargs(opts: _Options, mode: str) -> dict[str, Any]:
+    """The linear-recipe arguments of :func:`expand_jobs` (the grid only where the cole protocol applies)."""
+    if mode != "linear":
+        if opts.recipe != "cole" or opts.lr_grid is not None or opts.batch_grid is not None:
+            raise ConfigError("--recipe/--lr-grid/--batch-grid: only used by --mode linear (e2e and linear-init "
+                              "use each paper's recipe); drop them")
+        return {}
+    return {"recipe": opts.recipe, "lr_grid": opts.lr_grid, "batch_grid": opts.batch_grid}
 
 
 def _ray_options(executor: str, address: str | None, gpus: float | None, cpus: float | None) -> dict[str, Any] | None:
@@ -367,7 +348,7 @@ def _experiment_jobs(name: str, datasets: list[str] | None, seeds: list[int] | N
             sets=[t for t, loss in set_losses.items() if loss == job["loss"]], hparams=job.get("hparams") or {},
             label_seed=job.get("label_seed"), split_seed=job.get("split_seed"),
             weights=opts.weights if e2e else None, image_size=opts.image_size if e2e else None,
-            exact=opts.exact and e2e,
+            exact=opts.exact and e2e, **_recipe_kwargs(opts, jmode),
         )
         check_protocol(specs, meta)  # before anything runs
         jobs += specs
@@ -381,22 +362,3 @@ def _experiment_jobs(name: str, datasets: list[str] | None, seeds: list[int] | N
             if value is not None:
                 raise ConfigError(f"{flag}: experiment {exp.name!r} runs mode linear only; drop {flag} or pass --mode e2e")
     return exp.name, list(dict.fromkeys(jobs)), dumps
-
-
-def _report(summary: RunSummary, jobs: Sequence[JobSpec], out: Path) -> None:
-    from spmlbench.experiments.records import load_records
-
-    df = load_records(out)  # read once for the messages and the table
-    if summary.skipped:
-        failed = int((df[df["job_id"].isin(summary.skipped)]["status"] != "ok").sum()) if not df.empty else 0
-        note = f", {failed} of them failed (same seeds: a re-run fails the same way)" if failed else ""
-        console.print(f"{len(summary.skipped)} finished jobs skipped{note} (records in {out / 'records'}); "
-                      "use --force to re-run them", highlight=False)
-    if summary.by_others:
-        console.print(f"{len(summary.by_others)} jobs were run by another process on {out}", highlight=False)
-    console.print(f"{len(summary.ran)} jobs run; records in {out / 'records'}", highlight=False)
-    console.print(result_table(jobs, df))
-    if summary.failed:
-        for _, row in df[df["job_id"].isin(summary.failed)].iterrows():
-            console.print(f"failed: {row['loss']} seed {row['seed']} ({row['job_id']}): {row['error']}",
-                          markup=False, highlight=False)

@@ -8,20 +8,17 @@ its canonical JSON) changes whenever anything that affects the result changes.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import itertools
 import json
 import math
-import tomllib
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from spmlbench.errors import ConfigError
+from spmlbench.experiments.recipes import LINEAR_RECIPES, check_choice, e2e_job_recipe, linear_protocol, paper_recipe
 from spmlbench.train.linear import TrainConfig, freeze_hparams
 
-RECIPES_FILE = Path(__file__).resolve().parents[2] / "data_manifests" / "recipes.toml"
 MODES = ("linear", "e2e", "linear-init")
 VAL_MODES = ("clean", "observed")
 EARLY_STOP_CHOICES = ("paper", "none")
@@ -84,59 +81,6 @@ class JobSpec:
         """
         key = (self.dataset, self.backbone, self.label_seed, self.split_seed, self.mode, self.batch_size, self.epochs)
         return key if self.mode == "linear" else (*key, self.job_id)
-
-
-@dataclasses.dataclass(frozen=True)
-class Recipe:
-    """Training defaults of one loss on one dataset (linear mode)."""
-
-    lr: float
-    batch_size: int
-    epochs: int
-    early_stop: str  # resolved rule
-    source: str
-
-
-@functools.cache
-def _recipes() -> dict[str, Any]:
-    with open(RECIPES_FILE, "rb") as fh:
-        return tomllib.load(fh)["linear"]
-
-
-def recipe(loss: str, dataset: str) -> Recipe:
-    """The loss's linear-mode recipe on ``dataset``.
-
-    Resolution (later wins): default < family < family.datasets.<dataset> < datasets.<dataset>
-    (a dataset-wide override, used for the offline ``digits`` demo whose pixel features need
-    another learning rate than ResNet-50 features).
-    """
-    table = _recipes()
-    merged: dict[str, Any] = dict(table["default"])
-    for family in table.get("families", {}).values():
-        if loss in family.get("losses", []):
-            merged.update({k: v for k, v in family.items() if k not in ("losses", "datasets")})
-            merged.update(family.get("datasets", {}).get(dataset, {}))
-    override = dict(table.get("datasets", {}).get(dataset, {}))
-    note = override.pop("source_note", None)
-    merged.update(override)
-    if note:
-        merged["source"] = f"{merged['source']}; {note}"
-    rule = merged["early_stop"]
-    if rule == "drop":
-        rule = f"drop:{float(merged['early_stop_drop']):g}"
-    return Recipe(float(merged["lr"]), int(merged["batch_size"]), int(merged["epochs"]), rule, str(merged["source"]))
-
-
-def mode_recipe(loss: str, dataset: str, mode: str) -> Recipe:
-    """The defaults of ``loss`` on ``dataset`` in ``mode``: linear recipes, or the e2e recipe
-    (``spmlbench.train.recipes_e2e``) for modes ``e2e`` and ``linear-init``."""
-    if mode == "linear":
-        return recipe(loss, dataset)
-    from spmlbench.train.recipes_e2e import e2e_recipe
-
-    r = e2e_recipe(loss, dataset)
-    f = r.job_fields()
-    return Recipe(float(f["lr"]), int(f["batch_size"]), int(f["epochs"]), str(f["early_stop"]), r.source)
 
 
 def parse_set(text: str) -> tuple[str, str, Any]:
@@ -213,8 +157,17 @@ def expand_jobs(
     weights: str | None = None,
     image_size: int | None = None,
     exact: bool = False,
+    recipe: str = "cole",
+    lr_grid: Sequence[float] | None = None,
+    batch_grid: Sequence[int] | None = None,
 ) -> list[JobSpec]:
     """Jobs for every loss x grid point x seed, resolved against recipes and the labels metadata ``meta``.
+
+    Linear mode with ``recipe="cole"`` (default): every loss gets Cole et al.'s budget (25 epochs,
+    no early stop) and one job per (lr, batch) point of the protocol's grid (``lr_grid`` /
+    ``batch_grid`` replace it; a given ``lr`` or ``batch_size`` fixes that axis); which point
+    counts is decided later from the records (:mod:`spmlbench.experiments.selection`).
+    ``recipe="paper"``: each paper's recipe transposed to a linear head (one point).
 
     ``sets``/``grids``: ``loss.param=value`` / ``loss.param=v1,v2``; ``hparams``: overrides applied
     to every loss (experiment specs). ``label_seed``/``split_seed``: default the prepared dataset's
@@ -235,6 +188,10 @@ def expand_jobs(
         raise ConfigError(f"--image-size {image_size}: must be >= 1")
     if mode not in MODES:
         raise ConfigError(f"--mode {mode!r}: unknown; choose one of: {', '.join(MODES)}")
+    check_choice("recipe", recipe, LINEAR_RECIPES)
+    if (lr_grid is not None or batch_grid is not None) and (mode != "linear" or recipe != "cole"):
+        raise ConfigError("--lr-grid/--batch-grid: only used by --mode linear with --recipe cole (the selection "
+                          "protocol); drop them or change --mode/--recipe")
     if val not in VAL_MODES:
         raise ConfigError(f"--val {val!r}: unknown; choose clean or observed")
     if early_stop not in EARLY_STOP_CHOICES and not early_stop.startswith(("drop:", "no_improve")):
@@ -266,19 +223,27 @@ def expand_jobs(
         split_seed = int(meta.get("protocol", {}).get("split_seed", 1200))
     extra: dict[str, Any] = {"weights": None if weights in (None, "default") else weights,
                              "image_size": image_size, "exact": bool(exact)}
+    protocol = linear_protocol(list(lr_grid) if lr_grid is not None else None,
+                               list(batch_grid) if batch_grid is not None else None)
     jobs: list[JobSpec] = []
     for loss in losses:
-        rec = mode_recipe(loss, dataset, mode)
-        rule = rec.early_stop if early_stop == "paper" else early_stop
+        if mode == "linear" and recipe == "cole":
+            n_epochs, rule, points = protocol.epochs, protocol.early_stop, protocol.points(lr, batch_size)
+        else:
+            rec = paper_recipe(loss, dataset) if mode == "linear" else e2e_job_recipe(loss, dataset)
+            n_epochs, rule = rec.epochs, rec.early_stop
+            points = [(float(lr if lr is not None else rec.lr), int(batch_size or rec.batch_size))]
+        if early_stop != "paper":
+            rule = early_stop
         params = [p for p, _ in axes.get(loss, [])]
         for point in itertools.product(*(v for _, v in axes.get(loss, []))):
             over = {**dict(hparams or {}), **fixed.get(loss, {}), **dict(zip(params, point))}
             hp = freeze_hparams(resolve_hparams(loss, dataset, over, meta))
-            for seed in seeds:
-                jobs.append(JobSpec(
-                    dataset=dataset, loss=loss, hparams=hp, mode=mode, seed=int(seed), label_seed=int(label_seed),
-                    split_seed=int(split_seed), backbone=backbone, epochs=epochs or rec.epochs,
-                    batch_size=batch_size or rec.batch_size, lr=float(lr if lr is not None else rec.lr),
-                    val=val, early_stop=rule, **extra,
-                ))
+            for p_lr, p_batch in points:
+                for seed in seeds:
+                    jobs.append(JobSpec(
+                        dataset=dataset, loss=loss, hparams=hp, mode=mode, seed=int(seed),
+                        label_seed=int(label_seed), split_seed=int(split_seed), backbone=backbone,
+                        epochs=epochs or n_epochs, batch_size=p_batch, lr=p_lr, val=val, early_stop=rule, **extra,
+                    ))
     return list(dict.fromkeys(jobs))

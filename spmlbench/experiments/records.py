@@ -5,7 +5,9 @@ failed), ``error``, ``epochs_run``, ``best_epoch``, ``val_map`` and ``train_loss
 epoch run), ``test_map`` (at the best val epoch, x100), ``test_ap`` (per class, x100), ``wall_s``,
 ``device``, ``versions`` (JSON), ``git_rev``, ``features_sha256``, ``created`` (UTC ISO time); for the
 end-to-end modes also ``weights``, ``image_size``, ``exact`` and ``settings`` (JSON: the resolved
-recipe and run options, LinearInit's linear phase). Files are written atomically, so a reader never
+recipe and run options, LinearInit's linear phase); ``selected`` (bool; null until a run marks it)
+and ``selection`` (JSON: the rule and the chosen point of its group; see
+:mod:`spmlbench.experiments.selection`). Files are written atomically, so a reader never
 sees half a record.
 
 Prediction dumps (jobs with ``dump_predictions``): ``<out>/dumps/<job_id>/epoch_<e>.npz`` (1-based
@@ -84,16 +86,20 @@ _SCHEMA = pa.schema([
     ("wall_s", pa.float64()), ("device", pa.string()), ("versions", pa.string()), ("git_rev", pa.string()),
     ("features_sha256", pa.string()), ("created", pa.string()),
     ("weights", pa.string()), ("image_size", pa.int64()), ("exact", pa.bool_()), ("settings", pa.string()),
+    ("selected", pa.bool_()), ("selection", pa.string()),
 ])
 COLUMNS = _SCHEMA.names
 
 
 def _linear_settings(spec: JobSpec) -> dict[str, Any]:
-    """The resolved linear recipe of a job: optimizer, the values it trains with, and the recipe's source."""
-    from spmlbench.experiments.jobs import recipe
+    """The resolved linear recipe of a job: optimizer, the values it trains with, and the recipe's source
+    (Cole et al.'s protocol when the job has its budget, else the loss's transposed paper recipe)."""
+    from spmlbench.experiments.recipes import linear_protocol, recipe_source
 
     try:
-        source = recipe(spec.loss, spec.dataset).source
+        proto = linear_protocol()
+        kind = "cole" if (spec.epochs, spec.early_stop) == (proto.epochs, proto.early_stop) else "paper"
+        source = recipe_source(spec.loss, spec.dataset, "linear", kind)
     except Exception:  # an unreadable recipe file must not lose a finished result
         source = ""
     return {"optimizer": "adam", "lr": spec.lr, "batch_size": spec.batch_size, "epochs": spec.epochs,
@@ -134,6 +140,14 @@ def write_record(out_dir: str | os.PathLike[str], row: dict[str, Any]) -> Path:
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return path
+
+
+def update_record(out_dir: str | os.PathLike[str], job_id: str, **fields: Any) -> Path:
+    """Rewrite one record with ``fields`` changed (atomically; used to mark the selected grid points)."""
+    path = record_path(out_dir, job_id)
+    row = pq.read_table(path, schema=_SCHEMA).to_pylist()[0]
+    row.update(fields)
+    return write_record(out_dir, row)
 
 
 def load_records(out_dir: str | os.PathLike[str]) -> pd.DataFrame:

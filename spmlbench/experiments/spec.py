@@ -9,6 +9,8 @@ A spec lives in ``data_manifests/experiments/<name>.toml`` (or any path ending i
     datasets = ["voc", "coco"]           # run by default
     optional_datasets = ["digits"]       # allowed with --datasets, not run by default
     seeds = [0, 1, 2]
+    overrides = { lr = 1e-4, batch_size = 8 }   # optional JobSpec fields for every group (a group's own win);
+                                               # lr and batch_size fix the linear (lr, batch) selection grid
 
     [report]                             # optional settings for `spmlbench report`
     seed_noise = { default = 0.5, cub = 1.0 }
@@ -53,7 +55,8 @@ OVERRIDE_FIELDS = (
     "val",
     "early_stop",
 )
-_TOP_KEYS = {"version", "name", "description", "mode", "datasets", "optional_datasets", "seeds", "report", "groups"}
+_TOP_KEYS = {"version", "name", "description", "mode", "datasets", "optional_datasets", "seeds", "report", "groups",
+             "overrides"}
 _GROUP_KEYS = {"name", "description", "losses", "hparams", "overrides", "datasets", "dump_predictions", "baseline", "axes"}
 _AXIS_KEYS = {"name", "param", "index", "values"}
 
@@ -279,6 +282,10 @@ def parse_experiment(path: Path, raw: dict[str, Any]) -> Experiment:
     if not isinstance(groups_raw, list) or not groups_raw:
         raise _fail(path, "needs at least one [[groups]] block")
     groups = tuple(_parse_group(path, g, i) for i, g in enumerate(groups_raw))
+    common = raw.get("overrides", {})
+    if not isinstance(common, dict) or set(common) - set(OVERRIDE_FIELDS):
+        raise _fail(path, f"overrides must be a table of job fields ({', '.join(OVERRIDE_FIELDS)})")
+    groups = tuple(dataclasses.replace(g, overrides={**common, **g.overrides}) for g in groups)
     names = [g.name for g in groups]
     if len(set(names)) != len(names):
         raise _fail(path, "group names must be unique")

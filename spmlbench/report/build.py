@@ -83,17 +83,32 @@ def build_tables(records: pd.DataFrame, exp: Experiment | None, reference: pd.Da
     return out, runs, missing
 
 
+def _selection_tables(every: pd.DataFrame, runs: pd.DataFrame, grid_points: bool) -> list[T.Table]:
+    """The selected points (and with ``grid_points`` every point) of the groups the report's runs belong to."""
+    from spmlbench.report.selection_tables import grid_points_table, selected_points_table
+
+    if every.empty or runs.empty:
+        return []
+    mine = every[every["group"].isin(set(every.loc[every["job_id"].isin(set(runs["job_id"])), "group"]))]
+    tables = [selected_points_table(mine)] + ([grid_points_table(mine)] if grid_points else [])
+    return [t for t in tables if t is not None]
+
+
 def build_report(
     results_dir: str | os.PathLike[str],
     experiment: str | None = None,
     *,
     plots_dir: str | os.PathLike[str] | None = None,
     home: str | os.PathLike[str] | None = None,
+    grid_points: bool = False,
 ) -> Report:
-    """Build the report for ``results_dir`` (records), optionally narrowed to an experiment; plots when ``plots_dir``."""
+    """Build the report for ``results_dir`` (records), optionally narrowed to an experiment; plots when
+    ``plots_dir``. Tables use the selected (lr, batch) point of each loss and dataset; ``grid_points``
+    adds a table of every grid point."""
     results_dir = Path(results_dir)
     exp = load_experiment(experiment) if experiment else None
-    records = load_results(results_dir)
+    every = load_results(results_dir)
+    records = every[every["selected"]] if not every.empty else every
     if exp is not None and not records.empty:
         # optional datasets (the digits preview) join the report when they have records
         extra = [d for d in exp.optional_datasets if d in set(records["dataset"]) and d not in exp.datasets]
@@ -104,9 +119,10 @@ def build_report(
     reference = load_reference()
     settings = report_settings(exp)
     tables, runs, missing = build_tables(records, exp, reference, settings)
+    tables += _selection_tables(every, runs, grid_points)
     title = f"spmlbench report: {exp.name}" if exp else "spmlbench report"
     desc = exp.description if exp else "All result records."
-    report = Report(title, desc, tables, provenance_lines(provenance(records, runs, missing, str(results_dir))))
+    report = Report(title, desc, tables, provenance_lines(provenance(every, runs, missing, str(results_dir))))
     if plots_dir is not None:
         from spmlbench.report.plots import make_plots
 

@@ -67,7 +67,17 @@ def load_results(out_dir: str | os.PathLike[str]) -> pd.DataFrame:
     df = df.copy()
     df["hp"] = [json.loads(h) if isinstance(h, str) else dict(h or {}) for h in df["hparams"]]
     df["mode"] = df["mode"].map(normalise_mode)
-    return df
+    return with_selection(df)
+
+
+def with_selection(records: pd.DataFrame) -> pd.DataFrame:
+    """``records`` with the (lr, batch) selection recomputed from them (columns ``group``, ``score``,
+    ``selected``, ``selection``; each group under the rule its run recorded, else ``first-seed``)."""
+    from spmlbench.experiments.selection import recorded_rules, select
+
+    if "selection" not in records.columns:
+        records = records.assign(selection=None)
+    return select(records, recorded_rules(records))
 
 
 def normalise_mode(mode: Any) -> str:
@@ -180,7 +190,8 @@ def _canon(hp: dict[str, Any]) -> str:
 
 
 # training settings that change a result besides the hyperparameters (a run with other values is another row)
-_SETTING_KEYS = ("backbone", "epochs", "batch_size", "lr", "val", "early_stop", "weights", "image_size", "exact")
+# (lr and batch size are not among them: they are selected per loss and dataset, see experiments/selection.py)
+_SETTING_KEYS = ("backbone", "epochs", "val", "early_stop", "weights", "image_size", "exact")
 
 
 def _config(rec: Mapping[str, Any]) -> dict[str, Any]:
@@ -197,10 +208,10 @@ def _config(rec: Mapping[str, Any]) -> dict[str, Any]:
 def runs_without_experiment(records: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """All ok records as runs; a loss run with several configs gets one row per config.
 
-    A config is the hyperparameters plus the training settings (epochs, lr, batch size, val,
-    early stop, backbone, ...). Per (loss, mode, dataset) the most frequent config keeps the plain
-    loss name, so a loss whose defaults differ by dataset (EM's alpha, EPR's expected positives,
-    the digits learning rate) is one row; other configs are labelled ``loss (key=value, ...)`` with
+    A config is the hyperparameters plus the training settings (epochs, val, early stop, backbone,
+    ...; lr and batch size are the selected point). Per (loss, mode, dataset) the most frequent config
+    keeps the plain loss name, so a loss whose defaults differ by dataset (EM's alpha, EPR's expected
+    positives) is one row; other configs are labelled ``loss (key=value, ...)`` with
     the keys that differ. ``missing`` holds the (dataset, loss, seed) combinations of the seen
     datasets x rows x seeds without an ok record.
     """

@@ -1,0 +1,124 @@
+"""What ``spmlbench run`` draws: progress (rich, on stderr), the result table and the summary lines."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.progress import Progress
+from rich.table import Table
+
+from spmlbench.cli.app import console
+from spmlbench.experiments.jobs import JobSpec
+from spmlbench.experiments.runner import RunProgress, RunSummary
+from spmlbench.train.linear import EpochProgress
+
+
+class RichRunProgress(RunProgress):
+    """Jobs done, the current cohort's epoch and its best val mAP, drawn with rich on stderr."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.jobs_task = progress.add_task("jobs", total=0)
+        self.epoch_task = progress.add_task("epoch", total=0, visible=False)
+
+    def start(self, total: int, skipped: int) -> None:
+        self.progress.update(self.jobs_task, total=total, completed=skipped)
+
+    def cohort(self, jobs: Sequence[JobSpec]) -> None:
+        losses = ",".join(dict.fromkeys(j.loss for j in jobs))
+        self.progress.update(self.epoch_task, total=jobs[0].epochs, completed=0, visible=True,
+                             description=f"{len(jobs)} configs ({losses})")
+
+    def epoch(self, event: EpochProgress) -> None:
+        best = "-" if math.isnan(event.best_val_map) else f"{event.best_val_map:.2f}"
+        desc = self.progress.tasks[self.epoch_task].description.split(" | ")[0]
+        self.progress.update(self.epoch_task, completed=event.epoch, description=f"{desc} | best val mAP {best}")
+
+    def jobs_done(self, jobs: Sequence[JobSpec], results: Sequence[Any]) -> None:
+        self.progress.advance(self.jobs_task, len(jobs))
+
+    def waiting(self, count: int) -> None:
+        self.progress.update(self.epoch_task, visible=True, description=f"waiting for {count} jobs run elsewhere")
+
+
+def _label(loss: str, hp: dict[str, Any], varying: list[str]) -> str:
+    if not varying:
+        return loss
+    return f"{loss} (" + ", ".join(f"{k}={json.dumps(hp.get(k))}" for k in varying) + ")"
+
+
+def _point(grp: Any) -> str:
+    """`` @lr/batch`` of the selected grid point (when the run selected among several), else ''."""
+    infos = [json.loads(t) for t in grp.get("selection", []) if isinstance(t, str) and t]
+    if not infos or max(int(i.get("points", 1)) for i in infos) < 2:
+        return ""
+    pts = sorted({(float(a), int(b)) for a, b in zip(grp["lr"], grp["batch_size"])})
+    if len(pts) > 1:
+        return " @per seed"
+    return f" @{pts[0][0]:g}/{pts[0][1]}"
+
+
+def result_table(jobs: Sequence[JobSpec], records: Any) -> Table:
+    """Test mAP per loss (rows) and dataset (columns): mean ± std over seeds of this run's jobs
+    (``records``: the results folder's records, :func:`~spmlbench.experiments.records.load_records`)."""
+
+    from spmlbench.report.tables import fmt
+
+    ids = {j.job_id for j in jobs}
+    df = records[records["job_id"].isin(ids)].copy()
+    datasets = list(dict.fromkeys(j.dataset for j in jobs))
+    title = "test mAP at the best val epoch"
+    caption = "mean ± std over seeds; @lr/batch: selected on val"
+    table = Table(title=title, caption=caption, min_width=len(title) + 4)
+    table.add_column("loss")
+    for ds in datasets:
+        table.add_column(ds, justify="right")
+    if df.empty:
+        return table
+    df["hp"] = [json.loads(h) for h in df["hparams"]]
+    rows: dict[str, dict[str, str]] = {}
+    for loss in dict.fromkeys(j.loss for j in jobs):
+        sub = df[df["loss"] == loss]
+        if sub.empty:
+            continue
+        keys = sorted({k for hp in sub["hp"] for k in hp})
+        varying = [k for k in keys if len({json.dumps(hp.get(k)) for hp in sub["hp"]}) > 1]
+        sub = sub.assign(label=[_label(loss, hp, varying) for hp in sub["hp"]])
+        for (label, ds), grp in sub.groupby(["label", "dataset"], sort=False):
+            ok = grp[grp["status"] == "ok"]["test_map"].astype(float)
+            failed = int((grp["status"] != "ok").sum())
+            text = "-" if ok.empty else fmt(float(ok.mean()), float(ok.std(ddof=1)) if len(ok) > 1 else None)
+            if failed:
+                text += f" ({failed} failed)"
+            rows.setdefault(str(label), {})[str(ds)] = text + _point(grp)
+    for label, cells in rows.items():
+        table.add_row(label, *(cells.get(ds, "") for ds in datasets))
+    return table
+
+
+def report_run(summary: RunSummary, jobs: Sequence[JobSpec], out: Path) -> None:
+    """The summary lines, the result table of ``jobs`` (the selected ones) and their failures."""
+    from spmlbench.experiments.records import load_records
+
+    df = load_records(out)  # read once for the messages and the table
+    if summary.skipped:
+        failed = int((df[df["job_id"].isin(summary.skipped)]["status"] != "ok").sum()) if not df.empty else 0
+        note = f", {failed} of them failed (same seeds: a re-run fails the same way)" if failed else ""
+        console.print(f"{len(summary.skipped)} finished jobs skipped{note} (records in {out / 'records'}); "
+                      "use --force to re-run them", highlight=False)
+    if summary.by_others:
+        console.print(f"{len(summary.by_others)} jobs were run by another process on {out}", highlight=False)
+    console.print(f"{len(summary.ran)} jobs run; records in {out / 'records'}", highlight=False)
+    console.print(result_table(jobs, df))
+    shown = {j.job_id for j in jobs}
+    unselected = [f for f in summary.failed if f not in shown]
+    if unselected:
+        console.print(f"{len(unselected)} grid points failed and were not selected (e.g. diverged at a large lr); "
+                      "their records say why", highlight=False)
+    for _, row in df[df["job_id"].isin([f for f in summary.failed if f in shown])].iterrows():
+        console.print(f"failed: {row['loss']} seed {row['seed']} ({row['job_id']}): {row['error']}",
+                      markup=False, highlight=False)
