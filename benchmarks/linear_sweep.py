@@ -12,6 +12,7 @@ throughputs (config-epochs per second) and their ratio.
     python benchmarks/linear_sweep.py                 # VOC-sized, CPU
     python benchmarks/linear_sweep.py --processes 1      # one process (default auto: one per core, as spmlbench run)
     python benchmarks/linear_sweep.py --coco --device cuda
+    python benchmarks/linear_sweep.py --select --noise 2   # Cole's protocol with (lr, batch) selection
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ VOC = (4574, 1143, 5823, 20, 1.5)
 COCO = (65665, 16416, 40137, 80, 2.9)
 
 
-def synthetic(sizes: tuple[int, int, int, int, float], dim: int, seed: int = 0) -> LinearData:
+def synthetic(sizes: tuple[int, int, int, int, float], dim: int, seed: int = 0, noise: float = 0.5) -> LinearData:
     """Features ``x = y A + noise`` for labels with about ``avg_pos`` positives per image."""
     n_tr, n_va, n_te, c, avg_pos = sizes
     rng = np.random.default_rng(seed)
@@ -41,7 +42,7 @@ def synthetic(sizes: tuple[int, int, int, int, float], dim: int, seed: int = 0) 
         y = (rng.random((n, c)) < prior).astype(np.float32)
         first = rng.integers(0, c, n)
         y[np.arange(n), first] = 1
-        x = y @ templates + rng.normal(size=(n, dim)).astype(np.float32) * 0.5
+        x = y @ templates + rng.normal(size=(n, dim)).astype(np.float32) * noise
         s = np.zeros_like(y)
         pick = [rng.choice(np.flatnonzero(row)) for row in y]
         s[np.arange(n), pick] = 1
@@ -75,13 +76,22 @@ def main() -> None:
     ap.add_argument("--processes", default="auto",
                     help="split the sweep's configs over this many CPU processes (threads // processes each); "
                          "auto (default, as spmlbench run): one per core for long runs")
+    ap.add_argument("--select", action="store_true",
+                    help="Cole et al.'s protocol: every loss on the (lr, batch) grid on seed 0, the other seeds at "
+                         "each loss's selected point (benchmarks/linear_select.py)")
+    ap.add_argument("--noise", type=float, default=0.5, help="feature noise of the generator (the issue's runs: 2.0)")
     args = ap.parse_args()
     sizes = COCO if args.coco else VOC
     torch.set_num_threads(args.threads)  # a benchmark script: both loops run under the same setting
     processes = None if args.processes == "auto" else int(args.processes)
-    data = synthetic(sizes, args.dim)
+    data = synthetic(sizes, args.dim, noise=args.noise)
     losses = list_losses()
     cfgs = configs(losses, list(range(args.seeds)), args.epochs, args.batch_size, sizes[4])
+    if args.select:
+        from linear_select import run_select
+
+        run_select(data, losses, {c.loss: c.hparams for c in cfgs}, args)
+        return
     if processes is None:
         from spmlbench.train.parallel import auto_processes
 
