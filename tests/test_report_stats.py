@@ -150,3 +150,26 @@ def test_cli_console_shows_rank_table(tmp_path: Path, cli) -> None:
     assert res.code == 0, res.err
     assert "Average rank across datasets" in res.out and "Friedman over datasets (N = 2 blocks, k = 3" in res.out
     assert "verdict" in res.out and "p (Holm)" in res.out
+
+
+def test_cli_report_plots_cd_diagrams(tmp_path: Path, cli) -> None:
+    from PIL import Image
+
+    recs = [record(ds, loss, s, 50.0 + 2 * i + s + (ds == "voc") * (i == 0) * 9) for ds in ("voc", "coco", "cub")
+            for i, loss in enumerate(("an", "epr", "gr", "bce")) for s in range(3)]
+    res_dir = write_records(tmp_path / "res", recs)
+    out = tmp_path / "rep"
+    res = cli("report", "--results", str(res_dir), "--format", "md", "--out", str(out), "--plots")
+    assert res.code == 0, res.err
+    for name in ("cd_datasets_linear.png", "cd_seeds_linear.png"):
+        with Image.open(out / "plots" / name) as im:
+            assert im.format == "PNG" and im.size[0] >= 600
+        assert f"plots/{name}" in (out / "report.md").read_text()
+    # one dataset: no test over datasets (noted), the datasets x seeds diagram still drawn
+    one = write_records(tmp_path / "one", [r for r in recs if r["dataset"] == "voc"])
+    res = cli("report", "--results", str(one), "--format", "md", "--out", str(tmp_path / "rep1"), "--plots")
+    assert res.code == 0, res.err
+    md = (tmp_path / "rep1" / "report.md").read_text()
+    assert "critical-difference diagram (linear, over datasets): skipped (1 block(s), 3 methods" in md
+    assert (tmp_path / "rep1" / "plots" / "cd_seeds_linear.png").is_file()
+    assert not (tmp_path / "rep1" / "plots" / "cd_datasets_linear.png").exists()
