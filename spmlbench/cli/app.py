@@ -5,8 +5,11 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
+from spmlbench.cli.help import HELPERS, HelpGroup
+
 app = typer.Typer(
     name="spmlbench",
+    cls=HelpGroup,
     help="Single-positive multi-label learning benchmarks: prepare data, run every loss, report.",
     no_args_is_help=True,
     add_completion=False,
@@ -22,7 +25,7 @@ def root() -> None:
     """Single-positive multi-label learning benchmarks: prepare data, run every loss, report."""
 
 
-@app.command()
+@app.command(rich_help_panel=HELPERS)
 def version() -> None:
     """Print the spmlbench, torch and torchvision versions."""
     import torch

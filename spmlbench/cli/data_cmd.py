@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from spmlbench.cli.app import app, console, err_console
+from spmlbench.cli.help import HELPERS, HOME_DEFAULT, OUTPUT, PIPELINE, PROTOCOL, SOURCE, choices
 from spmlbench.data.protocol import PROTOCOL_SEED
 from spmlbench.errors import ConfigError
 
@@ -37,21 +38,27 @@ def _confirm(yes: bool) -> Callable[[str], bool]:
     return ask
 
 
-@app.command()
+@app.command(rich_help_panel=PIPELINE)
 def prepare(
     dataset: str = typer.Argument("digits", help="voc, coco, nuswide, cub or digits (offline demo)."),
     source: Optional[Path] = typer.Option(  # noqa: UP007 - typer needs Optional on older Pythons
-        None, "--from", help="A local archive (verified by checksum) or an already-extracted folder."
+        None, "--from", help="A local archive (verified by checksum) or an already-extracted folder.",
+        rich_help_panel=SOURCE,
     ),
     mirror: Optional[str] = typer.Option(  # noqa: UP007
-        None, "--mirror", help="URL tried first: the file itself, or a folder URL (ending in /) holding the files."
+        None, "--mirror", help="URL tried first: the file itself, or a folder URL (ending in /) holding the files.",
+        rich_help_panel=SOURCE,
     ),
-    home: Optional[Path] = typer.Option(None, "--home", help="Data home (default $SPMLBENCH_HOME or the platform data dir)."),  # noqa: UP007
-    yes: bool = typer.Option(False, "--yes", "-y", help="Accept the terms of use without asking (scripts)."),
-    label_seed: int = typer.Option(PROTOCOL_SEED, "--label-seed", help="Seed of the single-positive draw (protocol: 1200)."),
-    features: str = typer.Option("default", "--features", help="default|extract (the dataset's default backbone), zenodo, none."),
+    home: Optional[Path] = typer.Option(None, "--home", help="Data home.", show_default=HOME_DEFAULT,  # noqa: UP007
+                                        rich_help_panel=OUTPUT),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Accept the terms of use without asking (scripts).",
+                             rich_help_panel=SOURCE),
+    label_seed: int = typer.Option(PROTOCOL_SEED, "--label-seed", help="Seed of the single-positive draw (protocol: 1200).",
+                                    rich_help_panel=PROTOCOL),
+    features: str = typer.Option("default", "--features", help="default|extract (the dataset's default backbone), zenodo, none.",
+                                  metavar=choices(("default", "extract", "zenodo", "none")), rich_help_panel=OUTPUT),
     drop_unlabeled: bool = typer.Option(
-        False, "--drop-unlabeled", help="Drop rows without any label (a named protocol deviation)."
+        False, "--drop-unlabeled", help="Drop rows without any label (a named protocol deviation).", rich_help_panel=PROTOCOL
     ),
 ) -> None:
     """Download (or take --from), format, sample single positives and split one dataset."""
@@ -84,9 +91,9 @@ def _fmt(value: object) -> str:
     return "-" if value is None else str(value)
 
 
-@app.command()
+@app.command(rich_help_panel=HELPERS)
 def datasets(
-    home: Optional[Path] = typer.Option(None, "--home", help="Data home (default $SPMLBENCH_HOME or the platform data dir)."),  # noqa: UP007
+    home: Optional[Path] = typer.Option(None, "--home", help="Data home.", show_default=HOME_DEFAULT),  # noqa: UP007
 ) -> None:
     """List every dataset: prepared or not, where, rows per split, classes, positives, feature caches."""
     from spmlbench.data.summary import all_statuses

@@ -8,22 +8,32 @@ from typing import Optional
 import typer
 
 from spmlbench.cli.app import app, console
+from spmlbench.cli.help import COMPUTE, HOME_DEFAULT, OUTPUT, PIPELINE, SELECTION, choices
 
 
-@app.command()
+@app.command(rich_help_panel=PIPELINE)
 def features(
     dataset: str = typer.Argument(..., help="Prepared dataset name (see 'spmlbench datasets')."),
-    backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone name; default: the dataset's default (digits: pixels, else resnet50)."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per batch (default: 64 on CUDA, 16 on CPU)."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Image decoding worker processes."),
-    weights: str = typer.Option("default", "--weights", help="default (pretrained, from the torch hub cache) | none (random init)"),
-    exact: bool = typer.Option(False, "--exact", help="fp32 on CUDA (no bf16 autocast, no channels_last, no TF32)."),
-    force: bool = typer.Option(False, "--force", help="Recompute even when a valid cache exists."),
-    image_size: Optional[int] = typer.Option(None, "--image-size", min=8, help="Override the backbone's input size (quick runs; recorded in the cache)."),
-    zenodo: Optional[Path] = typer.Option(None, "--zenodo", help="Import the Zenodo 10162606 ResNet-50 .npy features from this folder instead of extracting."),
-    home: Optional[Path] = typer.Option(None, "--home", help="Data home (default: $SPMLBENCH_HOME or the platform data dir)."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone name.",
+                                           show_default="the dataset's default: digits pixels, else resnet50",
+                                           rich_help_panel=SELECTION),
+    device: str = typer.Option("auto", "--device", help="Where to run the backbone.",
+                               metavar=choices(("auto", "cpu", "cuda")), rich_help_panel=COMPUTE),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per batch.",
+                                             show_default="64 on CUDA, 16 on CPU", rich_help_panel=COMPUTE),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Image decoding worker processes.",
+                                          rich_help_panel=COMPUTE),
+    weights: str = typer.Option("default", "--weights", help="default (pretrained, from the torch hub cache) | none (random init)",
+                                metavar=choices(("default", "none")), rich_help_panel=SELECTION),
+    exact: bool = typer.Option(False, "--exact", help="fp32 on CUDA (no bf16 autocast, no channels_last, no TF32).",
+                               rich_help_panel=COMPUTE),
+    force: bool = typer.Option(False, "--force", help="Recompute even when a valid cache exists.", rich_help_panel=OUTPUT),
+    image_size: Optional[int] = typer.Option(None, "--image-size", min=8, help="Override the backbone's input size (quick runs; recorded in the cache).",
+                                             rich_help_panel=SELECTION),
+    zenodo: Optional[Path] = typer.Option(None, "--zenodo", help="Import the Zenodo 10162606 ResNet-50 .npy features from this folder instead of extracting.",
+                                          rich_help_panel=SELECTION),
+    home: Optional[Path] = typer.Option(None, "--home", help="Data home.", show_default=HOME_DEFAULT, rich_help_panel=OUTPUT),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar.", rich_help_panel=OUTPUT),
 ) -> None:
     """Compute backbone features for every image of DATASET into <home>/<ds>/features/<backbone>.parquet."""
     if zenodo is not None:

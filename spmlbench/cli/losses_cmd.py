@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from spmlbench.cli.app import app, console
+from spmlbench.cli.help import HELPERS
 from spmlbench.errors import ConfigError
 from spmlbench.losses import check_override, fmt, list_losses, loss_info, resolve_hparams
 
@@ -57,11 +58,11 @@ def _as_json(dataset: str | None) -> list[dict[str, Any]]:
     return rows
 
 
-@app.command("losses")
+@app.command("losses", rich_help_panel=HELPERS)
 def losses(
     as_json: bool = typer.Option(False, "--json", help="Print the list as JSON instead of a table."),
     dataset: str = typer.Option(None, "--dataset", help="Show defaults resolved for this dataset (voc, coco, nuswide, cub)."),
-    check: list[str] = typer.Option(None, "--check", metavar="LOSS.PARAM=VALUE",
+    check: list[str] = typer.Option(None, "--check", metavar="<loss.param=value>",
                                     help="Validate hyperparameter overrides as --set takes them (exit 2 if invalid)."),
 ) -> None:
     """List every loss: registry name, paper, year, key hyperparameters with defaults, stateful or not."""

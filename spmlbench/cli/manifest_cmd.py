@@ -8,9 +8,10 @@ from typing import Annotated, Optional
 import typer
 
 from spmlbench.cli.app import app, console
+from spmlbench.cli.help import HELPERS
 
 
-@app.command("pin-zenodo")
+@app.command("pin-zenodo", rich_help_panel=HELPERS)
 def pin_zenodo(
     dataset: Annotated[str, typer.Argument(help="Dataset whose manifest lists Zenodo files (nuswide).")] = "nuswide",
     api: Annotated[Optional[str], typer.Option(help="Record API URL (default: the manifest's extra.zenodo_api).")] = None,

@@ -9,18 +9,25 @@ import typer
 
 from spmlbench.atomic import atomic_write_text
 from spmlbench.cli.app import app, console
+from spmlbench.cli.help import OUTPUT, PIPELINE, REPORT_FORMATS, SELECTION, choices
 from spmlbench.errors import ConfigError
 from spmlbench.paths import default_results_dir
 
 
-@app.command()
+@app.command(rich_help_panel=PIPELINE)
 def report(
-    experiment: Optional[str] = typer.Option(None, "--experiment", "-e", help="Report one experiment (table1, ablation-gr, grid-gr, figures or a .toml path)."),
-    fmt: str = typer.Option("console", "--format", "-f", help="console | md | latex | csv | html"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write report files (and plots/) into this folder."),
-    plots: bool = typer.Option(False, "--plots", help="Also write the figures as PNG (into --out/plots, default ./report/plots)."),
-    results: Optional[Path] = typer.Option(None, "--results", help="Folder holding records/ (default ./results)."),
-    grid_points: bool = typer.Option(False, "--grid-points", help="Also show every (lr, batch) grid point of the selection."),
+    experiment: Optional[str] = typer.Option(None, "--experiment", "-e", help="Report one experiment (table1, ablation-gr, grid-gr, figures or a .toml path).",
+                                              rich_help_panel=SELECTION),
+    fmt: str = typer.Option("console", "--format", "-f", help="output format", metavar=choices(REPORT_FORMATS),
+                           rich_help_panel=OUTPUT),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write report files (and plots/) into this folder.",
+                                       rich_help_panel=OUTPUT),
+    plots: bool = typer.Option(False, "--plots", help="Also write the figures as PNG (into --out/plots, default ./report/plots).",
+                               rich_help_panel=OUTPUT),
+    results: Optional[Path] = typer.Option(None, "--results", help="Folder holding records/.", show_default="./results",
+                                           rich_help_panel=SELECTION),
+    grid_points: bool = typer.Option(False, "--grid-points", help="Also show every (lr, batch) grid point of the selection.",
+                                     rich_help_panel=OUTPUT),
 ) -> None:
     """Turn result records into tables (mean ± std, published numbers, paired tests) and figures."""
     from spmlbench.report import FORMATS, build_report

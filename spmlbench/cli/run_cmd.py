@@ -13,6 +13,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from spmlbench.cli.app import app, err_console
+from spmlbench.cli.help import E2E, OUTPUT, PIPELINE, SCALE_OUT, SELECTION, TRAINING, choices
 from spmlbench.cli.run_view import RichRunProgress, report_run
 from spmlbench.errors import ConfigError, DataError
 from spmlbench.experiments.jobs import MODES, JobSpec, expand_jobs
@@ -126,49 +127,80 @@ class _Options:
     batch_grid: list[int] | None = None
 
 
-@app.command()
+@app.command(rich_help_panel=PIPELINE)
 def run(
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="dataset to run on [default: digits]"),
-    datasets: Optional[str] = typer.Option(None, "--datasets", help="comma list of datasets (narrows an experiment)"),
-    losses: str = typer.Option("all", "--losses", help="comma list of loss names, or all"),
-    seeds: Optional[str] = typer.Option(None, "--seeds", help="comma list of seeds [default: 0,1,2 or the experiment's]"),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="epochs for every loss [default: the loss's recipe]"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="batch size [default: the loss's recipe]"),
-    lr: Optional[float] = typer.Option(None, "--lr", help="learning rate: fixes the lr axis of the selection grid "
-                                                             "[default: the grid, or the loss's recipe]"),
-    recipe: str = typer.Option("cole", "--recipe", help="linear: cole (Cole et al.'s protocol, (lr, batch) selected "
-                                                        "on val) or paper (each paper's budget; not comparable)"),
-    select: Optional[str] = typer.Option(None, "--select", help="linear, cole: first-seed (grid on the first seed, "
-                                                                  "others at its point), each-seed or mean"),
-    lr_grid: Optional[str] = typer.Option(None, "--lr-grid", help="linear, cole: lr values to select from "
-                                                                    "[default: 1e-2,1e-3,1e-4,1e-5]"),
-    batch_grid: Optional[str] = typer.Option(None, "--batch-grid", help="linear, cole: batch sizes to select from "
-                                                                          "[default: 8,16]"),
-    val: str = typer.Option("clean", "--val", help="score val with clean or observed labels"),
-    early_stop: str = typer.Option("paper", "--early-stop", help="paper (each loss's own rule) or none"),
-    set_: list[str] = typer.Option([], "--set", help="loss.param=value (repeatable)"),
-    grid: list[str] = typer.Option([], "--grid", help="loss.param=v1,v2,... (repeatable, cartesian)"),
-    mode: Optional[str] = typer.Option(None, "--mode", help="linear (cached features), e2e or linear-init [default: linear]"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
-    out: Path = typer.Option(Path("results"), "--out", help="results folder"),
-    force: bool = typer.Option(False, "--force", help="re-run jobs that already have a record"),
-    reference_loop: bool = typer.Option(False, "--reference-loop", help="one config at a time (slow reference path)"),
-    backbone: Optional[str] = typer.Option(None, "--backbone", help="backbone [default: the dataset's features; resnet50 end to end]"),
-    home: Optional[str] = typer.Option(None, "--home", help="data home [default: $SPMLBENCH_HOME]"),
-    experiment: Optional[str] = typer.Option(None, "--experiment", help="a named experiment spec or a .toml path"),
-    exact: bool = typer.Option(False, "--exact", help="end to end: fp32, deterministic kernels (reproduction)"),
-    workers: Optional[int] = typer.Option(None, "--workers", help="end to end: image decode workers [default: by device]"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="dataset to run on", show_default=DEFAULT_DATASET,
+                                          rich_help_panel=SELECTION),
+    datasets: Optional[str] = typer.Option(None, "--datasets", help="comma list of datasets (narrows an experiment)",
+                                           metavar="<name,...>", rich_help_panel=SELECTION),
+    losses: str = typer.Option("all", "--losses", help="comma list of loss names, or all", metavar="<all|name,...>",
+                               rich_help_panel=SELECTION),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="comma list of seeds", metavar="<int,...>",
+                                        show_default=f"{DEFAULT_SEEDS} or the experiment's", rich_help_panel=SELECTION),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="epochs for every loss", show_default="the loss's recipe",
+                                         rich_help_panel=TRAINING),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="batch size", show_default="the loss's recipe",
+                                             rich_help_panel=TRAINING),
+    lr: Optional[float] = typer.Option(None, "--lr", help="learning rate (linear, cole: fixes the lr axis of the grid)",
+                                       show_default="the grid, or the loss's recipe", rich_help_panel=TRAINING),
+    recipe: str = typer.Option("cole", "--recipe", help="linear: cole (Cole et al.'s protocol, (lr, batch) selected on "
+                                                        "val) or paper (each paper's budget; not comparable)",
+                               metavar=choices(LINEAR_RECIPES), rich_help_panel=TRAINING),
+    select: Optional[str] = typer.Option(None, "--select", help="linear, cole: first-seed (grid on the first seed, the "
+                                                                  "others at its point), each-seed or mean",
+                                         metavar=choices(SELECT_RULES), show_default="first-seed",
+                                         rich_help_panel=TRAINING),
+    lr_grid: Optional[str] = typer.Option(None, "--lr-grid", help="linear, cole: lr values to select from",
+                                          metavar="<float,...>", show_default="1e-2,1e-3,1e-4,1e-5",
+                                          rich_help_panel=TRAINING),
+    batch_grid: Optional[str] = typer.Option(None, "--batch-grid", help="linear, cole: batch sizes to select from",
+                                             metavar="<int,...>", show_default="8,16", rich_help_panel=TRAINING),
+    val: str = typer.Option("clean", "--val", help="score val with clean or observed labels",
+                            metavar=choices(("clean", "observed")), rich_help_panel=TRAINING),
+    early_stop: str = typer.Option("paper", "--early-stop", help="paper (each loss's own rule) or none",
+                                   metavar=choices(("paper", "none")), rich_help_panel=TRAINING),
+    set_: list[str] = typer.Option([], "--set", help="loss.param=value (repeatable)", metavar="<loss.param=value>",
+                                   rich_help_panel=TRAINING),
+    grid: list[str] = typer.Option([], "--grid", help="loss.param=v1,v2,... (repeatable, cartesian)",
+                                   metavar="<loss.param=v1,v2,...>", rich_help_panel=TRAINING),
+    mode: Optional[str] = typer.Option(None, "--mode", help="linear (cached features), e2e or linear-init",
+                                       metavar=choices(MODES), show_default="linear", rich_help_panel=SELECTION),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda", metavar=choices(("auto", "cpu", "cuda")),
+                               rich_help_panel=TRAINING),
+    out: Path = typer.Option(Path("results"), "--out", help="results folder", rich_help_panel=OUTPUT),
+    force: bool = typer.Option(False, "--force", help="re-run jobs that already have a record", rich_help_panel=OUTPUT),
+    reference_loop: bool = typer.Option(False, "--reference-loop", help="one config at a time (slow reference path)",
+                                        rich_help_panel=TRAINING),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="backbone",
+                                           show_default="the dataset's features; resnet50 end to end",
+                                           rich_help_panel=SELECTION),
+    home: Optional[str] = typer.Option(None, "--home", help="data home", show_default="$SPMLBENCH_HOME",
+                                       rich_help_panel=OUTPUT),
+    experiment: Optional[str] = typer.Option(None, "--experiment", help="a named experiment spec or a .toml path",
+                                             rich_help_panel=SELECTION),
+    exact: bool = typer.Option(False, "--exact", help="end to end: fp32, deterministic kernels (reproduction)",
+                               rich_help_panel=E2E),
+    workers: Optional[int] = typer.Option(None, "--workers", help="end to end: image decode workers",
+                                          show_default="by device", rich_help_panel=E2E),
     processes: str = typer.Option("auto", "--processes",
                                   help="linear on the CPU: split the configs over N processes; auto: one per core for long runs "
-                                       "(1 per task with --executor ray)"),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="end to end: input size [default: the backbone's]"),
-    weights: Optional[str] = typer.Option(None, "--weights", help="end to end: backbone weights, default or none"),
+                                       "(1 per task with --executor ray)", metavar="<auto|N>", rich_help_panel=SCALE_OUT),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="end to end: input size",
+                                             show_default="the backbone's", rich_help_panel=E2E),
+    weights: Optional[str] = typer.Option(None, "--weights", help="end to end: backbone weights, default or none",
+                                          metavar=choices(("default", "none")), show_default="default",
+                                          rich_help_panel=E2E),
     keep_checkpoints: bool = typer.Option(True, "--keep-checkpoints/--drop-checkpoints",
-                                          help="end to end: keep <out>/work/<job> (best and last epoch) after the record"),
-    executor: str = typer.Option("local", "--executor", help="local (this process) or ray"),
-    address: Optional[str] = typer.Option(None, "--address", help="ray: cluster address, auto or HOST:PORT"),
-    gpus_per_job: Optional[float] = typer.Option(None, "--gpus-per-job", help="ray: GPUs per task [default: 0]"),
-    cpus_per_job: Optional[float] = typer.Option(None, "--cpus-per-job", help="ray: CPUs per task [default: 1]"),
+                                          help="end to end: keep <out>/work/<job> (best and last epoch) after the record",
+                                          rich_help_panel=E2E),
+    executor: str = typer.Option("local", "--executor", help="local (this process) or ray", metavar=choices(EXECUTORS),
+                                 rich_help_panel=SCALE_OUT),
+    address: Optional[str] = typer.Option(None, "--address", help="ray: cluster address, auto or HOST:PORT",
+                                          metavar="<auto|HOST:PORT>", rich_help_panel=SCALE_OUT),
+    gpus_per_job: Optional[float] = typer.Option(None, "--gpus-per-job", help="ray: GPUs per task", show_default="0",
+                                                 rich_help_panel=SCALE_OUT),
+    cpus_per_job: Optional[float] = typer.Option(None, "--cpus-per-job", help="ray: CPUs per task", show_default="1",
+                                                 rich_help_panel=SCALE_OUT),
 ) -> None:
     """Train every selected loss under matched seeds; print test mAP per loss.
 

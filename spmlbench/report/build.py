@@ -13,6 +13,7 @@ from spmlbench.experiments.spec import Experiment, load_experiment
 from spmlbench.report import tables as T
 from spmlbench.report.load import load_reference, load_results, match_experiment, runs_without_experiment
 from spmlbench.report.provenance import provenance, provenance_lines
+from spmlbench.report.rank_table import rank_summary, rank_table
 from spmlbench.report.render import Report
 from spmlbench.report.stats import paired_comparison
 
@@ -43,12 +44,19 @@ def _main_tables(runs: pd.DataFrame, reference: pd.DataFrame, settings: dict[str
         if len(modes) > 1:
             table.key = f"main_{mode}"
         out.append(table)
-        paired = paired_comparison(sub, REFERENCE_LOSS, _noise(settings))
+        paired = paired_comparison(sub, REFERENCE_LOSS, _noise(settings),
+                                   order=T.order_datasets(datasets[mode], settings))
         if not paired.empty:
             pt = T.paired_table(paired, reference, settings)
             if len(modes) > 1:
                 pt.key, pt.title = f"paired_{mode}", f"{pt.title} ({mode})"
             out.append(pt)
+        ranks = rank_summary(sub, settings, mode=mode, datasets=datasets[mode], rows=rows[mode])
+        if ranks is not None:
+            rt = rank_table(ranks, reference, settings)
+            if len(modes) > 1:
+                rt.key = f"ranks_{mode}"
+            out.append(rt)
     return out
 
 

@@ -377,4 +377,11 @@ def make_plots(out: Path, *, results_dir: Path, records: pd.DataFrame, runs: pd.
                                                 out / f"grid_{g.name}_{ds}.png", title=f"GR {g.name} on {ds}"))
                 else:
                     notes.append(f"heatmap {g.name} on {ds}: skipped (no results)")
+
+    def cd() -> list[Path]:
+        from spmlbench.report.cd_plot import cd_figures
+
+        return cd_figures(out, runs, settings, notes, experiment)
+
+    written += _attempt(notes, "critical-difference diagrams", cd)
     return written, notes
