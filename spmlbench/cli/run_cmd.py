@@ -123,6 +123,11 @@ class RichRunProgress(RunProgress):
     def waiting(self, count: int) -> None:
         self.progress.update(self.epoch_task, visible=True, description=f"waiting for {count} jobs run elsewhere")
 
+    def held(self, holders: Sequence[Any]) -> None:
+        if holders:
+            more = f" (and {len(holders) - 1} more locks in {holders[0].path.parent})" if len(holders) > 1 else ""
+            self.progress.console.print(f"waiting: {holders[0].describe()}{more}", markup=False, highlight=False)
+
 
 def _label(loss: str, hp: dict[str, Any], varying: list[str]) -> str:
     if not varying:

@@ -58,6 +58,9 @@ class RunProgress:
     def waiting(self, count: int) -> None:
         """``count`` jobs are being run by another process; waiting for their records."""
 
+    def held(self, holders: Sequence[locks.Holder]) -> None:
+        """The locks this run waits on changed: each names its file, its owner and how to clear it."""
+
 
 @dataclasses.dataclass
 class RunSummary:
@@ -78,11 +81,13 @@ class _Dataset:
 
 def load_dataset(dataset: str, backbone: str, home: str | os.PathLike[str] | None = None) -> _Dataset:
     """Labels + cached features of a prepared dataset (DataError naming the command that fixes it)."""
+    from spmlbench.data.label_checks import require_splits
     from spmlbench.data.store import load_labels
     from spmlbench.features.store import feature_sha256, load_features, read_metadata
-    from spmlbench.paths import features_path
+    from spmlbench.paths import features_path, labels_path
 
     labels = load_labels(dataset, home)
+    require_splits(labels_path(dataset, home), labels["split"].to_numpy())
     feats = load_features(dataset, backbone, home=home)
     sha = str(read_metadata(features_path(dataset, backbone, home)).get("sha256") or feature_sha256(feats))
     meta = dict(labels.attrs.get("spmlbench", {}))
@@ -217,6 +222,7 @@ def _run_all(jobs: list[JobSpec], out: Path, executor: Executor, *, home: str | 
     progress.start(len(jobs), len(summary.skipped))
     cache: dict[tuple[str, str], _Dataset] = {}
     mine: set[str] = set()
+    seen: set[tuple[Path, str]] = set()  # the locks last reported as waited on
     while todo:
         progressed = False
         for cohort in _cohorts(todo):
@@ -252,6 +258,10 @@ def _run_all(jobs: list[JobSpec], out: Path, executor: Executor, *, home: str | 
         todo = [j for j in todo if j.job_id not in mine and not _done_elsewhere(out, j, dumps, feats)]
         if todo and not progressed:
             progress.waiting(len(todo))
+            held = [h for h in (locks.holder(out, j.job_id) for j in todo) if h is not None]
+            if {(h.path, h.owner) for h in held} != seen:
+                seen = {(h.path, h.owner) for h in held}
+                progress.held(held)
             time.sleep(WAIT_S)
     skipped = set(summary.skipped)
     summary.by_others = [j.job_id for j in jobs if j.job_id not in mine and j.job_id not in skipped]
