@@ -13,6 +13,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from spmlbench.atomic import writable_dir
 from spmlbench.cli.app import app, console, err_console
 from spmlbench.errors import ConfigError, DataError
 from spmlbench.experiments.jobs import MODES, JobSpec, expand_jobs
@@ -46,11 +47,11 @@ def parse_losses(text: str) -> list[str]:
 
 
 def parse_seeds(text: str) -> list[int]:
-    """Comma list of non-negative integers."""
+    """Comma list of whole numbers in [0, 2**32) (numpy's seed range), ASCII digits only."""
     out = []
     for s in _split(text, "seeds"):
-        if not s.isdigit():
-            raise ConfigError(f"--seeds {text!r}: {s!r} is not a non-negative integer; e.g. --seeds 0,1,2")
+        if not (s.isascii() and s.isdigit()) or int(s) >= 2**32:
+            raise ConfigError(f"--seeds {text!r}: {s!r} is not a whole number in [0, 2**32); e.g. --seeds 0,1,2")
         out.append(int(s))
     return out
 
@@ -268,6 +269,7 @@ def run(
                                       experiment=exp_name, workers=workers, processes=n_processes,
                                       dumps=frozenset(dumps),
                                       keep_checkpoints=keep_checkpoints)
+    writable_dir(out, "--out")  # before any training: records must be writable
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=False) as bar:
         if ray_opts is None:
@@ -351,7 +353,10 @@ def _experiment_jobs(name: str, datasets: list[str] | None, seeds: list[int] | N
                           f"{', '.join(dict.fromkeys(j['loss'] for j in exp.jobs()))}")
     set_losses = {text: _set_loss(text) for text in opts.sets}
     present = {j["loss"] for j in raw}
+    in_spec = {j["loss"] for j in exp.jobs()}
     for text, loss in set_losses.items():
+        if loss in in_spec and loss not in present:
+            raise ConfigError(f"--set {text}: loss {loss!r} is left out by --losses; add it to --losses or drop the --set")
         if loss not in present:
             raise ConfigError(f"--set {text}: loss {loss!r} is not in experiment {exp.name!r}; drop the --set")
     jobs: list[JobSpec] = []
@@ -405,3 +410,10 @@ def _report(summary: RunSummary, jobs: Sequence[JobSpec], out: Path) -> None:
         for _, row in df[df["job_id"].isin(summary.failed)].iterrows():
             console.print(f"failed: {row['loss']} seed {row['seed']} ({row['job_id']}): {row['error']}",
                           markup=False, highlight=False)
+    ids = {j.job_id for j in jobs}
+    failed = int((df[df["job_id"].isin(ids)]["status"] != "ok").sum()) if not df.empty else 0
+    if failed:  # every other job ran; the exit status tells a script or CI that the results are incomplete
+        err_console.print(f"error: {failed} of {len(ids)} jobs failed; their errors are in the 'error' column of "
+                          f"their records in {out / 'records'} (listed above for jobs run now); fix the cause and "
+                          "re-run with --force", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1)

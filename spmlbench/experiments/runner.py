@@ -112,30 +112,43 @@ def work_dir(out_dir: str | os.PathLike[str], job_id: str) -> Path:
 
 def is_finished(out_dir: str | os.PathLike[str], job: JobSpec, dumps: Collection[str] = (),
                 features: Mapping[tuple[str, str], str] | None = None) -> bool:
-    """Whether ``job`` has its record (and, when it is in ``dumps``, its complete prediction dumps).
+    """Whether ``job`` has a readable record (and, when it is in ``dumps``, its complete prediction dumps).
 
-    ``features``: sha256 of the current feature cache per (dataset, backbone). A linear job's
-    record made from other feature bytes (the cache was rebuilt, e.g. with ``--weights none``,
-    which the job id does not see) is not finished: the job runs again on the current cache.
+    An unreadable record (truncated, corrupt, another file's bytes) is not finished: the job runs
+    again and its record is rewritten. ``features``: sha256 of the current feature cache per
+    (dataset, backbone). A linear job's record made from other feature bytes (the cache was
+    rebuilt, e.g. with ``--weights none``, which the job id does not see) is not finished: the
+    job runs again on the current cache.
     """
     path = record_path(out_dir, job.job_id)
     if not path.exists():
         return False
+    sha = _record_features_sha(path)
+    if sha is _UNREADABLE:
+        return False
     want = (features or {}).get((job.dataset, job.backbone)) if job.mode == "linear" else None
-    if want and _record_features_sha(path) not in (want, None, ""):
+    if want and sha not in (want, None, ""):
         return False
     return job.job_id not in dumps or rec.dumps_complete(out_dir, job.job_id)
 
 
+_UNREADABLE = "<unreadable>"
+
+
 def _record_features_sha(path: Path) -> str | None:
-    """The ``features_sha256`` of a record file (None when unreadable: the runner treats it as done)."""
+    """The ``features_sha256`` of a record file (None in a record without that column; ``_UNREADABLE``
+    when the file is not a one-row record)."""
     import pyarrow.parquet as pq
 
     try:
-        values = pq.read_table(path, columns=["features_sha256"]).column(0).to_pylist()
-    except Exception:  # pyarrow raises several types; a missing column or a corrupt file
+        table = pq.read_table(path)
+    except Exception:  # pyarrow raises several types for a corrupt file
+        return _UNREADABLE
+    if table.num_rows != 1 or "job_id" not in table.column_names or "status" not in table.column_names:
+        return _UNREADABLE
+    if "features_sha256" not in table.column_names:
         return None
-    return values[0] if values else None
+    return table.column("features_sha256")[0].as_py()
 
 
 def current_features(jobs: Sequence[JobSpec], home: str | os.PathLike[str] | None) -> dict[tuple[str, str], str]:

@@ -138,6 +138,11 @@ def alignment_problem(cache_images: list[str], label_images: list[str]) -> str |
     return None
 
 
+def count_non_finite(feats: np.ndarray, block: int = 4096) -> int:
+    """How many values of ``feats`` are NaN or infinite (checked in row blocks: little extra memory)."""
+    return sum(int(feats[i:i + block].size - np.isfinite(feats[i:i + block]).sum()) for i in range(0, len(feats), block))
+
+
 def _rebuild_hint(path: Path) -> str:
     """The fix for a bad cache file: rebuild it with the features command."""
     backbone = path.stem
@@ -150,8 +155,9 @@ def _rebuild_hint(path: Path) -> str:
 def load_features(dataset: str, backbone: str, *, home: str | os.PathLike[str] | None = None) -> np.ndarray:
     """(N, D) float32 features of a dataset, aligned with ``labels.parquet`` rows and hash-checked.
 
-    A missing cache, a corrupt one, or one whose images are not the labels' rows in order
-    raises DataError with the command that fixes it.
+    A missing cache, a corrupt one, one built for another backbone or dataset (a file copied or
+    renamed into place), one holding NaN or infinite values, or one whose images are not the
+    labels' rows in order raises DataError with the command that fixes it.
     """
     from spmlbench.data.store import load_labels
 
@@ -160,7 +166,15 @@ def load_features(dataset: str, backbone: str, *, home: str | os.PathLike[str] |
         raise DataError(
             f"{path}: no {backbone} features for {dataset}; run 'spmlbench features {dataset} --backbone {backbone}'"
         )
-    feats, _ = read_features(path)
+    feats, meta = read_features(path)
+    for key, want in (("backbone", backbone), ("dataset", dataset)):
+        have = meta.get(key)
+        if have is not None and have != want:
+            raise DataError(f"{path}: built for {key} {have!r}, not {want!r} (a file copied or renamed into place); "
+                            f"{_rebuild_hint(path)}")
+    bad = count_non_finite(feats)
+    if bad:
+        raise DataError(f"{path}: holds {bad} NaN or infinite feature values; {_rebuild_hint(path)}")
     problem = alignment_problem(read_images(path), load_labels(dataset, home)["image"].tolist())
     if problem is not None:
         raise DataError(
