@@ -37,7 +37,7 @@ def start_token(pid: int) -> str:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists (on this host)."""
+    """Whether a process with this pid exists on this host and is not a zombie (ended, not yet reaped)."""
     if pid <= 0:
         return False
     try:
@@ -45,8 +45,12 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: the signal test is all there is
+    return stat[stat.rfind(")") + 2:][:1] not in ("Z", "X")
 
 
 def owner_line(pid: int | None = None) -> str:

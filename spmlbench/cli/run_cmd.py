@@ -127,7 +127,8 @@ class RichRunProgress(RunProgress):
     def held(self, holders: Sequence[Any]) -> None:
         if holders:
             more = f" (and {len(holders) - 1} more locks in {holders[0].path.parent})" if len(holders) > 1 else ""
-            self.progress.console.print(f"waiting: {holders[0].describe()}{more}", markup=False, highlight=False)
+            self.progress.console.print(f"waiting: {holders[0].describe()}{more}", markup=False, highlight=False,
+                                        soft_wrap=True)
 
 
 def _label(loss: str, hp: dict[str, Any], varying: list[str]) -> str:
