@@ -49,5 +49,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _fail(line: str, code: int) -> None:
-    err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+    err_console.print(line, markup=False, highlight=False, emoji=False, soft_wrap=True)
     sys.exit(code)
