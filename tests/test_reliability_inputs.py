@@ -18,6 +18,7 @@ from spmlbench import procinfo
 from spmlbench.data.staging import OWNER_FILE, ORPHAN_AGE_S
 from spmlbench.errors import DataError, os_error_message
 from spmlbench.experiments.records import load_records
+from spmlbench.experiments.runner import load_dataset
 from spmlbench.features.store import load_features, read_features, read_images, write_features
 from spmlbench.paths import features_path, labels_path
 from test_linear_support import write_dataset
@@ -62,7 +63,7 @@ def test_a_cache_of_another_dataset_and_non_finite_features(home: Path) -> None:
     bad[3, 1], bad[7, 0] = np.nan, np.inf
     write_features(path, images, bad, {"backbone": "resnet50", "dataset": "voc"})
     with pytest.raises(DataError, match=r"resnet50.parquet: holds 2 NaN or infinite feature values; rebuild it"):
-        load_features("voc", "resnet50", home=home)
+        load_dataset("voc", "resnet50", home)  # before training, not "non-finite logits" after it
 
 
 def test_an_unreadable_record_is_run_again(cli, home: Path, tmp_path: Path) -> None:
@@ -82,7 +83,7 @@ def test_names_escaping_the_data_home_and_unknown_names(cli, home: Path, tmp_pat
     write_dataset(home, n=40)
     one_line(cli("features", "../outside", "--quiet"), "dataset '../outside': not a plain name")
     assert not (home.parent / "outside").exists()
-    one_line(cli("features", "bogus"), "unknown dataset 'bogus'; choose one of: digits, voc")
+    one_line(cli("features", "bogus"), "unknown dataset 'bogus'; choose one of: digits, ", "voc")
     one_line(cli("features", "voc", "--backbone", "../labels"), "unknown backbone '../labels'")
     one_line(cli(*RUN, "--losses", "an", "--backbone", "../labels", "--out", str(tmp_path / "r")),
              "backbone '../labels': not a plain name")

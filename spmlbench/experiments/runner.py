@@ -83,12 +83,13 @@ def load_dataset(dataset: str, backbone: str, home: str | os.PathLike[str] | Non
     """Labels + cached features of a prepared dataset (DataError naming the command that fixes it)."""
     from spmlbench.data.label_checks import require_splits
     from spmlbench.data.store import load_labels
-    from spmlbench.features.store import feature_sha256, load_features, read_metadata
+    from spmlbench.features.store import check_finite, feature_sha256, load_features, read_metadata
     from spmlbench.paths import features_path, labels_path
 
     labels = load_labels(dataset, home)
     require_splits(labels_path(dataset, home), labels["split"].to_numpy())
     feats = load_features(dataset, backbone, home=home)
+    check_finite(features_path(dataset, backbone, home), feats)
     sha = str(read_metadata(features_path(dataset, backbone, home)).get("sha256") or feature_sha256(feats))
     meta = dict(labels.attrs.get("spmlbench", {}))
     data = linear_data(dataset, np.asarray(feats), labels)

@@ -138,9 +138,12 @@ def alignment_problem(cache_images: list[str], label_images: list[str]) -> str |
     return None
 
 
-def count_non_finite(feats: np.ndarray, block: int = 4096) -> int:
-    """How many values of ``feats`` are NaN or infinite (checked in row blocks: little extra memory)."""
-    return sum(int(feats[i:i + block].size - np.isfinite(feats[i:i + block]).sum()) for i in range(0, len(feats), block))
+def check_finite(path: str | os.PathLike[str], feats: np.ndarray, block: int = 4096) -> None:
+    """DataError naming the cache ``path`` when ``feats`` holds NaN or infinite values (checked in
+    row blocks: little extra memory); a trainer would otherwise only report non-finite logits."""
+    bad = sum(int(feats[i:i + block].size - np.isfinite(feats[i:i + block]).sum()) for i in range(0, len(feats), block))
+    if bad:
+        raise DataError(f"{path}: holds {bad} NaN or infinite feature values; {_rebuild_hint(Path(path))}")
 
 
 def _rebuild_hint(path: Path) -> str:
@@ -156,8 +159,9 @@ def load_features(dataset: str, backbone: str, *, home: str | os.PathLike[str] |
     """(N, D) float32 features of a dataset, aligned with ``labels.parquet`` rows and hash-checked.
 
     A missing cache, a corrupt one, one built for another backbone or dataset (a file copied or
-    renamed into place), one holding NaN or infinite values, or one whose images are not the
-    labels' rows in order raises DataError with the command that fixes it.
+    renamed into place), or one whose images are not the labels' rows in order raises DataError
+    with the command that fixes it. (NaN values are stored bit for bit; training refuses them:
+    :func:`check_finite`.)
     """
     from spmlbench.data.store import load_labels
 
@@ -172,9 +176,6 @@ def load_features(dataset: str, backbone: str, *, home: str | os.PathLike[str] |
         if have is not None and have != want:
             raise DataError(f"{path}: built for {key} {have!r}, not {want!r} (a file copied or renamed into place); "
                             f"{_rebuild_hint(path)}")
-    bad = count_non_finite(feats)
-    if bad:
-        raise DataError(f"{path}: holds {bad} NaN or infinite feature values; {_rebuild_hint(path)}")
     problem = alignment_problem(read_images(path), load_labels(dataset, home)["image"].tolist())
     if problem is not None:
         raise DataError(
