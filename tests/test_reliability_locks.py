@@ -17,8 +17,10 @@ import pytest
 from spmlbench import procinfo
 from spmlbench.experiments import locks
 from spmlbench.experiments.records import load_records, record_path
+from test_linear_support import write_dataset
 
-RUN = ("run", "--losses", "an,gr,role", "--seeds", "0", "--epochs", "1", "--device", "cpu", "--processes", "1")
+RUN = ("run", "--dataset", "voc", "--losses", "an,gr,role", "--seeds", "0", "--epochs", "1", "--device", "cpu",
+       "--processes", "1")
 
 
 def spmlbench_cmd(*args: str) -> list[str]:
@@ -39,8 +41,9 @@ def sleeper() -> subprocess.Popen:
     proc.wait()
 
 
-def finished_run(cli, out: Path) -> list[str]:
-    """Run the three digits jobs once, then delete their records: their ids, to plant locks under."""
+def finished_run(cli, home: Path, out: Path) -> list[str]:
+    """Run the three jobs on a tiny dataset once, then delete their records: their ids, to plant locks under."""
+    write_dataset(home, n=60)
     res = cli(*RUN, "--out", str(out))
     assert res.code == 0, res.err
     ids = sorted(p.stem for p in (out / "records").glob("*.parquet"))
@@ -101,7 +104,7 @@ def test_holder_names_the_lock_its_owner_and_the_fix(tmp_path: Path, sleeper: su
 def test_run_takes_over_reused_pid_and_empty_old_locks(cli, home: Path, tmp_path: Path,
                                                         sleeper: subprocess.Popen) -> None:
     out = tmp_path / "res"
-    ids = finished_run(cli, out)
+    ids = finished_run(cli, home, out)
     host = socket.gethostname()
     plant = {
         ids[0]: f"{sleeper.pid} {host} {procinfo.start_token(sleeper.pid)}9",  # the pid now runs another process
@@ -130,7 +133,7 @@ def _lines(stream) -> queue.Queue:
 def test_run_waits_for_a_live_owner_says_which_lock_then_takes_over(cli, home: Path, tmp_path: Path,
                                                                      sleeper: subprocess.Popen) -> None:
     out = tmp_path / "res"
-    ids = finished_run(cli, out)
+    ids = finished_run(cli, home, out)
     lock = locks.lock_path(out, ids[1])
     lock.write_text(procinfo.owner_line(sleeper.pid))  # a live owner on this host, refreshing (fresh mtime)
     proc = subprocess.Popen(spmlbench_cmd(*RUN, "--out", str(out)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -415,6 +415,6 @@ def _report(summary: RunSummary, jobs: Sequence[JobSpec], out: Path) -> None:
     failed = int((df[df["job_id"].isin(ids)]["status"] != "ok").sum()) if not df.empty else 0
     if failed:  # every other job ran; the exit status tells a script or CI that the results are incomplete
         err_console.print(f"error: {failed} of {len(ids)} jobs failed; their errors are in the 'error' column of "
-                          f"their records in {out / 'records'} (listed above for jobs run now); fix the cause and "
-                          "re-run with --force", markup=False, highlight=False, soft_wrap=True)
+                          f"their records in {out / 'records'} (listed above for jobs run now); a re-run skips them: "
+                          "delete those records, or pass --force to re-run every job", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1)
