@@ -42,3 +42,22 @@ def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> None:
 def atomic_write_text(target: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` (UTF-8) to ``target`` atomically."""
     atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def writable_dir(path: str | os.PathLike[str], flag: str) -> Path:
+    """Create folder ``path`` (with parents) and prove it takes a file; ConfigError naming ``flag`` if not.
+
+    Called before work whose output would otherwise be lost at the end (a report printed, then
+    a crash on a read-only or full ``--out``).
+    """
+    from spmlbench.errors import ConfigError, os_error_message
+
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"{flag} {folder}: cannot write there: {os_error_message(exc)}") from None
+    return folder

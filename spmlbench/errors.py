@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class SpmlError(Exception):
     """An error caused by user input or environment, shown as one line with exit code 2.
@@ -25,3 +27,24 @@ class DataError(SpmlError):
 
 class DownloadError(DataError):
     """A download that could not be completed from any mirror."""
+
+
+_OS_FIXES = {
+    errno.EACCES: "not permitted; fix its permissions or choose another path (--out, --home)",
+    errno.EPERM: "not permitted; fix its permissions or choose another path (--out, --home)",
+    errno.EROFS: "read-only file system; choose a writable path (--out, --home)",
+    errno.ENOSPC: "no space left on the device; free space or choose another path (--out, --home)",
+    errno.EDQUOT: "disk quota exceeded; free space or choose another path (--out, --home)",
+    errno.ENOTDIR: "a file stands where a folder is expected; remove it or choose another path",
+    errno.EEXIST: "a file stands where a folder is expected; remove it or choose another path",
+    errno.EISDIR: "a folder stands where a file is expected; remove it or choose another path",
+    errno.ENOENT: "no such file or folder; check the path",
+}
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for an environment error: ``<path>: <what the OS said>; <fix>``."""
+    where = exc.filename if exc.filename is not None else "a file operation"
+    fix = _OS_FIXES.get(exc.errno or -1, "check the path, its permissions and the free disk space")
+    what = exc.strerror or type(exc).__name__
+    return " ".join(f"{where}: {what} ({fix})".split())

@@ -34,6 +34,8 @@ def test_user_errors_exit_2_with_one_line(cli, home: Path) -> None:
     assert res.code == 2 and "unknown backbone 'nope'" in res.err and "resnet50" in res.err
     res = cli("features", "tiny", "--backbone", "pixels", "--weights", "imagenet")
     assert res.code == 2 and "--weights 'imagenet'" in res.err
-    res = cli("features", "absent")
-    assert res.code == 2 and "spmlbench prepare absent" in res.err
+    res = cli("features", "absent")  # neither prepared nor a known dataset
+    assert res.code == 2 and "unknown dataset 'absent'; choose one of: digits, " in res.err
     assert len(res.err.strip().splitlines()) == 1
+    res = cli("features", "voc")  # known, not prepared
+    assert res.code == 2 and "spmlbench prepare voc" in res.err

@@ -58,11 +58,14 @@ def test_failed_job_is_reported_and_its_record_skipped_on_rerun(cli, home: Path,
     args = ("run", "--recipe", "paper", "--dataset", "voc", "--losses", "an,epr", "--seeds", "0", "--epochs", "2",
             "--set", "epr.expected_num_pos=1e30", "--out", str(tmp_path / "res"))  # the regulariser overflows
     r = cli(*args)
-    assert r.code == 0, r.err
+    assert r.code == 1, r.err  # the other job ran; the exit status says the results are incomplete
     assert "2 jobs run" in r.out and "failed: epr seed 0" in r.out and "non-finite loss in epoch 1" in r.out
     assert "(1 failed)" in r.out  # the table cell
+    assert f"error: 1 of 2 jobs failed; their errors are in the 'error' column of their records in {tmp_path / 'res' / 'records'}" in " ".join(r.err.split())
+    assert len(load_records(tmp_path / "res")) == 2
     r = cli(*args)
-    assert r.code == 0 and "2 finished jobs skipped, 1 of them failed" in r.out and "0 jobs run" in r.out
+    assert r.code == 1 and "2 finished jobs skipped, 1 of them failed" in r.out and "0 jobs run" in r.out
+    assert "error: 1 of 2 jobs failed" in r.err
 
 
 def test_processes_split_the_run_with_the_same_results(cli, home: Path, tmp_path: Path) -> None:

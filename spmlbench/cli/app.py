@@ -16,8 +16,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(emoji=False)  # user text (paths, errors) may hold ":x:"-like codes
+err_console = Console(stderr=True, emoji=False)
 
 
 @app.callback()

@@ -36,6 +36,11 @@ def features(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar.", rich_help_panel=OUTPUT),
 ) -> None:
     """Compute backbone features for every image of DATASET into <home>/<ds>/features/<backbone>.parquet."""
+    from spmlbench.data.registry import get_adapter
+    from spmlbench.paths import labels_path
+
+    if not labels_path(dataset, home).exists():  # a name that is not plain fails here (ConfigError)
+        get_adapter(dataset)  # unknown dataset -> ConfigError listing the known ones; known -> "not prepared" below
     if zenodo is not None:
         from spmlbench.features.zenodo import import_zenodo_features
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from spmlbench.atomic import atomic_write_text
+from spmlbench.atomic import atomic_write_text, writable_dir
 from spmlbench.cli.app import app, console
 from spmlbench.cli.help import OUTPUT, PIPELINE, REPORT_FORMATS, SELECTION, choices
 from spmlbench.errors import ConfigError
@@ -35,6 +35,8 @@ def report(
 
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: unknown format; choose one of: {', '.join(FORMATS)}")
+    if out is not None:
+        writable_dir(out, "--out")  # before the report is printed: a read-only or file --out fails first
     results_dir = results if results is not None else default_results_dir()
     plots_dir = None
     if plots:

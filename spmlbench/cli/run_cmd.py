@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -12,6 +10,7 @@ from typing import Any, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from spmlbench.atomic import writable_dir
 from spmlbench.cli.app import app, err_console
 from spmlbench.cli.help import E2E, OUTPUT, PIPELINE, SCALE_OUT, SELECTION, TRAINING, choices
 from spmlbench.cli.run_view import RichRunProgress, report_run
@@ -59,11 +58,11 @@ def parse_numbers(text: str | None, what: str, kind: type) -> list[Any] | None:
 
 
 def parse_seeds(text: str) -> list[int]:
-    """Comma list of non-negative integers."""
+    """Comma list of whole numbers in [0, 2**32) (numpy's seed range), ASCII digits only."""
     out = []
     for s in _split(text, "seeds"):
-        if not s.isdigit():
-            raise ConfigError(f"--seeds {text!r}: {s!r} is not a non-negative integer; e.g. --seeds 0,1,2")
+        if not (s.isascii() and s.isdigit()) or int(s) >= 2**32:
+            raise ConfigError(f"--seeds {text!r}: {s!r} is not a whole number in [0, 2**32); e.g. --seeds 0,1,2")
         out.append(int(s))
     return out
 
@@ -253,6 +252,7 @@ def run(
                                       experiment=exp_name, workers=workers, processes=n_processes,
                                       dumps=frozenset(dumps),
                                       keep_checkpoints=keep_checkpoints)
+    writable_dir(out, "--out")  # before any training: records must be writable
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=False) as bar:
         view = RichRunProgress(bar)
@@ -359,7 +359,10 @@ def _experiment_jobs(name: str, datasets: list[str] | None, seeds: list[int] | N
                           f"{', '.join(dict.fromkeys(j['loss'] for j in exp.jobs()))}")
     set_losses = {text: _set_loss(text) for text in opts.sets}
     present = {j["loss"] for j in raw}
+    in_spec = {j["loss"] for j in exp.jobs()}
     for text, loss in set_losses.items():
+        if loss in in_spec and loss not in present:
+            raise ConfigError(f"--set {text}: loss {loss!r} is left out by --losses; add it to --losses or drop the --set")
         if loss not in present:
             raise ConfigError(f"--set {text}: loss {loss!r} is not in experiment {exp.name!r}; drop the --set")
     jobs: list[JobSpec] = []

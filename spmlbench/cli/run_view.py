@@ -11,7 +11,9 @@ from typing import Any
 from rich.progress import Progress
 from rich.table import Table
 
-from spmlbench.cli.app import console
+import typer
+
+from spmlbench.cli.app import console, err_console
 from spmlbench.experiments.jobs import JobSpec
 from spmlbench.experiments.runner import RunProgress, RunSummary
 from spmlbench.train.linear import EpochProgress
@@ -43,6 +45,12 @@ class RichRunProgress(RunProgress):
 
     def waiting(self, count: int) -> None:
         self.progress.update(self.epoch_task, visible=True, description=f"waiting for {count} jobs run elsewhere")
+
+    def held(self, holders: Sequence[Any]) -> None:
+        if holders:
+            more = f" (and {len(holders) - 1} more locks in {holders[0].path.parent})" if len(holders) > 1 else ""
+            self.progress.console.print(f"waiting: {holders[0].describe()}{more}", markup=False, highlight=False,
+                                        soft_wrap=True)
 
 
 def _label(loss: str, hp: dict[str, Any], varying: list[str]) -> str:
@@ -122,3 +130,10 @@ def report_run(summary: RunSummary, jobs: Sequence[JobSpec], out: Path) -> None:
     for _, row in df[df["job_id"].isin([f for f in summary.failed if f in shown])].iterrows():
         console.print(f"failed: {row['loss']} seed {row['seed']} ({row['job_id']}): {row['error']}",
                       markup=False, highlight=False)
+    failed = int((df[df["job_id"].isin(shown)]["status"] != "ok").sum()) if not df.empty else 0
+    if failed:  # every other job ran; the exit status tells a script or CI that the results are incomplete
+        err_console.print(f"error: {failed} of {len(shown)} jobs failed; their errors are in the 'error' column of "
+                          f"their records in {out / 'records'} (listed above for jobs run now); a re-run skips them: "
+                          "delete those records, or pass --force to re-run every job", markup=False, highlight=False,
+                          soft_wrap=True)
+        raise typer.Exit(1)

@@ -28,7 +28,6 @@ import json
 import os
 import secrets
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from spmlbench.data.registry import (
     Formatted,
     get_adapter,
 )
+from spmlbench.data.staging import clean_stale, disown, make_staging
 from spmlbench.data.store import write_labels
 from spmlbench.errors import ConfigError, DataError
 from spmlbench.paths import data_home
@@ -384,7 +384,8 @@ def prepare_dataset(
     home_dir = data_home(home)
     home_dir.mkdir(parents=True, exist_ok=True)
     final = home_dir / dataset
-    staging = Path(tempfile.mkdtemp(prefix=f".{dataset}.partial-", dir=home_dir))
+    clean_stale(home_dir, dataset, say)
+    staging = make_staging(home_dir, dataset)
     try:
         os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; a dataset folder is ordinary
         raw = _acquire(adapter, manifest, opts, home_dir, staging, confirm, say)
@@ -470,6 +471,7 @@ def _finish(
     observed = np.concatenate([proto.train_observed, proto.test_observed]).astype(np.int8)
     write_labels(staging / "labels.parquet", fmt.train_images + fmt.test_images, splits, labels, observed, meta)
     carry = ("features", "raw") if raw.reused_raw else ("features",)
+    disown(staging)
     _install(staging, final, carry)
     say(f"{dataset}: wrote {final / 'labels.parquet'} ({counts['train']} train, {counts['val']} val, {counts['test']} test)")
     return PrepareResult(dataset, final, counts, mismatches, meta)

@@ -19,11 +19,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from spmlbench.atomic import atomic_path
+from spmlbench.data.label_checks import SPLITS, check_table, parse_metadata
 from spmlbench.errors import DataError
 from spmlbench.paths import labels_path
 
 META_KEY = b"spmlbench"
-SPLITS = ("train", "val", "test")
 
 
 def write_labels(
@@ -66,7 +66,8 @@ def write_labels(
 
 
 def read_labels(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """Read a ``labels.parquet`` file; the metadata dict is in ``df.attrs["spmlbench"]``."""
+    """Read and check a ``labels.parquet`` file (:mod:`~spmlbench.data.label_checks`); the metadata
+    dict is in ``df.attrs["spmlbench"]``."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: labels file not found; run 'spmlbench prepare <dataset>' first")
@@ -77,8 +78,10 @@ def read_labels(path: str | os.PathLike[str]) -> pd.DataFrame:
     raw = (table.schema.metadata or {}).get(META_KEY)
     if raw is None:
         raise DataError(f"{path}: no spmlbench metadata; re-run 'spmlbench prepare'")
+    meta = parse_metadata(path, raw)
+    check_table(path, table, meta)
     df = table.to_pandas()
-    df.attrs["spmlbench"] = json.loads(raw)
+    df.attrs["spmlbench"] = meta
     return df
 
 

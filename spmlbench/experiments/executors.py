@@ -29,14 +29,10 @@ class Executor(Protocol):
 
 
 def resolve_device(device: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is a ConfigError."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available; use --device cpu or auto")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ConfigError(f"--device {device!r}: unknown; choose auto, cpu or cuda")
-    return torch.device(device)
+    """``auto`` -> cuda when available, else cpu; a CUDA device this machine lacks is a ConfigError."""
+    from spmlbench.features.extract import resolve_device as resolve
+
+    return resolve(device)
 
 
 class LocalExecutor:

@@ -1,25 +1,31 @@
-"""Job claims: ``<out>/locks/<job_id>.lock`` created with O_EXCL, holding ``pid host``.
+"""Job claims: ``<out>/locks/<job_id>.lock`` created with O_EXCL, holding ``pid host start``.
 
-Two processes never hold the same claim. While a run trains a job it refreshes the lock's mtime
-every ``HEARTBEAT_S`` (:func:`heartbeat`). A lock is stale, and is taken over, when its process is
-gone from this host (a killed run), or when it comes from another host and has not been refreshed
-for ``STALE_S`` (that host died or lost the shared results folder: the job is not blocked forever).
-A live process on this host is always respected.
+Two processes never hold the same claim. ``start`` is the owner's process start time
+(:mod:`spmlbench.procinfo`), so a pid reused by another process (after a kill -9 or a container
+restart) does not keep a claim alive. While a run trains a job it refreshes the lock's mtime every
+``HEARTBEAT_S`` (:func:`heartbeat`). A lock is stale, and is taken over, when its process is gone
+from this host or the pid now belongs to a process started at another time; when it has not been
+refreshed for ``STALE_S`` (its owner hangs, or the host died or lost the shared results folder);
+or when it holds no readable owner line ``WRITE_GRACE_S`` after it was created (an empty or
+foreign file). This process's own claims are never stale to itself.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from spmlbench import procinfo
+
 LOCKS_DIR = "locks"
 HEARTBEAT_S = 60.0  # how often a running job's lock is refreshed
-STALE_S = 900.0  # another host's lock not refreshed for this long is abandoned (tolerates clock skew)
+STALE_S = 900.0  # a lock not refreshed for this long is abandoned (tolerates clock skew between hosts)
+WRITE_GRACE_S = 30.0  # an unreadable lock younger than this may be being written
 
 
 def lock_path(out_dir: str | os.PathLike[str], job_id: str) -> Path:
@@ -28,36 +34,47 @@ def lock_path(out_dir: str | os.PathLike[str], job_id: str) -> Path:
 
 
 def _owner() -> str:
-    return f"{os.getpid()} {socket.gethostname()}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return procinfo.owner_line()
 
 
 def is_stale(content: str, age_s: float | None = None, stale_s: float = STALE_S) -> bool:
-    """Whether a lock (``pid host``, refreshed ``age_s`` seconds ago) is abandoned: its process is
-    gone from this host, or it is another host's and older than ``stale_s``."""
-    parts = content.split()
-    if len(parts) != 2 or not parts[0].isdigit():
-        return False  # being written, or foreign: not ours to judge
-    pid, host = int(parts[0]), parts[1]
-    if host == socket.gethostname():
-        return pid != os.getpid() and not _pid_alive(pid)
-    return age_s is not None and age_s > stale_s
+    """Whether a lock (an owner line, refreshed ``age_s`` seconds ago) is abandoned; see the module doc."""
+    if content.split() == _owner().split():
+        return False
+    if procinfo.parse_owner(content) is None:
+        return age_s is not None and age_s > WRITE_GRACE_S
+    if age_s is not None and age_s > stale_s:
+        return True
+    written = None if age_s is None else time.time() - age_s
+    return bool(procinfo.owner_gone(content, written))
+
+
+@dataclasses.dataclass(frozen=True)
+class Holder:
+    """A lock held by another live process: its file, owner line and age (for the waiting message)."""
+
+    path: Path
+    owner: str
+    age_s: float | None
+
+    def describe(self) -> str:
+        """One line: which lock, whose, and how to clear it."""
+        return (f"{self.path} is held by {procinfo.describe(self.owner, self.age_s)}; it is taken over once that "
+                f"process ends or stops refreshing it for {STALE_S:.0f} s; if no spmlbench run owns it, delete the file")
+
+
+def holder(out_dir: str | os.PathLike[str], job_id: str) -> Holder | None:
+    """The live claim of another process on ``job_id`` (None when free, stale or this process's)."""
+    path = lock_path(out_dir, job_id)
+    content = _read(path)
+    if content is None or content.split() == _owner().split():
+        return None
+    age = _age(path)
+    return None if is_stale(content, age) else Holder(path, content, age)
 
 
 def _age(path: Path) -> float | None:
-    try:
-        return time.time() - path.stat().st_mtime
-    except FileNotFoundError:
-        return None
+    return procinfo.file_age(path)
 
 
 def _create(path: Path) -> bool:
@@ -72,7 +89,7 @@ def _create(path: Path) -> bool:
 
 def _read(path: Path) -> str | None:
     try:
-        return path.read_text()
+        return path.read_text(errors="replace")
     except FileNotFoundError:
         return None
 
@@ -113,9 +130,7 @@ def release(out_dir: str | os.PathLike[str], job_id: str) -> None:
 
 def held_by_other(out_dir: str | os.PathLike[str], job_id: str) -> bool:
     """Whether a live claim by another process exists for ``job_id``."""
-    path = lock_path(out_dir, job_id)
-    content = _read(path)
-    return content is not None and content != _owner() and not is_stale(content, _age(path))
+    return holder(out_dir, job_id) is not None
 
 
 def touch(out_dir: str | os.PathLike[str], job_id: str) -> None:

@@ -58,6 +58,9 @@ class RunProgress:
     def waiting(self, count: int) -> None:
         """``count`` jobs are being run by another process; waiting for their records."""
 
+    def held(self, holders: Sequence[locks.Holder]) -> None:
+        """The locks this run waits on changed: each names its file, its owner and how to clear it."""
+
 
 @dataclasses.dataclass
 class RunSummary:
@@ -78,12 +81,15 @@ class _Dataset:
 
 def load_dataset(dataset: str, backbone: str, home: str | os.PathLike[str] | None = None) -> _Dataset:
     """Labels + cached features of a prepared dataset (DataError naming the command that fixes it)."""
+    from spmlbench.data.label_checks import require_splits
     from spmlbench.data.store import load_labels
-    from spmlbench.features.store import feature_sha256, load_features, read_metadata
-    from spmlbench.paths import features_path
+    from spmlbench.features.store import check_finite, feature_sha256, load_features, read_metadata
+    from spmlbench.paths import features_path, labels_path
 
     labels = load_labels(dataset, home)
+    require_splits(labels_path(dataset, home), labels["split"].to_numpy())
     feats = load_features(dataset, backbone, home=home)
+    check_finite(features_path(dataset, backbone, home), feats)
     sha = str(read_metadata(features_path(dataset, backbone, home)).get("sha256") or feature_sha256(feats))
     meta = dict(labels.attrs.get("spmlbench", {}))
     data = linear_data(dataset, np.asarray(feats), labels)
@@ -107,30 +113,43 @@ def work_dir(out_dir: str | os.PathLike[str], job_id: str) -> Path:
 
 def is_finished(out_dir: str | os.PathLike[str], job: JobSpec, dumps: Collection[str] = (),
                 features: Mapping[tuple[str, str], str] | None = None) -> bool:
-    """Whether ``job`` has its record (and, when it is in ``dumps``, its complete prediction dumps).
+    """Whether ``job`` has a readable record (and, when it is in ``dumps``, its complete prediction dumps).
 
-    ``features``: sha256 of the current feature cache per (dataset, backbone). A linear job's
-    record made from other feature bytes (the cache was rebuilt, e.g. with ``--weights none``,
-    which the job id does not see) is not finished: the job runs again on the current cache.
+    An unreadable record (truncated, corrupt, another file's bytes) is not finished: the job runs
+    again and its record is rewritten. ``features``: sha256 of the current feature cache per
+    (dataset, backbone). A linear job's record made from other feature bytes (the cache was
+    rebuilt, e.g. with ``--weights none``, which the job id does not see) is not finished: the
+    job runs again on the current cache.
     """
     path = record_path(out_dir, job.job_id)
     if not path.exists():
         return False
+    sha = _record_features_sha(path)
+    if sha is _UNREADABLE:
+        return False
     want = (features or {}).get((job.dataset, job.backbone)) if job.mode == "linear" else None
-    if want and _record_features_sha(path) not in (want, None, ""):
+    if want and sha not in (want, None, ""):
         return False
     return job.job_id not in dumps or rec.dumps_complete(out_dir, job.job_id)
 
 
+_UNREADABLE = "<unreadable>"
+
+
 def _record_features_sha(path: Path) -> str | None:
-    """The ``features_sha256`` of a record file (None when unreadable: the runner treats it as done)."""
+    """The ``features_sha256`` of a record file (None in a record without that column; ``_UNREADABLE``
+    when the file is not a one-row record)."""
     import pyarrow.parquet as pq
 
     try:
-        values = pq.read_table(path, columns=["features_sha256"]).column(0).to_pylist()
-    except Exception:  # pyarrow raises several types; a missing column or a corrupt file
+        table = pq.read_table(path)
+    except Exception:  # pyarrow raises several types for a corrupt file
+        return _UNREADABLE
+    if table.num_rows != 1 or "job_id" not in table.column_names or "status" not in table.column_names:
+        return _UNREADABLE
+    if "features_sha256" not in table.column_names:
         return None
-    return values[0] if values else None
+    return table.column("features_sha256")[0].as_py()
 
 
 def current_features(jobs: Sequence[JobSpec], home: str | os.PathLike[str] | None) -> dict[tuple[str, str], str]:
@@ -217,6 +236,7 @@ def _run_all(jobs: list[JobSpec], out: Path, executor: Executor, *, home: str | 
     progress.start(len(jobs), len(summary.skipped))
     cache: dict[tuple[str, str], _Dataset] = {}
     mine: set[str] = set()
+    seen: set[tuple[Path, str]] = set()  # the locks last reported as waited on
     while todo:
         progressed = False
         for cohort in _cohorts(todo):
@@ -252,6 +272,10 @@ def _run_all(jobs: list[JobSpec], out: Path, executor: Executor, *, home: str | 
         todo = [j for j in todo if j.job_id not in mine and not _done_elsewhere(out, j, dumps, feats)]
         if todo and not progressed:
             progress.waiting(len(todo))
+            held = [h for h in (locks.holder(out, j.job_id) for j in todo) if h is not None]
+            if {(h.path, h.owner) for h in held} != seen:
+                seen = {(h.path, h.owner) for h in held}
+                progress.held(held)
             time.sleep(WAIT_S)
     skipped = set(summary.skipped)
     summary.by_others = [j.job_id for j in jobs if j.job_id not in mine and j.job_id not in skipped]

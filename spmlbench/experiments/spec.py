@@ -216,6 +216,22 @@ def _parse_axis(path: Path, gname: str, raw: Any, hparams: dict[str, Any]) -> Ax
     return Axis(name=name, param=param, values=tuple(values), index=index)
 
 
+SEED_LIMIT = 2**32  # numpy's RandomState takes seeds below this
+
+
+def _override_problem(key: str, value: Any) -> str | None:
+    """Why ``value`` is not a valid override of job field ``key`` (None when it is)."""
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if key in ("label_seed", "split_seed"):
+        return None if is_int and 0 <= value < SEED_LIMIT else f"must be a whole number in [0, {SEED_LIMIT})"
+    if key in ("epochs", "batch_size"):
+        return None if is_int and value >= 1 else "must be a whole number >= 1"
+    if key == "lr":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")
+        return None if ok else "must be a positive number"
+    return None if isinstance(value, str) and value else "must be a non-empty string"
+
+
 def _parse_group(path: Path, raw: Any, i: int) -> Group:
     if not isinstance(raw, dict):
         raise _fail(path, f"groups[{i}] must be a table")
@@ -233,6 +249,10 @@ def _parse_group(path: Path, raw: Any, i: int) -> Group:
     bad = set(overrides) - set(OVERRIDE_FIELDS)
     if bad:
         raise _fail(path, f"group {gname!r} overrides unknown job fields {sorted(bad)} (allowed: {', '.join(OVERRIDE_FIELDS)})")
+    for key, value in overrides.items():
+        problem = _override_problem(key, value)
+        if problem:
+            raise _fail(path, f"group {gname!r} overrides {key} = {value!r}: {problem}")
     datasets = raw.get("datasets")
     if datasets is not None:
         datasets = _str_list(path, f"group {gname!r} datasets", datasets)
@@ -273,8 +293,9 @@ def parse_experiment(path: Path, raw: dict[str, Any]) -> Experiment:
     datasets = _str_list(path, "datasets", raw.get("datasets"))
     optional = _str_list(path, "optional_datasets", raw.get("optional_datasets", []), allow_empty=True)
     seeds = raw.get("seeds")
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise _fail(path, "seeds must be a non-empty list of integers")
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                           and 0 <= s < SEED_LIMIT for s in seeds):
+        raise _fail(path, f"seeds must be a non-empty list of whole numbers in [0, {SEED_LIMIT})")
     report = raw.get("report", {})
     if not isinstance(report, dict):
         raise _fail(path, "[report] must be a table")

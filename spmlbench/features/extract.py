@@ -57,8 +57,14 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise ConfigError(f"--device {device!r}: unknown device; use auto, cpu or cuda")
+    index = device[5:]
+    if index and not (index.isascii() and index.isdigit()):
+        raise ConfigError(f"--device {device!r}: the GPU index must be a whole number, e.g. cuda:0")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: no CUDA device is available; use --device cpu")
+        raise ConfigError(f"--device {device}: no CUDA device is available; use --device cpu or auto")
+    if index and int(index) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                          f"cuda:0 to cuda:{torch.cuda.device_count() - 1}; choose one of them, cpu or auto")
     return torch.device(device)
 
 

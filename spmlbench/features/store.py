@@ -138,6 +138,14 @@ def alignment_problem(cache_images: list[str], label_images: list[str]) -> str |
     return None
 
 
+def check_finite(path: str | os.PathLike[str], feats: np.ndarray, block: int = 4096) -> None:
+    """DataError naming the cache ``path`` when ``feats`` holds NaN or infinite values (checked in
+    row blocks: little extra memory); a trainer would otherwise only report non-finite logits."""
+    bad = sum(int(feats[i:i + block].size - np.isfinite(feats[i:i + block]).sum()) for i in range(0, len(feats), block))
+    if bad:
+        raise DataError(f"{path}: holds {bad} NaN or infinite feature values; {_rebuild_hint(Path(path))}")
+
+
 def _rebuild_hint(path: Path) -> str:
     """The fix for a bad cache file: rebuild it with the features command."""
     backbone = path.stem
@@ -150,8 +158,10 @@ def _rebuild_hint(path: Path) -> str:
 def load_features(dataset: str, backbone: str, *, home: str | os.PathLike[str] | None = None) -> np.ndarray:
     """(N, D) float32 features of a dataset, aligned with ``labels.parquet`` rows and hash-checked.
 
-    A missing cache, a corrupt one, or one whose images are not the labels' rows in order
-    raises DataError with the command that fixes it.
+    A missing cache, a corrupt one, one built for another backbone or dataset (a file copied or
+    renamed into place), or one whose images are not the labels' rows in order raises DataError
+    with the command that fixes it. (NaN values are stored bit for bit; training refuses them:
+    :func:`check_finite`.)
     """
     from spmlbench.data.store import load_labels
 
@@ -160,7 +170,12 @@ def load_features(dataset: str, backbone: str, *, home: str | os.PathLike[str] |
         raise DataError(
             f"{path}: no {backbone} features for {dataset}; run 'spmlbench features {dataset} --backbone {backbone}'"
         )
-    feats, _ = read_features(path)
+    feats, meta = read_features(path)
+    for key, want in (("backbone", backbone), ("dataset", dataset)):
+        have = meta.get(key)
+        if have is not None and have != want:
+            raise DataError(f"{path}: built for {key} {have!r}, not {want!r} (a file copied or renamed into place); "
+                            f"{_rebuild_hint(path)}")
     problem = alignment_problem(read_images(path), load_labels(dataset, home)["image"].tolist())
     if problem is not None:
         raise DataError(

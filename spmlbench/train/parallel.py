@@ -22,6 +22,9 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import queue as queue_mod
+import signal
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -46,6 +49,7 @@ from spmlbench.train.seeding import num_steps
 HEAD_COST = 0.65  # estimated step cost of one config's head (forward, gradient, Adam at 1 thread), AN call = 1
 AUTO_MIN_STEPS = 2000  # processes=None splits only runs with at least this many steps per config
 AUTO_MAX = 8
+PARENT_CHECK_S = 1.0  # how often a worker checks that its caller is alive
 
 
 def loss_call_cost(loss: str) -> float:
@@ -107,9 +111,19 @@ def auto_size() -> int:
 _EVENTS: Any = None  # the worker process's event queue (set by the pool initializer, one per process)
 
 
-def _init_worker(events: Any) -> None:
+def _init_worker(events: Any, parent: int) -> None:
+    """Worker setup: the event queue; Ctrl-C is left to the caller (it terminates the workers);
+    a worker whose caller died (kill -9) exits instead of training on as an orphan."""
     global _EVENTS
     _EVENTS = events
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="spmlbench-parent-watch", daemon=True).start()
+
+
+def _exit_with_parent(parent: int, every: float = PARENT_CHECK_S) -> None:
+    while os.getppid() == parent:
+        time.sleep(every)
+    os._exit(1)
 
 
 def _train_part(call: int, part: int, data: LinearData, configs: list[TrainConfig], device: str, threads: int,
@@ -175,7 +189,7 @@ class WorkerPool:
             ctx = tmp.get_context("spawn")
             self._events = ctx.Queue()
             self._pool = cf.ProcessPoolExecutor(max_workers=self.size, mp_context=ctx, initializer=_init_worker,
-                                                initargs=(self._events,))
+                                                initargs=(self._events, os.getpid()))
         self._calls += 1
         call = self._calls  # events of an earlier, interrupted call are told apart and dropped
         results: list[ConfigResult | None] = [None] * len(configs)
