@@ -25,7 +25,7 @@ from test_linear_support import write_dataset
 from test_reliability_locks import cli_env, spmlbench_cmd
 from test_run_experiment import write_spec
 
-RUN = ("run", "--dataset", "voc", "--seeds", "0", "--epochs", "1", "--device", "cpu")
+RUN = ("run", "--recipe", "paper", "--dataset", "voc", "--seeds", "0", "--epochs", "1", "--device", "cpu")
 
 
 def one_line(res, *parts: str) -> None:

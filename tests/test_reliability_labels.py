@@ -86,7 +86,7 @@ def test_run_refuses_bad_labels_end_to_end(home: Path, tmp_path: Path) -> None:
     y[0, 0] = 2
     col = pa.FixedSizeListArray.from_arrays(pa.array(y.reshape(-1), type=pa.int8()), y.shape[1])
     pq.write_table(t.set_column(t.column_names.index("labels"), "labels", col), path)
-    res = subprocess.run(spmlbench_cmd("run", "--dataset", "voc", "--losses", "an", "--seeds", "0", "--epochs", "1",
+    res = subprocess.run(spmlbench_cmd("run", "--recipe", "paper", "--dataset", "voc", "--losses", "an", "--seeds", "0", "--epochs", "1",
                                        "--out", str(tmp_path / "res")),
                          capture_output=True, text=True, timeout=300, env=cli_env(home))
     assert res.returncode == 2
@@ -101,6 +101,6 @@ def test_no_val_rows_is_an_error_not_a_traceback(cli, home: Path, tmp_path: Path
     t = pq.read_table(path)
     split = ["train" if s == "val" else s for s in t.column("split").to_pylist()]
     pq.write_table(t.set_column(1, "split", pa.array(split)), path)
-    res = cli("run", "--dataset", "voc", "--losses", "an", "--seeds", "0", "--epochs", "1", "--out", str(tmp_path / "r"))
+    res = cli("run", "--recipe", "paper", "--dataset", "voc", "--losses", "an", "--seeds", "0", "--epochs", "1", "--out", str(tmp_path / "r"))
     assert res.code == 2 and "no val rows (training needs train, val and test rows)" in res.err
     assert "Traceback" not in res.err

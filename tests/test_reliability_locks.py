@@ -19,7 +19,7 @@ from spmlbench.experiments import locks
 from spmlbench.experiments.records import load_records, record_path
 from test_linear_support import write_dataset
 
-RUN = ("run", "--dataset", "voc", "--losses", "an,gr,role", "--seeds", "0", "--epochs", "1", "--device", "cpu",
+RUN = ("run", "--recipe", "paper", "--dataset", "voc", "--losses", "an,gr,role", "--seeds", "0", "--epochs", "1", "--device", "cpu",
        "--processes", "1")
 
 

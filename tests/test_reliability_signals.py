@@ -13,7 +13,7 @@ from spmlbench import procinfo
 from spmlbench.cli import RESUME
 from test_reliability_locks import cli_env, spmlbench_cmd
 
-LONG = ("run", "--losses", "an,gr,role,epr", "--seeds", "0,1", "--epochs", "400", "--device", "cpu")
+LONG = ("run", "--recipe", "paper", "--losses", "an,gr,role,epr", "--seeds", "0,1", "--epochs", "400", "--device", "cpu")
 
 
 def children(pid: int) -> list[int]:
