@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-NAMES = "bce an an_ls wan epr role ll_r ll_ct ll_cp em em_apl focal asl hill splc gr".split()
+from spmlbench.losses import list_losses
+
+NAMES = list_losses()
 
 
 def test_table_lists_all_losses(cli) -> None:

@@ -253,10 +253,10 @@ def test_fused_and_autograd_paths_train_alike(monkeypatch: pytest.MonkeyPatch) -
     names = ("gr", "em_apl", "ll_cp", "role", "an", "focal")
     configs = [cfg(n, s, epochs=2) for n in names for s in (0, 1)]
     fused = train_linear(data, configs)
-    switched = [n for n in names if losses_mod.LOSSES.get(n).batched.fused_grad]
+    switched = [n for n in names if losses_mod.batched_class(n).fused_grad]
     assert "gr" in switched  # the fused path is really exercised
     for n in switched:
-        monkeypatch.setattr(losses_mod.LOSSES.get(n).batched, "fused_grad", False)
+        monkeypatch.setattr(losses_mod.batched_class(n), "fused_grad", False)
     plain = train_linear(data, configs)
     for c, a, b in zip(configs, fused, plain):
         assert a.status == "ok", (c, a.error)

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from spmlbench.losses import build_batched_loss, build_loss
-from spmlbench.losses.cole import ROLELoss
+from spmlbench.losses import build_batched_loss, build_loss, list_losses
+from spmlbench.losses.builtin.role import ROLELoss
 
-NAMES = "bce an an_ls wan epr role ll_r ll_ct ll_cp em em_apl focal asl hill splc gr".split()
+NAMES = list_losses()
 
 
 def _an_ls_hand(z: float, ls: float, eps: float) -> float:

@@ -17,7 +17,7 @@ from torch.autograd import gradcheck
 
 from spmlbench.losses import build_batched_loss
 from spmlbench.losses.base import entry_mean
-from spmlbench.losses.gr import GRLossBatched
+from spmlbench.losses.fused.gr import GRLossBatched
 
 M, B, C = 3, 4, 5
 

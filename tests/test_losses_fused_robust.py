@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.autograd import gradcheck
 
 from spmlbench.losses import build_batched_loss, resolve_hparams
-from spmlbench.losses.robust import ASLLoss
+from spmlbench.losses.fused.robust import ASLLoss
 
 M, B, C = 3, 4, 5
 ROBUST = ("focal", "asl", "hill", "splc")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from spmlbench.losses import build_loss
-from spmlbench.losses.ll import ll_num_selected
+from spmlbench.losses.builtin._large_loss import ll_num_selected
 
 
 def sp(x: float) -> float:

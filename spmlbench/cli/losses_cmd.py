@@ -11,7 +11,8 @@ from rich.table import Table
 from spmlbench.cli.app import app, console
 from spmlbench.cli.help import HELPERS
 from spmlbench.errors import ConfigError
-from spmlbench.losses import check_override, fmt, list_losses, loss_info, resolve_hparams
+from spmlbench.cli.parse import load_plugin_options
+from spmlbench.losses import check_override, defaults_source, fmt, list_losses, loss_info, resolve_hparams
 
 # Switches and the log epsilon are listed by --json but left out of the table's short column.
 _HIDDEN_IN_TABLE = {"eps", "use_k", "use_v", "schedule", "lag", "linear_init"}
@@ -54,7 +55,8 @@ def _as_json(dataset: str | None) -> list[dict[str, Any]]:
         rows.append({"name": name, "title": info.title, "paper": info.paper, "year": info.year,
                      "citation": info.citation, "defaults": defaults, "per_dataset": info.per_dataset,
                      "stateful": info.stateful, "scheduled": info.scheduled,
-                     "uses_clean_labels": info.uses_clean_labels})
+                     "uses_clean_labels": info.uses_clean_labels, "origin": info.origin, "fused": info.fused,
+                     "source": defaults_source(name, dataset) if dataset else ""})
     return rows
 
 
@@ -64,8 +66,11 @@ def losses(
     dataset: str = typer.Option(None, "--dataset", help="Show defaults resolved for this dataset (voc, coco, nuswide, cub)."),
     check: list[str] = typer.Option(None, "--check", metavar="<loss.param=value>",
                                     help="Validate hyperparameter overrides as --set takes them (exit 2 if invalid)."),
+    plugin: list[str] = typer.Option([], "--plugin", metavar="<file.py|module>",
+                                     help="Also list the losses of this plugin file or module (repeatable)."),
 ) -> None:
     """List every loss: registry name, paper, year, key hyperparameters with defaults, stateful or not."""
+    load_plugin_options(plugin)
     if check:
         for text in check:
             hp = check_override(text)  # ConfigError -> one line, exit 2 (cli.main)
@@ -78,9 +83,17 @@ def losses(
     table = Table(title="spmlbench losses" + (f" (defaults for {dataset})" if dataset else ""))
     for col in ("name", "paper", "year", "key hyperparameters (defaults)", "stateful"):
         table.add_column(col, overflow="fold")
+    notes = []
     for name in list_losses():
         info = loss_info(name)
-        table.add_row(name, info.paper, str(info.year), _key_hparams(name, dataset),
+        paper = info.paper if not info.origin or info.origin.startswith("spmlbench/") else f"{info.paper} (plugin)"
+        table.add_row(name, paper, str(info.year or "-"), _key_hparams(name, dataset),
                       "yes" if info.stateful else "no")
+        if dataset and defaults_source(name, dataset):
+            notes.append(f"{name} on {dataset}: {defaults_source(name, dataset)}")
+        if not info.origin.startswith("spmlbench/"):
+            notes.append(f"{name}: defined in {info.origin}")
     console.print(table)
+    for note in notes:
+        console.print(note, markup=False, highlight=False, soft_wrap=True)
     console.print("Override with --set LOSS.PARAM=VALUE; validate with spmlbench losses --check LOSS.PARAM=VALUE.")

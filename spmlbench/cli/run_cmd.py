@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from spmlbench.atomic import writable_dir
 from spmlbench.cli.app import app, err_console
 from spmlbench.cli.help import E2E, OUTPUT, PIPELINE, SCALE_OUT, SELECTION, TRAINING, choices
+from spmlbench.cli.parse import _split, load_plugin_options, parse_losses, parse_numbers, parse_seeds
 from spmlbench.cli.run_view import RichRunProgress, report_run
 from spmlbench.errors import ConfigError, DataError
 from spmlbench.experiments.jobs import MODES, JobSpec, expand_jobs
@@ -25,46 +26,6 @@ DEFAULT_SEEDS = "0,1,2"
 E2E_BACKBONE = "resnet50"
 EXECUTORS = ("local", "ray")
 RAY_MISSING = "--executor ray: Ray is not installed; pip install -e '.[ray]'"
-
-
-def _split(text: str, what: str) -> list[str]:
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items:
-        raise ConfigError(f"--{what} {text!r}: empty list; give comma-separated values")
-    return list(dict.fromkeys(items))
-
-
-def parse_losses(text: str) -> list[str]:
-    """``all`` or a comma list of registry names (unknown names raise ConfigError)."""
-    from spmlbench.losses import LOSSES, list_losses
-
-    if text.strip() == "all":
-        return list_losses()
-    names = _split(text, "losses")
-    for n in names:
-        LOSSES.get(n)
-    return names
-
-
-def parse_numbers(text: str | None, what: str, kind: type) -> list[Any] | None:
-    """``--lr-grid 1e-3,1e-4`` / ``--batch-grid 8,16``: a comma list of numbers (None when not given)."""
-    if text is None:
-        return None
-    try:
-        return [kind(t) for t in _split(text, what)]
-    except ValueError:
-        raise ConfigError(f"--{what} {text!r}: expected comma-separated numbers, e.g. "
-                          f"{'1e-3,1e-4' if kind is float else '8,16'}") from None
-
-
-def parse_seeds(text: str) -> list[int]:
-    """Comma list of whole numbers in [0, 2**32) (numpy's seed range), ASCII digits only."""
-    out = []
-    for s in _split(text, "seeds"):
-        if not (s.isascii() and s.isdigit()) or int(s) >= 2**32:
-            raise ConfigError(f"--seeds {text!r}: {s!r} is not a whole number in [0, 2**32); e.g. --seeds 0,1,2")
-        out.append(int(s))
-    return out
 
 
 def ensure_dataset(dataset: str, backbone: str | None, home: str | None, say: Any,
@@ -134,6 +95,8 @@ def run(
                                            metavar="<name,...>", rich_help_panel=SELECTION),
     losses: str = typer.Option("all", "--losses", help="comma list of loss names, or all", metavar="<all|name,...>",
                                rich_help_panel=SELECTION),
+    plugin: list[str] = typer.Option([], "--plugin", help="your own losses: a .py file or module (repeatable)",
+                                     metavar="<file.py|module>", rich_help_panel=SELECTION),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="comma list of seeds", metavar="<int,...>",
                                         show_default=f"{DEFAULT_SEEDS} or the experiment's", rich_help_panel=SELECTION),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="epochs for every loss", show_default="the loss's recipe",
@@ -207,6 +170,7 @@ def run(
     on images with each loss's paper recipe) and linear-init (linear phase, then e2e).
     """
     say = lambda msg: err_console.print(msg, markup=False, highlight=False)  # noqa: E731
+    load_plugin_options(plugin)
     ray_opts = _ray_options(executor, address, gpus_per_job, cpus_per_job)
     if mode is not None and mode not in MODES:
         raise ConfigError(f"--mode {mode!r}: unknown; choose one of: {', '.join(MODES)}")

@@ -24,6 +24,8 @@ VAL_MODES = ("clean", "observed")
 EARLY_STOP_CHOICES = ("paper", "none")
 E2E_FIELDS = ("weights", "image_size", "exact")
 _E2E_DEFAULTS: dict[str, Any] = {"weights": None, "image_size": None, "exact": False}
+_OPTIONAL = (*E2E_FIELDS, "loss_source")
+_OPTIONAL_DEFAULTS: dict[str, Any] = {**_E2E_DEFAULTS, "loss_source": None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,13 +52,15 @@ class JobSpec:
     weights: str | None = None  # backbone weights (None: the registry's default)
     image_size: int | None = None  # input size (None: the backbone's, 448 for ResNet-50)
     exact: bool = False  # fp32 / deterministic reproduction numerics
+    # a plugin loss's source sha256 (16 hex): an edited plugin gets new job ids; None for built-ins
+    loss_source: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of the spec (hparams as a dict with lists; e2e-only fields when set)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["hparams"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.hparams}
-        for name in E2E_FIELDS:
-            if out[name] == _E2E_DEFAULTS[name]:
+        for name in _OPTIONAL:
+            if out[name] == _OPTIONAL_DEFAULTS[name]:
                 del out[name]
         return out
 
@@ -227,6 +231,7 @@ def expand_jobs(
                                list(batch_grid) if batch_grid is not None else None)
     jobs: list[JobSpec] = []
     for loss in losses:
+        source = LOSSES.get(loss).source_hash or None
         if mode == "linear" and recipe == "cole":
             n_epochs, rule, points = protocol.epochs, protocol.early_stop, protocol.points(lr, batch_size)
         else:
@@ -244,6 +249,7 @@ def expand_jobs(
                     jobs.append(JobSpec(
                         dataset=dataset, loss=loss, hparams=hp, mode=mode, seed=int(seed),
                         label_seed=int(label_seed), split_seed=int(split_seed), backbone=backbone,
-                        epochs=epochs or n_epochs, batch_size=p_batch, lr=p_lr, val=val, early_stop=rule, **extra,
+                        epochs=epochs or n_epochs, batch_size=p_batch, lr=p_lr, val=val, early_stop=rule,
+                        loss_source=source, **extra,
                     ))
     return list(dict.fromkeys(jobs))

@@ -202,12 +202,15 @@ def plan_tasks(jobs: Sequence[JobSpec], *, device: str = "auto", gpus_per_job: f
 
 
 def _run_task(jobs: Sequence[JobSpec], out_dir: str, home: str | None, device: str, force: bool, experiment: str,
-              run_kwargs: dict[str, Any]) -> RunSummary:
-    """Body of one Ray task: the local runner on this worker (a task given no GPU runs ``auto`` on the CPU)."""
+              run_kwargs: dict[str, Any], plugins: Sequence[Any] = ()) -> RunSummary:
+    """Body of one Ray task: the local runner on this worker (a task given no GPU runs ``auto`` on the CPU);
+    plugin losses' files arrive as text (``plugins``) and are installed first."""
     import ray
 
     from spmlbench.experiments.runner import run_jobs
+    from spmlbench.losses.plugins import install_all
 
+    install_all(plugins)
     if device == "auto" and not ray.get_gpu_ids():
         device = "cpu"
     return run_jobs(jobs, out_dir, home=home, device=device, force=force, experiment=experiment, **run_kwargs)
@@ -332,13 +335,16 @@ def run_jobs_ray(
     started = connect(address, progress)
     try:
         _check_feasible(ray, tasks)
+        from spmlbench.losses.plugins import sources_for
+
         remote = ray.remote(_run_task)
         refs = {}
         for t in tasks:
             name = f"spmlbench:{t.jobs[0].dataset}:{t.jobs[0].mode}:{len(t.jobs)}jobs"
             opts = remote.options(num_cpus=t.num_cpus, num_gpus=t.num_gpus, max_retries=max_retries,
                                   retry_exceptions=True, name=name)
-            refs[opts.remote(list(t.jobs), str(out), home_s, device, force, experiment, run_kwargs)] = t
+            refs[opts.remote(list(t.jobs), str(out), home_s, device, force, experiment, run_kwargs,
+                             sources_for({j.loss for j in t.jobs}))] = t
         _drive(ray, refs, out, summary, progress, len(jobs))
     finally:
         progress.close()

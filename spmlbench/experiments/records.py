@@ -87,6 +87,7 @@ _SCHEMA = pa.schema([
     ("features_sha256", pa.string()), ("created", pa.string()),
     ("weights", pa.string()), ("image_size", pa.int64()), ("exact", pa.bool_()), ("settings", pa.string()),
     ("selected", pa.bool_()), ("selection", pa.string()),
+    ("loss_source", pa.string()), ("loss_origin", pa.string()),
 ])
 COLUMNS = _SCHEMA.names
 
@@ -116,11 +117,21 @@ def _settings(result: Any, spec: JobSpec) -> str:
     return json.dumps(settings, sort_keys=True, default=str) if settings else ""
 
 
+def _loss_origin(spec: JobSpec) -> str | None:
+    """The file that defined a plugin loss (None for built-ins)."""
+    if spec.loss_source is None:
+        return None
+    from spmlbench.losses import LOSSES
+
+    return LOSSES.get(spec.loss).origin if spec.loss in LOSSES else None
+
+
 def make_record(spec: JobSpec, result: ConfigResult | Any, *, experiment: str = "", wall_s: float = 0.0,
                 device: str = "cpu", features_sha256: str = "") -> dict[str, Any]:
     """The record row of a finished job (``result``: a linear ``ConfigResult`` or an ``E2EResult``)."""
     row = spec.to_dict()
-    row.update(weights=spec.weights, image_size=spec.image_size, exact=spec.exact, settings=_settings(result, spec))
+    row.update(weights=spec.weights, image_size=spec.image_size, exact=spec.exact, settings=_settings(result, spec),
+               loss_source=spec.loss_source, loss_origin=_loss_origin(spec))
     row["hparams"] = json.dumps(row["hparams"], sort_keys=True)
     row.update(
         job_id=spec.job_id, experiment=experiment, status=result.status, error=result.error,

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
+import pkgutil
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,30 +25,12 @@ from typing import Any
 
 from spmlbench.errors import ConfigError, DataError
 from spmlbench.losses.base import BatchedLoss, SingleLoss
-from spmlbench.losses.cole import ANLoss, ANLSLoss, BCELoss, EPRLoss, ROLELoss, WANLoss
-from spmlbench.losses.em import EMAPLLoss, EMLoss
-from spmlbench.losses.gr import GRLoss, GRLossBatched
 from spmlbench.losses.hparams import HParams, fmt, make_hparams, parse_override
-from spmlbench.losses.ll import LLCpLoss, LLCtLoss, LLRLoss
-from spmlbench.losses.robust import ASLLoss, FocalLoss, HillLoss, SPLCLoss
-from spmlbench.registry import Registry
+from spmlbench.losses.plain import PlainBatched, Step, plain_class
+from spmlbench.losses.registry import LOSSES, LossDef, register_loss
 
 DEFAULTS_FILE = Path(__file__).resolve().parents[2] / "data_manifests" / "loss_defaults.toml"
-
-
-@dataclasses.dataclass(frozen=True)
-class LossSpec:
-    """How to build one registered loss."""
-
-    batched: type[BatchedLoss]
-    single: type[SingleLoss] = SingleLoss
-    stateful: bool = False  # keeps per-training-row state across batches (ROLE, LL-Cp, EM-APL)
-    scheduled: bool = False  # changes with the epoch (GR, LL, SPLC, EM-APL)
-    uses_clean_labels: bool = False
-    # relative CPU cost of one batched call per training step (AN = 1; benchmarks/loss_step.py, M = 3,
-    # 1 thread; ROLE includes Adam on its label matrix): only balances configs over processes
-    # (spmlbench.train.parallel)
-    step_cost: float = 1.0
+PATHS = ("auto", "fused", "plain")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,30 +47,20 @@ class LossInfo:
     stateful: bool
     scheduled: bool
     uses_clean_labels: bool
+    origin: str = ""
+    fused: bool = False
 
 
-def _registry() -> Registry[LossSpec]:
-    reg: Registry[LossSpec] = Registry("loss")
-    reg.add("bce", LossSpec(BCELoss, uses_clean_labels=True))
-    reg.add("an", LossSpec(ANLoss))
-    reg.add("an_ls", LossSpec(ANLSLoss, step_cost=1.3))
-    reg.add("wan", LossSpec(WANLoss, step_cost=1.15))
-    reg.add("epr", LossSpec(EPRLoss, step_cost=1.4))
-    reg.add("role", LossSpec(ROLELoss, stateful=True, step_cost=6.0))
-    reg.add("ll_r", LossSpec(LLRLoss, scheduled=True, step_cost=1.2))
-    reg.add("ll_ct", LossSpec(LLCtLoss, scheduled=True, step_cost=1.2))
-    reg.add("ll_cp", LossSpec(LLCpLoss, stateful=True, scheduled=True, step_cost=2.1))
-    reg.add("em", LossSpec(EMLoss, step_cost=1.1))
-    reg.add("em_apl", LossSpec(EMAPLLoss, stateful=True, scheduled=True, step_cost=2.2))
-    reg.add("focal", LossSpec(FocalLoss, step_cost=1.5))
-    reg.add("asl", LossSpec(ASLLoss, step_cost=1.7))
-    reg.add("hill", LossSpec(HillLoss, step_cost=1.8))
-    reg.add("splc", LossSpec(SPLCLoss, scheduled=True, step_cost=1.7))
-    reg.add("gr", LossSpec(GRLossBatched, single=GRLoss, scheduled=True, step_cost=1.4))
-    return reg
+def load_builtins() -> None:
+    """Import every module of :mod:`spmlbench.losses.builtin` (each registers its loss)."""
+    from spmlbench.losses import builtin
+
+    for mod in sorted(pkgutil.iter_modules(builtin.__path__), key=lambda m: m.name):
+        if not mod.name.startswith("_"):
+            importlib.import_module(f"{builtin.__name__}.{mod.name}")
 
 
-LOSSES: Registry[LossSpec] = _registry()
+load_builtins()
 
 
 @functools.cache
@@ -105,50 +79,85 @@ def list_losses() -> list[str]:
 
 
 def dataset_defaults(name: str, dataset: str | None) -> dict[str, Any]:
-    """Per-dataset defaults of loss ``name`` (empty for None or a dataset without any)."""
+    """Per-dataset defaults of loss ``name`` (empty for None, or a loss or dataset without any)."""
     LOSSES.get(name)
     if dataset is None:
         return {}
     return dict(_manifest().get("dataset", {}).get(dataset, {}).get(name, {}))
 
 
+def defaults_source(name: str, dataset: str) -> str:
+    """Where the per-dataset defaults of ``name`` on ``dataset`` come from ("" when not stated)."""
+    return str(_manifest().get("source", {}).get(name, {}).get(dataset, ""))
+
+
+def get_loss(name: str) -> LossDef:
+    """The registered loss ``name`` (ConfigError listing the known names otherwise)."""
+    return LOSSES.get(name)
+
+
 def resolve_hparams(name: str, dataset: str | None = None, **overrides: Any) -> HParams:
     """The validated hyperparameters of ``name``: paper defaults < dataset defaults < overrides."""
-    spec = LOSSES.get(name)
-    return make_hparams(spec.batched.hparams_cls, dataset_defaults(name, dataset), overrides)
+    return make_hparams(LOSSES.get(name).params, dataset_defaults(name, dataset), overrides)
+
+
+def batched_class(name: str, path: str = "auto") -> type[BatchedLoss]:
+    """The batched class of loss ``name``: ``fused`` (its accelerator; ``auto`` prefers it when present),
+    ``plain`` (its hand-written batched form, else the one derived from its formula)."""
+    if path not in PATHS:
+        raise ConfigError(f"loss path {path!r}: choose one of {', '.join(PATHS)}")
+    definition = LOSSES.get(name)
+    fused = definition.resolve("fused")
+    if path == "fused" and fused is None:
+        raise ConfigError(f"loss {name!r} has no fused path; use path='plain' (autograd)")
+    if path != "plain" and fused is not None:
+        return fused
+    return definition.resolve("batched") or _derived(definition)
+
+
+@functools.cache
+def _derived_cached(definition: LossDef) -> type[PlainBatched]:
+    return plain_class(definition)
+
+
+def _derived(definition: LossDef) -> type[PlainBatched]:
+    try:
+        return _derived_cached(definition)
+    except TypeError:  # unhashable definition (a plugin's mutable metadata): no caching
+        return plain_class(definition)
 
 
 def build_batched_loss(name: str, hparams: Sequence[Mapping[str, Any] | HParams], num_classes: int,
-                       num_train: int | None = None, dataset: str | None = None) -> BatchedLoss:
+                       num_train: int | None = None, dataset: str | None = None, path: str = "auto") -> BatchedLoss:
     """M configs of loss ``name``: ``forward(logits (M, B, C), observed (B, C), index (B,)) -> (M,)``.
 
     Each entry of ``hparams`` is a mapping of overrides (resolved like :func:`resolve_hparams`)
-    or an already built hyperparameter dataclass.
+    or an already built hyperparameter dataclass. ``path``: see :func:`batched_class`.
     """
-    spec = LOSSES.get(name)
-    cls = spec.batched.hparams_cls
+    cls = LOSSES.get(name).params
     resolved = [h if isinstance(h, cls) else resolve_hparams(name, dataset, **dict(h)) for h in hparams]  # type: ignore[arg-type]
-    return spec.batched(resolved, num_classes=num_classes, num_train=num_train)
+    return batched_class(name, path)(resolved, num_classes=num_classes, num_train=num_train)
 
 
 def build_loss(name: str, num_classes: int, num_train: int | None = None, dataset: str | None = None,
-               **hparams: Any) -> SingleLoss:
+               path: str = "auto", **hparams: Any) -> SingleLoss:
     """One config of loss ``name``: ``forward(logits (B, C), observed (B, C), index (B,)) -> scalar``."""
-    spec = LOSSES.get(name)
-    batched = build_batched_loss(name, [hparams], num_classes=num_classes, num_train=num_train, dataset=dataset)
-    return spec.single(batched)
+    batched = build_batched_loss(name, [hparams], num_classes=num_classes, num_train=num_train, dataset=dataset,
+                                 path=path)
+    single = LOSSES.get(name).resolve("single")
+    if single is None or not batched.fused_grad:
+        single = SingleLoss
+    return single(batched)
 
 
 def loss_info(name: str) -> LossInfo:
     """Registry name, title, paper, year, citation, defaults and flags of loss ``name``."""
-    spec = LOSSES.get(name)
-    info = _manifest()["info"][name]
-    cls = spec.batched.hparams_cls
-    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    d = LOSSES.get(name)
+    defaults = {f.name: f.default for f in dataclasses.fields(d.params)}
     per_dataset = {ds: dict(table[name]) for ds, table in _manifest().get("dataset", {}).items() if name in table}
-    return LossInfo(name=name, title=info["title"], paper=info["paper"], year=int(info["year"]),
-                    citation=info["citation"], defaults=defaults, per_dataset=per_dataset,
-                    stateful=spec.stateful, scheduled=spec.scheduled, uses_clean_labels=spec.uses_clean_labels)
+    return LossInfo(name=name, title=d.title, paper=d.paper, year=d.year, citation=d.citation, defaults=defaults,
+                    per_dataset=per_dataset, stateful=d.stateful, scheduled=d.scheduled,
+                    uses_clean_labels=d.uses_clean_labels, origin=d.origin, fused=d.fused is not None)
 
 
 def check_override(text: str) -> HParams:
@@ -158,7 +167,7 @@ def check_override(text: str) -> HParams:
 
 
 __all__ = [
-    "LOSSES", "BatchedLoss", "ConfigError", "HParams", "LossInfo", "SingleLoss", "build_batched_loss",
-    "build_loss", "check_override", "dataset_defaults", "fmt", "list_losses", "loss_info", "parse_override",
-    "resolve_hparams",
+    "LOSSES", "BatchedLoss", "ConfigError", "HParams", "LossDef", "LossInfo", "SingleLoss", "Step",
+    "batched_class", "build_batched_loss", "build_loss", "check_override", "dataset_defaults", "defaults_source", "fmt", "get_loss",
+    "list_losses", "load_builtins", "loss_info", "parse_override", "register_loss", "resolve_hparams",
 ]

@@ -127,7 +127,10 @@ def _exit_with_parent(parent: int, every: float = PARENT_CHECK_S) -> None:
 
 
 def _train_part(call: int, part: int, data: LinearData, configs: list[TrainConfig], device: str, threads: int,
-                want_val: bool) -> list[ConfigResult]:
+                want_val: bool, plugins: Sequence[Any] = ()) -> list[ConfigResult]:
+    from spmlbench.losses.plugins import install_all
+
+    install_all(plugins)  # plugin losses' files, shipped as text
     torch.set_num_threads(threads)
     events = _EVENTS
 
@@ -193,8 +196,11 @@ class WorkerPool:
         self._calls += 1
         call = self._calls  # events of an earlier, interrupted call are told apart and dropped
         results: list[ConfigResult | None] = [None] * len(configs)
+        from spmlbench.losses.plugins import sources_for
+
+        plugins = sources_for({c.loss for c in configs})
         futures = {self._pool.submit(_train_part, call, k, data, [configs[i] for i in g], str(device), each,
-                                     on_val is not None): k for k, g in enumerate(groups)}
+                                     on_val is not None, plugins): k for k, g in enumerate(groups)}
         try:
             pending = set(futures)
             while pending:

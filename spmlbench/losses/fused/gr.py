@@ -1,28 +1,13 @@
-"""Chen et al. 2024 (IJCAI), Generalized Robust (GR) loss, with every component as a switch.
+"""Fused value-and-gradient form of the GR loss (Chen et al., IJCAI 2024; an optional accelerator).
 
-Per entry, with ``k`` and ``v`` computed from the detached p::
-
-    s = 1:  nlog(p)                                  (eps 1e-7)
-    s = 0:  v(p) * [k(p) * L2(p) + (1 - k(p)) * L3(p)]
-    k(p) = sigmoid(w p + b),  v(p) = exp(-(p - mu)^2 / (2 sigma^2))
-    L2 = (1 - p^q2) / q2,     L3 = (1 - (1 - p)^q3) / q3
-
-``p^q`` is evaluated as ``exp(q logsigmoid(z))`` (finite gradients at p = 0, 1). The B x C mean
-and its logit gradient (k, v constant) are evaluated in one fused step (:func:`entry_mean`).
-
-Schedule (set by ``start_epoch(e, T)``, ``n = linear_init``)::
-
-    w(e)  = w0  + (wT  - w0)  * max(e - n - 1, 0) / (T - n)     (b likewise; lag = True)
-    mu(e) = mu0 + (muT - mu0) * max(e - n, 0)     / (T - n)     (sigma likewise)
-
-Switches: ``use_k=False`` -> k = 0; ``use_v=False`` -> v = 1; ``schedule=False`` -> static
-w0, b0, mu0, sigma0 at every epoch (the initial values); ``lag=False`` -> w/b use the same
-``max(e - n, 0)`` as mu/sigma. Before the first ``start_epoch`` the initial values apply.
+The formula, the schedule and the switches are in ``spmlbench/losses/builtin/gr.py``. Here the current
+``w, b, mu, sigma`` are (M,) float64 buffers set by ``start_epoch``; ``p^q`` is evaluated as
+``exp(q logsigmoid(z))`` (finite gradients at p = 0, 1), and the B x C mean and its logit gradient (k, v
+constant) in one fused step (:func:`~spmlbench.losses.base.entry_mean`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -30,52 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from spmlbench.errors import ConfigError
 from spmlbench.losses.base import EntryLoss, SingleLoss
-from spmlbench.losses.hparams import HParams
-
-
-@dataclasses.dataclass(frozen=True)
-class GRParams(HParams):
-    """GR: ``beta = [w0, wT, b0, bT]``, ``alpha = [mu0, sig0, muT, sigT]`` (note the orders)."""
-
-    loss = "gr"
-    beta: tuple[float, ...] = dataclasses.field(default=(0.0, 2.0, -2.0, -2.0), metadata={"length": 4})
-    alpha: tuple[float, ...] = dataclasses.field(default=(0.5, 2.0, 0.8, 0.5), metadata={"length": 4})
-    q2: float = 0.01
-    q3: float = 1.0
-    linear_init: int = 0
-    use_k: bool = True
-    use_v: bool = True
-    schedule: bool = True
-    lag: bool = True
-    eps: float = 1e-7
-
-    def check(self) -> None:
-        self.require("beta", len(self.beta) == 4 and all(math.isfinite(x) for x in self.beta),
-                     "4 finite numbers [w0, wT, b0, bT]")
-        self.require("alpha", len(self.alpha) == 4 and all(math.isfinite(x) for x in self.alpha),
-                     "4 finite numbers [mu0, sig0, muT, sigT]")
-        self.require("alpha", self.alpha[1] > 0 and self.alpha[3] > 0, "[mu0, sig0, muT, sigT] with sig0, sigT > 0")
-        self.nonnegative("q2", "q3")  # q = 0 is the exact log-loss limit (ablation)
-        self.positive("eps")
-        self.require("linear_init", self.linear_init >= 0, ">= 0 (epochs)")
-
-
-def gr_schedule(hp: GRParams, epoch: int, num_epochs: int) -> tuple[float, float, float, float]:
-    """``(w, b, mu, sigma)`` in effect during 1-based ``epoch`` of ``num_epochs``."""
-    w0, wt, b0, bt = hp.beta
-    mu0, sig0, mut, sigt = hp.alpha
-    if not hp.schedule:
-        return w0, b0, mu0, sig0
-    n = hp.linear_init
-    span = num_epochs - n
-    if span <= 0:
-        raise ConfigError(f"gr.linear_init={n}: must be < the number of epochs ({num_epochs}); "
-                          "lower linear_init or train longer")
-    f_mu = max(epoch - n, 0) / span
-    f_w = max(epoch - n - 1, 0) / span if hp.lag else f_mu
-    return w0 + (wt - w0) * f_w, b0 + (bt - b0) * f_w, mu0 + (mut - mu0) * f_mu, sig0 + (sigt - sig0) * f_mu
+from spmlbench.losses.builtin.gr import GRParams, gr_schedule
 
 
 class GRLossBatched(EntryLoss):

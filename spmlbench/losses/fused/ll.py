@@ -1,72 +1,24 @@
-"""Kim et al. 2022 (CVPR), "Large Loss Matters": LL-R, LL-Ct, LL-Cp.
+"""Fused value-and-gradient forms of the Large Loss Matters losses (optional accelerators).
 
-Base loss: assume-negative BCE on logits (``softplus``; the reference uses
-``binary_cross_entropy_with_logits``, so there is no eps). Epoch 1 is unmodified. From epoch
-``e >= 2``, per batch, the unobserved entries whose AN loss is ``>=`` the k-th largest unobserved
-AN loss are rejected (LL-R: loss 0) or corrected (LL-Ct/Cp: ``-log p`` instead).
-
-k = ceil(B C (e - 1) delta_rel / 100) for LL-R/Ct and ceil(B C delta_rel / 100) for LL-Cp, with
-``B`` the actual batch size; the product is rounded to 9 decimals before ``ceil`` so that float
-noise (e.g. 0.1 * 3) cannot add one. Selection is restricted to unobserved entries (observed
-positives are never rejected or "corrected", even when the k-th value is 0).
-
-LL-Cp keeps a corrected observed matrix (M, N, C): selected entries become observed positives
-for all later batches and epochs. It is filled lazily from the first batch that shows a row, or
-at once with ``init_state(observed_train)``; once a row is stored, the ``observed`` argument for
-that row is ignored in favour of the stored (corrected) row.
-
-The B x C mean and its logit gradient (autograd's ``softplus`` derivative, threshold included)
-are evaluated in one fused step (``entry_mean``).
+The formulas are in ``spmlbench/losses/builtin/{ll_r,ll_ct,ll_cp}.py`` (and ``_large_loss.py``); these
+classes evaluate the B x C mean and its logit gradient (autograd's ``softplus`` derivative, threshold
+included) in one fused step (``entry_mean``), with the selection computed on the device from k values
+cached per (batch size, epoch). LL-Cp keeps its state in the built-in :class:`~spmlbench.losses.builtin.ll_cp.LLCpLoss`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from spmlbench.losses.base import EntryLoss, ObservedStore, RecordsObserved, entry_mean
-from spmlbench.losses.hparams import HParams
-
-
-@dataclasses.dataclass(frozen=True)
-class LLRParams(HParams):
-    """LL-R: ``delta_rel`` in percent per epoch (default 0.5)."""
-
-    loss = "ll_r"
-    delta_rel: float = 0.5
-
-    def check(self) -> None:
-        self.require("delta_rel", 0.0 < self.delta_rel < 100.0, "in (0, 100) (percent)")
-
-
-@dataclasses.dataclass(frozen=True)
-class LLCtParams(LLRParams):
-    """LL-Ct: default ``delta_rel`` 0.2."""
-
-    loss = "ll_ct"
-    delta_rel: float = 0.2
-
-
-@dataclasses.dataclass(frozen=True)
-class LLCpParams(LLRParams):
-    """LL-Cp: default ``delta_rel`` 0.1 (constant k)."""
-
-    loss = "ll_cp"
-    delta_rel: float = 0.1
-
-
-def ll_num_selected(batch: int, num_classes: int, epoch: int, delta_rel: float, permanent: bool) -> int:
-    """k for one batch: ``ceil(B C (e-1) delta_rel / 100)`` (LL-Cp: ``ceil(B C delta_rel / 100)``), 0 in epoch 1."""
-    if epoch < 2:
-        return 0
-    factor = 1 if permanent else epoch - 1
-    k = math.ceil(round(batch * num_classes * factor * delta_rel / 100.0, 9))
-    return min(k, batch * num_classes)
+from spmlbench.losses.base import EntryLoss, entry_mean
+from spmlbench.losses.builtin import ll_cp
+from spmlbench.losses.builtin._large_loss import ll_num_selected
+from spmlbench.losses.builtin.ll_ct import LLCtParams
+from spmlbench.losses.builtin.ll_r import LLRParams
 
 
 # d softplus(y) / dy times a gradient, as autograd computes it (exp(y) / (exp(y) + 1), 1 above the threshold)
@@ -165,42 +117,8 @@ class LLCtLoss(LLRLoss):
     mode = "temporary"
 
 
-class LLCpLoss(RecordsObserved, LLRLoss):
-    """[ll_cp] large-loss permanent correction (stored observed matrix, constant k)."""
+class LLCpLoss(ll_cp.LLCpLoss, LLRLoss):
+    """[ll_cp] large-loss permanent correction: the state of the built-in class, the fused step of LL-R."""
 
-    hparams_cls = LLCpParams
-    mode = "permanent"
-    needs_rows = True
-
-    def __init__(self, hparams: Any, num_classes: int, num_train: int | None = None) -> None:
-        super().__init__(hparams, num_classes, num_train)
-        assert num_train is not None
-        self.store = ObservedStore(num_train, num_classes)
-        self.register_buffer("corrected", torch.zeros(self.num_configs, num_train, num_classes, dtype=torch.bool))
-
-    def _rows(self, index: Tensor) -> tuple[Any, Tensor]:
-        """``(key, rows)``: ``self.corrected[key]`` are the (M, B, C) rows of ``index`` (B,) or (M, B)
-        (config m's own rows), and ``rows`` the matching (B, C) or (M, B, C) rows of the store."""
-        dev = self.corrected.device
-        idx = index if index.device == dev else index.to(dev)
-        if idx.dim() == 1:
-            return (slice(None), idx), self.store.observed[idx]
-        return (self.const("config_rows", range(self.num_configs), torch.long, dev, (-1, 1)), idx), self.store.observed[idx]
-
-    def observed_for(self, s: Tensor, index: Tensor | None) -> Tensor:
-        assert index is not None
-        self.store.record(s, index)
-        key, original = self._rows(index)
-        stored = original | self.corrected[key]
-        return stored if stored.device == s.device else stored.to(s.device)
-
-    @torch.no_grad()
-    def store_flips(self, chosen: Tensor, index: Tensor | None) -> None:
-        assert index is not None
-        key = self._rows(index)[0]
-        dev = self.corrected.device
-        self.corrected[key] = self.corrected[key] | (chosen if chosen.device == dev else chosen.to(dev))
-
-    def observed_matrix(self) -> Tensor:
-        """The current corrected observed matrix (M, N, C) bool (original positives plus flips)."""
-        return self.store.observed.unsqueeze(0) | self.corrected
+    fused_grad = True
+    forward = LLRLoss.forward

@@ -1,4 +1,6 @@
-"""Robust multi-label losses applied to AN targets: Focal, ASL, Hill, SPLC.
+"""Fused value-and-gradient forms of Focal, ASL, Hill and SPLC on AN targets (optional accelerators).
+
+The formulas are in ``spmlbench/losses/builtin/{focal,asl,hill,splc}.py``:
 
 - focal (Lin et al. 2017): on probabilities with ``nlog`` (eps 1e-7, as in the GR code where
   these baselines are re-run); focusing weights keep their gradient (standard focal loss).
@@ -24,72 +26,15 @@ the plain formula, and its hand-derived logit derivative (``p = sigmoid(t)``, ``
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from spmlbench.losses.base import BatchedLoss, EntryLoss, signs, spow
-from spmlbench.losses.hparams import HParams
-
-
-@dataclasses.dataclass(frozen=True)
-class FocalParams(HParams):
-    """Focal loss: ``gamma`` (2)."""
-
-    loss = "focal"
-    gamma: float = 2.0
-    eps: float = 1e-7
-
-    def check(self) -> None:
-        self.nonnegative("gamma")
-        self.positive("eps")
-
-
-@dataclasses.dataclass(frozen=True)
-class ASLParams(HParams):
-    """Asymmetric loss: ``gamma_pos`` (0), ``gamma_neg`` (4), ``clip`` (0.05), ``eps`` (1e-8, log clamp)."""
-
-    loss = "asl"
-    gamma_pos: float = 0.0
-    gamma_neg: float = 4.0
-    clip: float = 0.05
-    eps: float = 1e-8
-
-    def check(self) -> None:
-        self.nonnegative("gamma_pos", "gamma_neg")
-        self.require("clip", 0.0 <= self.clip < 1.0, "in [0, 1)")
-        self.positive("eps")
-
-
-@dataclasses.dataclass(frozen=True)
-class HillParams(HParams):
-    """Hill: ``lamb`` (1.5), ``margin`` (1), ``gamma`` (2)."""
-
-    loss = "hill"
-    lamb: float = 1.5
-    margin: float = 1.0
-    gamma: float = 2.0
-
-    def check(self) -> None:
-        self.nonnegative("lamb", "margin", "gamma")
-
-
-@dataclasses.dataclass(frozen=True)
-class SPLCParams(HParams):
-    """SPLC: ``tau`` (0.6), ``margin`` (1), ``gamma`` (2), ``change_epoch`` (2, 1-based)."""
-
-    loss = "splc"
-    tau: float = 0.6
-    margin: float = 1.0
-    gamma: float = 2.0
-    change_epoch: int = 2
-
-    def check(self) -> None:
-        self.require("tau", 0.0 <= self.tau <= 1.0, "in [0, 1]")
-        self.nonnegative("margin", "gamma")
-        self.require("change_epoch", self.change_epoch >= 1, ">= 1 (1-based epoch)")
+from spmlbench.losses.builtin.asl import ASLParams
+from spmlbench.losses.builtin.focal import FocalParams
+from spmlbench.losses.builtin.hill import HillParams
+from spmlbench.losses.builtin.splc import SPLCParams
 
 
 class FocalLoss(EntryLoss):

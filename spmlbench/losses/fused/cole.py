@@ -1,95 +1,29 @@
-"""Cole et al. 2021 (CVPR) losses: BCE (clean-label upper bound), AN, AN-LS, WAN, EPR, ROLE.
+"""Fused value-and-gradient forms of the Cole et al. 2021 losses (optional accelerators).
 
-Reference conventions: ``nlog(x) = -log(x + eps)`` with eps = 1e-5 on probabilities; the per-entry
-matrix is averaged over B x C and regularisers are added after. ``1 - p`` is computed as
-``sigmoid(-z)`` (same value, no cancellation near p = 1).
-
-Every loss computes its exact logit derivative with its value (``fused_grad``): BCE, AN, AN-LS,
-WAN and EPR through :func:`~spmlbench.losses.base.entry_mean`, ROLE (which also differentiates its
-label-logit matrix ``G``) through :func:`role_value` / :func:`role_grads`, shared by its autograd
-node :class:`ROLEValue` and :meth:`ROLELoss.value_and_grad`. With ``p = sigmoid(x)``,
-``d/dx log(p + eps) = p (1 - p) / (p + eps)``, the building block of every derivative below.
+The formulas are in ``spmlbench/losses/builtin/{bce,an,an_ls,wan,epr,role}.py``; these classes compute
+the same values with their exact logit derivative (``fused_grad``): BCE, AN, AN-LS, WAN and EPR through
+:func:`~spmlbench.losses.base.entry_mean`, ROLE (which also differentiates its label-logit matrix ``G``)
+through :func:`role_value` / :func:`role_grads`, shared by its autograd node :class:`ROLEValue` and
+:meth:`ROLEFusedLoss.value_and_grad`. ``1 - p`` is computed as ``sigmoid(-z)`` (no cancellation near
+p = 1). With ``p = sigmoid(x)``, ``d/dx log(p + eps) = p (1 - p) / (p + eps)``, the building block of
+every derivative below. ``tests/test_losses_plain_vs_fused.py`` checks each against its formula.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from spmlbench.errors import ConfigError
-from spmlbench.losses.base import BatchedLoss, EntryLoss, signs
-from spmlbench.losses.hparams import HParams
-
-COLE_EPS = 1e-5
-
-
-@dataclasses.dataclass(frozen=True)
-class BCEParams(HParams):
-    """Full-label BCE (oracle): only the log epsilon."""
-
-    loss = "bce"
-    eps: float = COLE_EPS
-
-    def check(self) -> None:
-        self.positive("eps")
-
-
-@dataclasses.dataclass(frozen=True)
-class ANParams(BCEParams):
-    """Assume negative."""
-
-    loss = "an"
-
-
-@dataclasses.dataclass(frozen=True)
-class WANParams(BCEParams):
-    """Weighted assume negative (negatives weighted 1 / (C - 1))."""
-
-    loss = "wan"
-
-
-@dataclasses.dataclass(frozen=True)
-class ANLSParams(HParams):
-    """Assume negative with label smoothing ``ls_coef``."""
-
-    loss = "an_ls"
-    ls_coef: float = 0.1
-    eps: float = COLE_EPS
-
-    def check(self) -> None:
-        self.require("ls_coef", 0.0 <= self.ls_coef <= 1.0, "in [0, 1]")
-        self.positive("eps")
-
-
-@dataclasses.dataclass(frozen=True)
-class EPRParams(HParams):
-    """Expected positive regulariser; ``expected_num_pos`` defaults per dataset."""
-
-    loss = "epr"
-    expected_num_pos: float | None = None
-    eps: float = COLE_EPS
-
-    def check(self) -> None:
-        self.require("expected_num_pos", self.expected_num_pos is not None,
-                     "given (no per-dataset default for this dataset)")
-        self.positive("expected_num_pos", "eps")
-
-
-@dataclasses.dataclass(frozen=True)
-class ROLEParams(EPRParams):
-    """ROLE: EPR's ``expected_num_pos`` plus the label-matrix learning-rate multiplier."""
-
-    loss = "role"
-    lr_mult: float = 10.0
-
-    def check(self) -> None:
-        super().check()
-        self.positive("lr_mult")
+from spmlbench.losses.base import EntryLoss, signs
+from spmlbench.losses.builtin.an import ANParams
+from spmlbench.losses.builtin.an_ls import ANLSParams
+from spmlbench.losses.builtin.bce import BCEParams
+from spmlbench.losses.builtin.epr import EPRParams
+from spmlbench.losses.builtin.role import ROLELoss
+from spmlbench.losses.builtin.wan import WANParams
 
 
 class BCELoss(EntryLoss):
@@ -202,75 +136,16 @@ class EPRLoss(EntryLoss):
         return mat, torch.sigmoid(-z).mul_(p).mul_(inner), reg
 
 
-class ROLELoss(BatchedLoss):
-    """[role] Regularised online label estimation with a learnable label-logit matrix ``G``.
+class ROLEFusedLoss(ROLELoss):
+    """[role] ROLE with values and logit/``G`` derivatives in one node (:class:`ROLEValue`), and without
+    autograd through :meth:`value_and_grad`."""
 
-    ``G`` is an ``nn.Parameter`` of shape (M, N, C). It must be initialised with
-    :meth:`init_state` (observed positives ``logit(0.995)``, other entries
-    ``logit(0.6) * (2 U - 1)``, ``U ~ uniform[0, 1)`` drawn with ``torch.rand`` from the given
-    seed/generator; every config gets the same draw; a sequence of M ints gives config m the draw
-    of ``seed[m]``, as a one-config loss initialised with that seed). Give it to the optimizer with
-    :meth:`param_groups` (``lr_mult * lr``); all configs of one batched ROLE must share ``lr_mult``.
-    """
-
-    fused_grad = True  # value_and_grad below: values, logit and G derivatives without autograd
-
-    hparams_cls = ROLEParams
-    needs_rows = True
-
-    POS_INIT = 0.995
-    UNOBS_INIT = 0.6
-
-    def __init__(self, hparams: Any, num_classes: int, num_train: int | None = None) -> None:
-        super().__init__(hparams, num_classes, num_train)
-        assert num_train is not None
-        self.G = nn.Parameter(torch.zeros(self.num_configs, num_train, num_classes))
-        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
-        self.ready = False  # host copy of ``initialised``: set by init_state and state loads, read per step
-
-    @torch.no_grad()
-    def init_state(self, observed_train: Tensor, seed: int | torch.Generator | Sequence[int] = 0) -> None:
-        """Initialise G from the (N, C) training observed matrix; ``seed`` int, CPU generator or M ints."""
-        n, c = self.G.shape[1:]
-        if tuple(observed_train.shape) != (n, c):
-            raise ValueError(f"observed_train must be ({n}, {c}), got {tuple(observed_train.shape)}")
-        if isinstance(seed, (int, torch.Generator)):
-            gen = torch.Generator().manual_seed(seed) if isinstance(seed, int) else seed
-            state = gen.get_state()
-            gens = [gen] * self.num_configs
-            states = [state] * self.num_configs  # the same draw for every config (matched across configs)
-        else:
-            seeds = [int(x) for x in seed]
-            if len(seeds) != self.num_configs:
-                raise ValueError(f"role: {len(seeds)} seeds given for {self.num_configs} configs")
-            gens = [torch.Generator().manual_seed(x) for x in seeds]
-            states = [g.get_state() for g in gens]
-        pos = (observed_train > 0.5).cpu()
-        for m in range(self.num_configs):
-            gens[m].set_state(states[m])
-            g = math.log(self.UNOBS_INIT / (1 - self.UNOBS_INIT)) * (2 * torch.rand(n, c, generator=gens[m]) - 1)
-            g[pos] = math.log(self.POS_INIT / (1 - self.POS_INIT))
-            self.G[m].copy_(g.to(self.G.device))
-        self.initialised.fill_(True)
-        self.ready = True
-
-    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any) -> None:
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self.ready = bool(self.initialised)  # one host read at load time, none per step
-
-    def param_groups(self, lr: float) -> list[dict[str, Any]]:
-        mults = set(self.values("lr_mult"))
-        if len(mults) != 1:
-            raise ConfigError(f"role.lr_mult: the configs of one batched ROLE loss use {sorted(mults)}; "
-                              "split configs with different lr_mult into separate runs")
-        return [{"params": [self.G], "lr": lr * mults.pop()}]
+    fused_grad = True
 
     def _inputs(self, logits: Tensor, observed: Tensor, index: Tensor | None) -> tuple[Tensor, RoleArgs]:
         """Checked logits ``z`` and the constant arguments ``(rows, s, eps, -k, sign)`` of :func:`role_value`."""
         z, s = self.check_inputs(logits, observed, index)
-        if not self.ready:
-            raise RuntimeError("role: label matrix G not initialised; call loss.init_state(observed_train, seed) "
-                               "before training")
+        self.check_ready()
         assert index is not None
         m = self.num_configs
         rows = (self.const("role.configs", range(m), torch.long, self.G.device, (-1, 1)), index.to(self.G.device))
@@ -394,7 +269,7 @@ class ROLEValue(torch.autograd.Function):
     The cross targets ``p'``, ``q'`` are constants (detached ``p``, ``q``; ``1 - x`` is
     ``sigmoid(-logit)``). ``weights`` = (z', g') (M, B, C) takes the cross targets from other
     logits (a gradient check with fixed targets); None: from ``z`` and ``g`` themselves.
-    The math is :func:`role_value` and :func:`role_grads` (shared with :meth:`ROLELoss.value_and_grad`).
+    The math is :func:`role_value` and :func:`role_grads` (shared with :meth:`ROLEFusedLoss.value_and_grad`).
     """
 
     @staticmethod

@@ -1,0 +1,42 @@
+"""Focal loss on AN targets (Lin et al., ICCV 2017), as re-run by the GR paper's code.
+
+Per entry, with ``p = sigmoid(z)``: ``s = 1: (1 - p)^gamma nlog(p)``; ``s = 0: p^gamma nlog(1 - p)``,
+``nlog(x) = -log(x + eps)``; the focusing weights keep their gradient (standard focal loss); averaged
+over B x C.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import Tensor
+
+from spmlbench.losses.hparams import HParams
+from spmlbench.losses.registry import register_loss
+
+
+@dataclasses.dataclass(frozen=True)
+class FocalParams(HParams):
+    """Focal loss: ``gamma`` (2) and the log epsilon."""
+
+    loss = "focal"
+    gamma: float = 2.0
+    eps: float = 1e-7
+
+    def check(self) -> None:
+        self.nonnegative("gamma")
+        self.positive("eps")
+
+
+def focal_loss(hp: FocalParams, logits: Tensor, observed: Tensor) -> Tensor:
+    """``(1 - p_t)^gamma nlog(p_t)`` per entry, ``p_t = p`` where observed, ``1 - p`` elsewhere."""
+    p = torch.sigmoid(logits)
+    p_t = torch.where(observed, p, 1 - p)
+    return (1 - p_t) ** hp.gamma * -torch.log(p_t + hp.eps)
+
+
+register_loss("focal", params=FocalParams, formula=focal_loss, title="Focal loss on AN targets",
+              paper="Lin et al., ICCV", year=2017,
+              citation="Lin, Goyal, Girshick, He, Dollar. Focal Loss for Dense Object Detection. ICCV 2017.",
+              fused="spmlbench.losses.fused.robust:FocalLoss", step_cost=1.5, order=120)

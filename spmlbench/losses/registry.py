@@ -1,0 +1,165 @@
+"""The loss registry: every loss registers itself where it is defined, with its formula and metadata.
+
+A loss is one module (``spmlbench/losses/builtin/<name>.py``, or a researcher's plugin file):
+
+1. its hyperparameter dataclass (a frozen :class:`~spmlbench.losses.hparams.HParams`),
+2. its plain per-config formula ``formula(hp, logits, observed[, step])`` written as the paper
+   writes it (autograd; ``(B, C)`` logits -> per-entry ``(B, C)`` matrix, averaged over B x C, or a
+   scalar that already holds the reference reduction),
+3. :func:`register_loss` with its metadata (title, paper, year, citation, flags).
+
+Optional: a hand-written batched form (``batched=``, for state with a row per training image) and a
+fused value-and-gradient accelerator (``fused=``, a ``"module:Class"`` string imported on first use).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from spmlbench.errors import ConfigError
+from spmlbench.losses.hparams import HParams
+from spmlbench.registry import Registry
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+VECTORIZE = ("broadcast", "loop")
+Formula = Callable[..., Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class LossDef:
+    """One registered loss: how to build it and what ``spmlbench losses`` shows about it."""
+
+    name: str
+    params: type[HParams]
+    formula: Formula
+    title: str
+    paper: str
+    year: int
+    citation: str
+    stateful: bool = False  # keeps per-training-row state across batches (ROLE, LL-Cp, EM-APL)
+    scheduled: bool = False  # changes with the epoch (GR, LL, SPLC, EM-APL)
+    uses_clean_labels: bool = False  # trains on the clean labels (the BCE upper bound)
+    batched: type | str | None = None  # hand-written batched form (state); None: derived from the formula
+    fused: type | str | None = None  # optional fused value-and-gradient batched form
+    single: type | str | None = None  # one-config wrapper with extra accessors (GR's k, v)
+    vectorize: str = "broadcast"  # derived batched form: (M, 1, 1) hyperparameters, or a loop over configs
+    # relative CPU cost of one batched call per training step (AN = 1; benchmarks/loss_step.py);
+    # only balances configs over processes (spmlbench.train.parallel)
+    step_cost: float = 1.0
+    order: int = 1000  # position in listings (built-ins 10..160; plugins after them)
+    origin: str = ""  # the file that registered the loss
+    source_hash: str = ""  # sha256 (16 hex) of a plugin's file; "" for built-ins (part of job ids)
+
+    @property
+    def builtin(self) -> bool:
+        """Whether the loss ships with spmlbench."""
+        return not self.source_hash
+
+    def resolve(self, what: str) -> type | None:
+        """The class for ``batched``, ``fused`` or ``single`` (importing a ``"module:Class"`` string)."""
+        ref = getattr(self, what)
+        if ref is None or isinstance(ref, type):
+            return ref
+        module, _, attr = ref.partition(":")
+        __import__(module)
+        return getattr(sys.modules[module], attr)
+
+
+def _origin(formula: Formula) -> tuple[str, str]:
+    """``(file, source hash)`` of the module defining ``formula`` (no hash inside the package)."""
+    plugin = getattr(sys.modules.get(getattr(formula, "__module__", "")), "__spmlbench_plugin__", None)
+    if plugin is not None:  # installed by spmlbench.losses.plugins (the file, or its text shipped to a worker)
+        return plugin.path, plugin.sha
+    try:
+        path = Path(inspect.getsourcefile(formula) or "").resolve()
+    except TypeError:
+        return "<unknown>", ""
+    if PACKAGE_DIR in path.parents:
+        return str(path.relative_to(PACKAGE_DIR.parent)), ""
+    try:
+        return str(path), hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    except OSError:
+        return str(path), hashlib.sha256(inspect.getsource(formula).encode()).hexdigest()[:16]
+
+
+class LossRegistry(Registry[LossDef]):
+    """Registered losses, listed by ``order`` then registration order."""
+
+    def add_def(self, definition: LossDef) -> None:
+        """Register ``definition``; the same loss registered again from the same file replaces itself."""
+        old = self._entries.get(definition.name)
+        if old is not None:
+            if old.origin != definition.origin:
+                raise ConfigError(f"loss {definition.name!r} from {definition.origin}: that name is already "
+                                  f"registered by {old.origin}; give the new loss another name")
+            del self._entries[definition.name]
+        self._entries[definition.name] = definition
+
+    def names(self) -> list[str]:
+        """Registered names: built-ins in the canonical order, then plugins as registered."""
+        seq = {n: i for i, n in enumerate(self._entries)}
+        return sorted(self._entries, key=lambda n: (self._entries[n].order, seq[n]))
+
+    def __iter__(self) -> Any:
+        return iter(self.names())
+
+
+LOSSES = LossRegistry("loss")
+
+
+def register_loss(name: str, *, params: type[HParams], formula: Formula | None = None, title: str = "",
+                  paper: str = "", year: int = 0, citation: str = "", **flags: Any) -> Any:
+    """Register loss ``name``: ``register_loss(name, params=P, formula=f, title=..., ...)``, or as a
+    decorator on the formula (``@register_loss(name, params=P, ...)``). ``flags``: the optional
+    :class:`LossDef` fields (``stateful``, ``scheduled``, ``batched``, ``fused``, ``vectorize``, ...).
+    """
+    def add(fn: Formula) -> Formula:
+        _register(name, params, fn, title, paper, year, citation, flags)
+        return fn
+
+    if formula is None:
+        return add
+    return add(formula)
+
+
+def _register(name: str, params: Any, formula: Any, title: str, paper: str, year: int, citation: str,
+              flags: dict[str, Any]) -> None:
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_globals.get("__name__") == __name__:
+        frame = frame.f_back
+    caller = frame.f_globals.get("__file__", "?")  # the module calling register_loss
+    origin, source_hash = _origin(formula) if callable(formula) else (str(caller), "")
+    if not name.isidentifier() or name != name.lower():
+        raise ConfigError(f"{origin}: loss name {name!r}: must be a lowercase identifier, e.g. 'my_loss'")
+    if not callable(formula):
+        raise ConfigError(f"{origin}: loss {name!r} has no formula; pass formula=<function (hp, logits, "
+                          "observed) -> per-entry loss> or use @register_loss as a decorator")
+    if not (isinstance(params, type) and issubclass(params, HParams) and dataclasses.is_dataclass(params)):
+        raise ConfigError(f"{origin}: loss {name!r}: params must be a frozen dataclass subclassing "
+                          "spmlbench.losses.HParams")
+    if params.loss and params.loss != name:
+        raise ConfigError(f"{origin}: loss {name!r}: its params class {params.__name__} says loss = "
+                          f"{params.loss!r}; set loss = {name!r} there")
+    params.loss = name  # type: ignore[misc]
+    unknown = set(flags) - {f.name for f in dataclasses.fields(LossDef)}
+    if unknown:
+        raise ConfigError(f"{origin}: loss {name!r}: unknown option(s) {sorted(unknown)}")
+    if flags.get("vectorize", "broadcast") not in VECTORIZE:
+        raise ConfigError(f"{origin}: loss {name!r}: vectorize={flags['vectorize']!r}; use one of {VECTORIZE}")
+    try:
+        params()
+    except ConfigError as exc:
+        required = [f.name for f in dataclasses.fields(params) if f.default is None]  # given per dataset or by the user
+        if not any(str(exc).startswith(f"{name}.{field}=None:") for field in required):
+            raise ConfigError(f"{origin}: loss {name!r}: invalid default hyperparameters: {exc}") from None
+    except TypeError as exc:
+        raise ConfigError(f"{origin}: loss {name!r}: every hyperparameter needs a default ({exc})") from None
+    LOSSES.add_def(LossDef(name=name, params=params, formula=formula, title=title or name, paper=paper,
+                           year=int(year), citation=citation, origin=origin, source_hash=source_hash,
+                           **flags))
