@@ -17,6 +17,8 @@ step per loss, the ratio to the baseline, and the total over the 16 losses.
     python benchmarks/loss_step.py                       # CPU, float32, 2000 steps per loss
     python benchmarks/loss_step.py --path fused              # value_and_grad, as the linear trainer calls it
     python benchmarks/loss_step.py --steps 500 --device cuda
+    python benchmarks/loss_step.py --path plain              # each loss's plain formula through autograd
+    python benchmarks/loss_step.py --plugin examples/my_loss.py --losses an,an_weighted --path fused
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from spmlbench.losses import build_batched_loss, list_losses
+from spmlbench.losses.plugins import load_plugin
 
 # Three configs per loss (the defaults plus two variations); every entry resolves at VOC defaults.
 CONFIGS: dict[str, list[dict[str, object]]] = {
@@ -71,13 +74,15 @@ def loss_step(name: str, args: argparse.Namespace, observed: Tensor,
               batches: list[tuple[Tensor, Tensor, Tensor]], device: torch.device, dtype: torch.dtype) -> Step:
     """One forward + backward of loss ``name``'s batched form on batch ``i % len(batches)``."""
     n, c = observed.shape
-    loss = build_batched_loss(name, CONFIGS[name][: args.configs], num_classes=c, num_train=n, dataset="voc")
+    configs = CONFIGS.get(name, [{}, {}, {}])[: args.configs]  # a plugin: its defaults
+    loss = build_batched_loss(name, configs, num_classes=c, num_train=n, dataset="voc",
+                              path="plain" if args.path == "plain" else "auto")
     loss = loss.to(device=device, dtype=dtype)
     loss.init_state(observed, 0)
     loss.start_epoch(args.epoch, args.epochs)
     if name == "em_apl":  # give it pseudo-labels, as mid-training
         gen = torch.Generator().manual_seed(1)
-        head = torch.randn(len(CONFIGS[name][: args.configs]), n, c, generator=gen).to(device=device, dtype=dtype)
+        head = torch.randn(len(configs), n, c, generator=gen).to(device=device, dtype=dtype)
         loss.end_epoch(lambda: head)
     params = [p for group in loss.param_groups(1.0) for p in group["params"]]
 
@@ -154,9 +159,13 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: leave as is)")
     ap.add_argument("--losses", default="", help="comma-separated subset (default: all 16)")
-    ap.add_argument("--path", default="autograd", choices=["autograd", "fused"],
-                    help="autograd: forward + backward; fused: value_and_grad (as the linear trainer calls it)")
+    ap.add_argument("--path", default="autograd", choices=["autograd", "fused", "plain"],
+                    help="autograd: forward + backward; fused: value_and_grad where the loss has it (as the linear "
+                         "trainer calls it); plain: the plain formula's batched form, forward + backward")
+    ap.add_argument("--plugin", action="append", default=[], help="a plugin file or module (repeatable)")
     args = ap.parse_args()
+    for spec in args.plugin:
+        load_plugin(spec)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)

@@ -13,7 +13,7 @@ from spmlbench.cli.help_doc import command_names, help_text
 DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 
 RUN_PANELS = {
-    "Selection": ["--dataset", "--datasets", "--losses", "--seeds", "--mode", "--backbone", "--experiment"],
+    "Selection": ["--dataset", "--datasets", "--losses", "--plugin", "--seeds", "--mode", "--backbone", "--experiment"],
     "Training": ["--epochs", "--batch-size", "--lr", "--recipe", "--select", "--lr-grid", "--batch-grid", "--val",
                  "--early-stop", "--set", "--grid", "--device",
                  "--reference-loop"],

@@ -140,11 +140,9 @@ def test_cli_lists_and_runs_a_plugin_with_records_and_report(cli, home: Path, tm
     assert res.code == 0, res.err
     row = json.loads(res.out)[-1]
     assert row["name"] == "an_weighted" and row["origin"] == str(EXAMPLE) and row["defaults"]["neg_weight"] == 0.5
-    write_dataset(home, name="digits", n=120)
-    out = tmp_path / "res"
+    out = tmp_path / "res"  # the embedded digits dataset, prepared on demand (offline)
     args = ("run", "--losses", "an,an_weighted", "--plugin", str(EXAMPLE), "--seeds", "0,1", "--recipe", "paper",
-            "--epochs", "2", "--set", "an_weighted.neg_weight=0.25", "--processes", "2", "--backbone", "resnet50",
-            "--out", str(out))
+            "--epochs", "2", "--set", "an_weighted.neg_weight=0.25", "--processes", "2", "--out", str(out))
     r = cli(*args)
     assert r.code == 0, r.err
     recs = load_records(out).set_index("loss")
@@ -180,7 +178,7 @@ def test_an_edited_plugin_re_runs_its_jobs_only(cli, home: Path, tmp_path: Path)
 
 
 @pytest.mark.parametrize("mode", ["e2e", "linear-init"])
-def test_plugin_runs_end_to_end(cli, home: Path, tmp_path: Path, micro: str, mode: str)  # noqa: F811 -> None:
+def test_plugin_runs_end_to_end(cli, home: Path, tmp_path: Path, micro: str, mode: str) -> None:  # noqa: F811
     write_images(home)
     out = tmp_path / "res"
     args = [a if a != "an" else "an_weighted" for a in E2E]
@@ -189,3 +187,10 @@ def test_plugin_runs_end_to_end(cli, home: Path, tmp_path: Path, micro: str, mod
     rec = load_records(out).iloc[0]
     assert rec["loss"] == "an_weighted" and rec["status"] == "ok" and rec["mode"] == mode
     assert rec["loss_source"] == LOSSES.get("an_weighted").source_hash
+
+
+def test_docs_show_the_example_as_it_is() -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "adding-a-loss.md").read_text()
+    block = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    code = EXAMPLE.read_text()
+    assert block.strip() in code and code.index(block.strip()) > 0  # the file = its docstring + the block

@@ -186,3 +186,48 @@ def test_failing_task_is_retried_then_reported(tmp_path: Path, ray_local: Any, d
     assert rec.failures == [(broken_ids, error)] and rec.counts[-1].failed == 2 and rec.counts[-1].done == 2
     assert sorted(load_records(tmp_path / "res")["job_id"]) == sorted(j.job_id for j in good)
     assert not list((tmp_path / "res" / "locks").iterdir())  # the failed attempts released their claims
+
+
+def test_a_plugin_loss_runs_on_ray_workers(tmp_path: Path, ray_local: Any, data_home: Path) -> None:
+    """The plugin file is shipped to the workers as text: the same records as in process."""
+    from spmlbench.experiments.ray_executor import run_jobs_ray
+    from spmlbench.losses import LOSSES
+    from spmlbench.losses.plugins import load_plugin
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "my_loss.py"
+    load_plugin(str(example))
+    try:
+        jobs = sweep(losses=("an_weighted",))
+        assert {j.loss_source for j in jobs} == {LOSSES.get("an_weighted").source_hash}
+        local = run_jobs(jobs, tmp_path / "local", home=data_home, device="cpu")
+        summary = run_jobs_ray(jobs, tmp_path / "ray", home=data_home, progress=Recorder())
+        assert len(local.ran) == 2 and summary.ran == [j.job_id for j in jobs] and not summary.failed
+        ours = load_records(tmp_path / "ray").set_index("job_id").sort_index()
+        theirs = load_records(tmp_path / "local").set_index("job_id").sort_index()
+        for col in METRICS:
+            assert plain(ours[col]) == plain(theirs[col]), col
+    finally:
+        del LOSSES._entries["an_weighted"]
+
+
+def test_selection_runs_on_ray_like_in_process(tmp_path: Path, ray_local: Any, data_home: Path) -> None:
+    """Cole's protocol through Ray: stage 1 (the grid on the first seed), selection from the records,
+    stage 2 (the other seed at the selected point): the same records and marks as in process."""
+    from spmlbench.experiments.ray_executor import run_jobs_ray
+    from spmlbench.experiments.selection import run_selected
+
+    jobs = expand_jobs(dataset="digits", losses=["an", "gr"], seeds=[0, 1], meta=META, backbone="resnet50",
+                       epochs=2, lr_grid=[1e-2, 1e-4], batch_grid=[8])
+    assert len(jobs) == 8
+    runs = {
+        "local": lambda todo: run_jobs(todo, tmp_path / "local", home=data_home, device="cpu"),
+        "ray": lambda todo: run_jobs_ray(todo, tmp_path / "ray", home=data_home, progress=Recorder()),
+    }
+    chosen = {name: run_selected(jobs, tmp_path / name, "first-seed", fn)[1] for name, fn in runs.items()}
+    assert chosen["ray"] == chosen["local"] and len(chosen["ray"]) == 4  # 2 losses x 2 seeds at one point each
+    ours = load_records(tmp_path / "ray").set_index("job_id").sort_index()
+    theirs = load_records(tmp_path / "local").set_index("job_id").sort_index()
+    assert len(ours) == 6  # 2 losses x 2 points on seed 0, then seed 1 at the selected point
+    for col in [*METRICS, "selected", "selection"]:
+        assert plain(ours[col]) == plain(theirs[col]), col
+    assert ours["selected"].sum() == 4

@@ -2,8 +2,8 @@
 
 The formulas are in ``spmlbench/losses/builtin/{focal,asl,hill,splc}.py``:
 
-- focal (Lin et al. 2017): on probabilities with ``nlog`` (eps 1e-7, as in the GR code where
-  these baselines are re-run); focusing weights keep their gradient (standard focal loss).
+- focal (Lin et al. 2017): on probabilities with ``nlog`` (eps 1e-5, the Cole-derived codebase of
+  Zhou et al. 2022, whose focal numbers the report compares with); focusing weights keep their gradient.
 - asl (Ben-Baruch et al. 2021): as the official code: ``log(clamp(x, min=eps))`` with eps 1e-8,
   probability shift ``clip`` on negatives, focusing weights detached.
 - hill, splc (Zhang et al. 2021): on logits (``logsigmoid``, as the official code), focal-margin
