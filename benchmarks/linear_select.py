@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from spmlbench.experiments.recipes import linear_protocol
-from spmlbench.train.linear import LinearData, TrainConfig, train_linear
+from spmlbench.train.linear import LinearData, TrainConfig
+from spmlbench.train.parallel import train_linear_parallel
 
 
 def _train(data: LinearData, cfgs: list[TrainConfig], args: Any) -> list[Any]:
@@ -27,7 +28,7 @@ def _train(data: LinearData, cfgs: list[TrainConfig], args: Any) -> list[Any]:
             from spmlbench.train.parallel import auto_processes
 
             procs = auto_processes([cfgs[i] for i in idx], data.x_train.shape[0], args.device)
-        res = train_linear(data, [cfgs[i] for i in idx], device=args.device, threads=args.threads, processes=procs)
+        res = train_linear_parallel(data, [cfgs[i] for i in idx], procs, device=args.device, threads=args.threads)
         out.update(zip(idx, res))
     return [out[i] for i in range(len(cfgs))]
 

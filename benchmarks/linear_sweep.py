@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from spmlbench.losses import list_losses
-from spmlbench.train.linear import LinearData, TrainConfig, train_linear
+from spmlbench.train.linear import LinearData, TrainConfig
+from spmlbench.train.parallel import train_linear_parallel
 from spmlbench.train.reference import train_reference
 
 VOC = (4574, 1143, 5823, 20, 1.5)
@@ -100,7 +101,7 @@ def main() -> None:
           f"{len(cfgs)} configs x {args.epochs} epochs, batch {args.batch_size}, device {args.device}, "
           f"threads {torch.get_num_threads()}, processes {processes}")
     t0 = time.perf_counter()
-    results = train_linear(data, cfgs, device=args.device, threads=args.threads, processes=processes)
+    results = train_linear_parallel(data, cfgs, device=args.device, threads=args.threads, processes=processes)
     batched_s = time.perf_counter() - t0
     by_loss: dict[str, list[float]] = {}
     for c, r in zip(cfgs, results):

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from spmlbench.data.digits import DigitsConfig, format_digits
+from spmlbench.data.datasets.digits import DigitsConfig, format_digits
 from spmlbench.data.registry import FormatInput
 
 SMALL = DigitsConfig(num_train=120, num_test=80)

@@ -19,7 +19,7 @@ from PIL import Image
 from spmlbench.data.store import write_labels
 from spmlbench.experiments.jobs import JobSpec
 from spmlbench.features import backbones
-from spmlbench.train import e2e
+from spmlbench.train import e2e, linear_init
 from spmlbench.train.images import ImageDataset, flip_mask, reference_transform
 
 DS = "tiny"
@@ -41,6 +41,14 @@ def Job(  # noqa: N802 - reads like the JobSpec it builds
 
 
 FAST = {"eval_batch_size": 16, "head_lr_mult": 1.0}
+
+
+def expected_positives(home: Path) -> dict[str, float]:
+    """ROLE's ``expected_num_pos`` as the runner resolves it when the job is built (labels metadata)."""
+    from spmlbench.data.store import load_labels
+
+    meta = load_labels(DS, home).attrs["spmlbench"]["expected_positives"]
+    return {"expected_num_pos": float(meta["paper"] if meta["paper"] is not None else meta["computed"])}
 
 
 class MicroSpec(backbones.BackboneSpec):
@@ -218,7 +226,7 @@ def test_tiny_run_gives_finite_metrics_and_an_independently_checked_test_map(tin
 
 
 def test_killed_run_resumes_to_identical_numbers(tiny: Path, tmp_path: Path, micro: str) -> None:
-    job = Job(loss="role", epochs=3, backbone=micro)
+    job = Job(loss="role", hparams=expected_positives(tiny), epochs=3, backbone=micro)
     full = _run(tiny, tmp_path / "full", job)
     assert full.error is None
 
@@ -292,9 +300,9 @@ def test_em_apl_pseudo_labels_after_warmup(tiny: Path, tmp_path: Path, micro: st
 
 
 def test_linear_init_hands_roles_label_matrix_to_fine_tuning(tiny: Path, tmp_path: Path, micro: str) -> None:
-    job = Job(loss="role", mode="linear-init", epochs=1, backbone=micro)
+    job = Job(loss="role", hparams=expected_positives(tiny), mode="linear-init", epochs=1, backbone=micro)
     start: dict[str, torch.Tensor] = {}
-    res = e2e.train_linear_init(
+    res = linear_init.train_linear_init(
         job, home=tiny, device="cpu", workdir=tmp_path / "w", workers=0, progress=False, image_size=SIZE,
         overrides=FAST, linear_overrides={"epochs": 4, "lr": 1e-2},
         hooks=e2e.Hooks(on_start=lambda ctx: start.update(

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spmlbench.data.coco import format_coco
-from spmlbench.data.cub import format_cub
+from spmlbench.data.datasets.coco import format_coco
+from spmlbench.data.datasets.cub import format_cub
 from spmlbench.data.manifest import load_manifest
-from spmlbench.data.nuswide import format_nuswide
+from spmlbench.data.datasets.nuswide import format_nuswide
 from spmlbench.data.registry import FormatInput, dataset_names, get_adapter
-from spmlbench.data.voc import format_voc
+from spmlbench.data.datasets.voc import format_voc
 from spmlbench.errors import DataError
 
 try:  # tests/ as a package or on sys.path (rootdir layout)

@@ -9,7 +9,7 @@ import torch
 
 from spmlbench.errors import ConfigError
 from spmlbench.train.linear import TrainConfig, train_linear
-from spmlbench.train.parallel import split_configs
+from spmlbench.train.parallel import split_configs, train_linear_parallel
 from test_linear_support import synthetic_data
 
 
@@ -69,7 +69,7 @@ def test_two_processes_equal_one_process_bit_for_bit() -> None:
     one_dumps: dict[tuple[int, int], torch.Tensor] = {}
     one = train_linear(data, configs, threads=1,
                        on_val=lambda e, idx, p: one_dumps.update({(e, i): p[k].clone() for k, i in enumerate(idx)}))
-    two = train_linear(data, configs, threads=2, processes=2, on_val=on_val,
+    two = train_linear_parallel(data, configs, threads=2, processes=2, on_val=on_val,
                        progress=lambda p: seen_events.append((p.epoch, p.configs)))
     for c, a, b in zip(configs, one, two):
         assert dataclasses.asdict(a) == dataclasses.asdict(b), c
@@ -81,7 +81,7 @@ def test_two_processes_equal_one_process_bit_for_bit() -> None:
 
 def test_processes_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="processes=0"):
-        train_linear(synthetic_data(), [cfg("an", 0)], processes=0)
+        train_linear_parallel(synthetic_data(), [cfg("an", 0)], processes=0)
 
 
 def test_a_worker_pool_serves_several_calls_with_the_same_workers() -> None:
@@ -92,9 +92,9 @@ def test_a_worker_pool_serves_several_calls_with_the_same_workers() -> None:
     first = [cfg(n, s) for n in ("an", "gr") for s in (0, 1)]
     second = [cfg(n, s, batch_size=16) for n in ("role", "bce") for s in (0, 2)]
     with WorkerPool(2) as pool:
-        a = train_linear(data, first, threads=2, processes=2, pool=pool)
+        a = train_linear_parallel(data, first, threads=2, processes=2, pool=pool)
         workers = set(pool._pool._processes)  # type: ignore[union-attr]  # pids of the live workers
-        b = train_linear(data, second, threads=2, processes=2, pool=pool)
+        b = train_linear_parallel(data, second, threads=2, processes=2, pool=pool)
         assert set(pool._pool._processes) == workers and len(workers) == 2  # type: ignore[union-attr]
     assert pool._pool is None  # closed on leaving the block
     for configs, got in ((first, a), (second, b)):
@@ -143,8 +143,8 @@ def test_an_error_in_the_caller_stops_the_workers() -> None:
 
     pool = WorkerPool(2)
     with pytest.raises(OSError, match="disk full"):
-        train_linear(data, configs, threads=2, processes=2, pool=pool, on_val=boom)
+        train_linear_parallel(data, configs, threads=2, processes=2, pool=pool, on_val=boom)
     assert pool._pool is None
-    again = train_linear(data, configs[:2], threads=2, processes=2, pool=pool)  # new workers on the next call
+    again = train_linear_parallel(data, configs[:2], threads=2, processes=2, pool=pool)  # new workers on the next call
     assert [r.status for r in again] == ["ok", "ok"]
     pool.close()

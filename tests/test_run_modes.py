@@ -113,7 +113,7 @@ def test_e2e_needs_images_not_features(cli, home: Path, tmp_path: Path) -> None:
 def test_ray_executor_without_ray(cli, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     r = cli("run", "--executor", "ray", "--out", str(tmp_path))
-    one_line_error(r, "--executor ray: Ray is not installed; pip install -e '.[ray]'")
+    one_line_error(r, "--executor ray: the ray extra is not installed; run pip install -e '.[ray]'")
     one_line_error(cli("run", "--executor", "slurm", "--out", str(tmp_path)), "--executor")
 
 

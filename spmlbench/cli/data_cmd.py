@@ -62,7 +62,8 @@ def prepare(
     ),
 ) -> None:
     """Download (or take --from), format, sample single positives and split one dataset."""
-    from spmlbench.data.prepare import FEATURE_MODES, PrepareOptions, prepare_dataset, run_features
+    from spmlbench.data.prepare import PrepareOptions, prepare_dataset
+    from spmlbench.features.modes import FEATURE_MODES, run_features
 
     if features not in FEATURE_MODES:
         raise ConfigError(f"--features {features!r}: unknown mode; choose one of {', '.join(FEATURE_MODES)}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -15,76 +14,16 @@ from spmlbench.cli.app import app, err_console
 from spmlbench.cli.help import E2E, OUTPUT, PIPELINE, SCALE_OUT, SELECTION, TRAINING, choices
 from spmlbench.cli.parse import _split, load_plugin_options, parse_losses, parse_numbers, parse_seeds
 from spmlbench.cli.run_view import RichRunProgress, report_run
-from spmlbench.errors import ConfigError, DataError
-from spmlbench.experiments.jobs import MODES, JobSpec, expand_jobs
+from spmlbench.errors import ConfigError
+from spmlbench.experiments.jobs import MODES, JobSpec, check_image_options
+from spmlbench.experiments.plan import DEFAULT_DATASET, DEFAULT_SEEDS, RunRequest, plan_run
 from spmlbench.experiments.recipes import LINEAR_RECIPES, SELECT_RULES, check_choice, linear_protocol
-from spmlbench.experiments.runner import RunProgress, RunSummary, check_protocol, run_jobs
+from spmlbench.experiments.ray_executor import import_ray
+from spmlbench.experiments.runner import RunProgress, RunSummary, run_jobs
 from spmlbench.experiments.selection import run_selected
 
-DEFAULT_DATASET = "digits"
-DEFAULT_SEEDS = "0,1,2"
-E2E_BACKBONE = "resnet50"
+DEFAULT_SEEDS_TEXT = ",".join(map(str, DEFAULT_SEEDS))
 EXECUTORS = ("local", "ray")
-RAY_MISSING = "--executor ray: Ray is not installed; pip install -e '.[ray]'"
-
-
-def ensure_dataset(dataset: str, backbone: str | None, home: str | None, say: Any,
-                   need_features: bool = True) -> tuple[dict[str, Any], str]:
-    """Labels metadata and backbone of a prepared dataset; ``digits`` is prepared/extracted on demand.
-
-    ``need_features=False`` (end-to-end modes): images instead of the feature cache, and the
-    backbone defaults to ``resnet50``.
-    """
-    from spmlbench.data.registry import get_adapter, image_root
-    from spmlbench.data.store import load_labels
-    from spmlbench.features.extract import default_backbone
-    from spmlbench.paths import features_path, labels_path
-
-    get_adapter(dataset)  # unknown dataset -> ConfigError listing the known ones
-    offline = dataset == DEFAULT_DATASET
-    if not labels_path(dataset, home).exists():
-        if not offline:
-            raise DataError(f"{labels_path(dataset, home)}: dataset {dataset!r} is not prepared; "
-                            f"run 'spmlbench prepare {dataset}'")
-        from spmlbench.data.prepare import prepare_dataset
-
-        say(f"preparing {dataset} (offline, no download)")
-        prepare_dataset(dataset, home=home)
-    meta = dict(load_labels(dataset, home).attrs.get("spmlbench", {}))
-    if not need_features:
-        root = image_root(dataset, home)
-        if not root.exists():
-            raise DataError(f"{root}: images of {dataset!r} are missing (end-to-end modes train on images); "
-                            f"re-run 'spmlbench prepare {dataset}'")
-        return meta, backbone or E2E_BACKBONE
-    bb = backbone or default_backbone(dataset)
-    if not features_path(dataset, bb, home).exists():
-        if not offline:
-            raise DataError(f"{features_path(dataset, bb, home)}: no {bb} features for {dataset}; "
-                            f"run 'spmlbench features {dataset} --backbone {bb}'")
-        from spmlbench.features.extract import extract_features
-
-        say(f"extracting {bb} features of {dataset}")
-        extract_features(dataset, bb, home=home, progress=False)
-    return meta, bb
-
-
-@dataclasses.dataclass
-class _Options:
-    """The job-shaping options of one ``run`` call (shared by plain runs and experiments)."""
-
-    epochs: int | None
-    batch_size: int | None
-    lr: float | None
-    val: str
-    early_stop: str
-    sets: list[str]
-    weights: str | None
-    image_size: int | None
-    exact: bool
-    recipe: str = "cole"
-    lr_grid: list[float] | None = None
-    batch_grid: list[int] | None = None
 
 
 @app.command(rich_help_panel=PIPELINE)
@@ -98,7 +37,7 @@ def run(
     plugin: list[str] = typer.Option([], "--plugin", help="your own losses: a .py file or module (repeatable)",
                                      metavar="<file.py|module>", rich_help_panel=SELECTION),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="comma list of seeds", metavar="<int,...>",
-                                        show_default=f"{DEFAULT_SEEDS} or the experiment's", rich_help_panel=SELECTION),
+                                        show_default=f"{DEFAULT_SEEDS_TEXT} or the experiment's", rich_help_panel=SELECTION),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="epochs for every loss", show_default="the loss's recipe",
                                          rich_help_panel=TRAINING),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="batch size", show_default="the loss's recipe",
@@ -174,11 +113,8 @@ def run(
     ray_opts = _ray_options(executor, address, gpus_per_job, cpus_per_job)
     if mode is not None and mode not in MODES:
         raise ConfigError(f"--mode {mode!r}: unknown; choose one of: {', '.join(MODES)}")
-    if not experiment and (mode or "linear") == "linear":
-        for flag, value in (("--weights", weights), ("--image-size", image_size), ("--exact", exact or None)):
-            if value is not None:
-                raise ConfigError(f"{flag}: only used by --mode e2e or linear-init (linear reads cached features); "
-                                  "drop it or change --mode")
+    if not experiment:
+        check_image_options(mode or "linear", weights, image_size, exact)
     if workers is not None and workers < 0:
         raise ConfigError(f"--workers {workers}: must be >= 0")
     n_processes = _parse_processes(processes)
@@ -192,26 +128,14 @@ def run(
     rule = check_choice("select", select, SELECT_RULES) if select is not None else linear_protocol().select
     if select is not None and recipe != "cole":
         raise ConfigError("--select: only used with --recipe cole (the paper recipes have one point); drop it")
-    opts = _Options(epochs, batch_size, lr, val, early_stop, list(set_), weights, image_size, exact, recipe,
-                    parse_numbers(lr_grid, "lr-grid", float), parse_numbers(batch_grid, "batch-grid", int))
-    dumps: set[str] = set()
-    if experiment:
-        if grid:
-            raise ConfigError("--grid: not combined with --experiment (the spec holds its grids); drop one of them")
-        loss_filter = None if losses.strip() == "all" else parse_losses(losses)
-        exp_name, jobs, dumps = _experiment_jobs(experiment, ds_list or None, seed_list, mode, loss_filter, backbone,
-                                                 home, opts, say)
-    else:
-        exp_name = ""
-        loss_names = parse_losses(losses)
-        run_mode = mode or "linear"
-        jobs = []
-        for ds in ds_list or [DEFAULT_DATASET]:
-            meta, bb = ensure_dataset(ds, backbone, home, say, need_features=run_mode == "linear")
-            jobs += expand_jobs(dataset=ds, losses=loss_names, seeds=seed_list or parse_seeds(DEFAULT_SEEDS),
-                                meta=meta, backbone=bb, mode=run_mode, epochs=epochs, batch_size=batch_size, lr=lr,
-                                val=val, early_stop=early_stop, sets=set_, grids=grid, weights=weights,
-                                image_size=image_size, exact=exact, **_recipe_kwargs(opts, run_mode))
+    request = RunRequest(
+        datasets=ds_list, losses=None if losses.strip() == "all" else parse_losses(losses), seeds=seed_list,
+        mode=mode, backbone=backbone, experiment=experiment, epochs=epochs, batch_size=batch_size, lr=lr,
+        recipe=recipe, lr_grid=parse_numbers(lr_grid, "lr-grid", float),
+        batch_grid=parse_numbers(batch_grid, "batch-grid", int), val=val, early_stop=early_stop, sets=list(set_),
+        grids=list(grid), weights=weights, image_size=image_size, exact=exact, home=home)
+    plan = plan_run(request, say)
+    jobs, exp_name, dumps = plan.jobs, plan.experiment, plan.dumps
     run_kwargs: dict[str, Any] = dict(home=home, device=device, force=force, reference_loop=reference_loop,
                                       experiment=exp_name, workers=workers, processes=n_processes,
                                       dumps=frozenset(dumps),
@@ -239,16 +163,6 @@ def _merge(summaries: Sequence[RunSummary]) -> RunSummary:
     return total
 
 
-def _recipe_kwargs(opts: _Options, mode: str) -> dict[str, Any]:
-    """The linear-recipe arguments of :func:`expand_jobs` (the grid only where the cole protocol applies)."""
-    if mode != "linear":
-        if opts.recipe != "cole" or opts.lr_grid is not None or opts.batch_grid is not None:
-            raise ConfigError("--recipe/--lr-grid/--batch-grid: only used by --mode linear (e2e and linear-init "
-                              "use each paper's recipe); drop them")
-        return {}
-    return {"recipe": opts.recipe, "lr_grid": opts.lr_grid, "batch_grid": opts.batch_grid}
-
-
 def _ray_options(executor: str, address: str | None, gpus: float | None, cpus: float | None) -> dict[str, Any] | None:
     """The ray keyword arguments (None for the local executor); ray options without ray are an error."""
     if executor not in EXECUTORS:
@@ -263,10 +177,7 @@ def _ray_options(executor: str, address: str | None, gpus: float | None, cpus: f
         raise ConfigError(f"--gpus-per-job {gpus}: must be >= 0")
     if cpus is not None and not cpus > 0:
         raise ConfigError(f"--cpus-per-job {cpus}: must be > 0")
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        raise ConfigError(RAY_MISSING) from None
+    import_ray()  # ConfigError with the install hint when the extra is missing
     opts: dict[str, Any] = {}
     if address is not None:
         opts["address"] = address
@@ -293,71 +204,10 @@ def _parse_processes(text: str) -> int | None:
 def _run_ray(jobs: Sequence[JobSpec], out: Path, ray_opts: dict[str, Any], progress: RunProgress,
              run_kwargs: dict[str, Any]) -> RunSummary:
     """Hand the jobs to :func:`spmlbench.experiments.ray_executor.run_jobs_ray` (imported lazily)."""
-    try:
-        from spmlbench.experiments.ray_executor import run_jobs_ray
-    except ImportError as exc:
-        raise ConfigError(f"--executor ray: the ray executor could not be loaded ({exc}); "
-                          "reinstall spmlbench with pip install -e '.[ray]'") from None
+    from spmlbench.experiments.ray_executor import run_jobs_ray
+
     kw = dict(run_kwargs)
     base = {k: kw.pop(k) for k in ("home", "device", "force", "experiment")}
     return run_jobs_ray(list(jobs), out, progress=progress, **base, **ray_opts, **kw)
 
 
-def _set_loss(text: str) -> str:
-    from spmlbench.experiments.jobs import parse_set
-
-    return parse_set(text)[0]
-
-
-def _experiment_jobs(name: str, datasets: list[str] | None, seeds: list[int] | None, mode: str | None,
-                     loss_filter: list[str] | None, backbone: str | None, home: str | None, opts: _Options,
-                     say: Any) -> tuple[str, list[JobSpec], set[str]]:
-    """An experiment's jobs as JobSpecs (CLI --set/--epochs/--batch-size/--lr on top), its name, and the
-    ids of the jobs that dump predictions."""
-    from spmlbench.experiments.spec import load_experiment
-
-    exp = load_experiment(name, datasets=datasets, seeds=seeds, mode=mode)
-    raw = [j for j in exp.jobs() if loss_filter is None or j["loss"] in loss_filter]
-    if not raw:
-        raise ConfigError(f"--losses: none of them is in experiment {exp.name!r}; choose from "
-                          f"{', '.join(dict.fromkeys(j['loss'] for j in exp.jobs()))}")
-    set_losses = {text: _set_loss(text) for text in opts.sets}
-    present = {j["loss"] for j in raw}
-    in_spec = {j["loss"] for j in exp.jobs()}
-    for text, loss in set_losses.items():
-        if loss in in_spec and loss not in present:
-            raise ConfigError(f"--set {text}: loss {loss!r} is left out by --losses; add it to --losses or drop the --set")
-        if loss not in present:
-            raise ConfigError(f"--set {text}: loss {loss!r} is not in experiment {exp.name!r}; drop the --set")
-    jobs: list[JobSpec] = []
-    dumps: set[str] = set()
-    prepared: dict[tuple[str, str | None, bool], tuple[dict[str, Any], str]] = {}
-    for job in raw:
-        ds, jmode = job["dataset"], job.get("mode", "linear")
-        key = (ds, job.get("backbone") or backbone, jmode == "linear")
-        if key not in prepared:
-            prepared[key] = ensure_dataset(ds, key[1], home, say, need_features=key[2])
-        meta, bb = prepared[key]
-        e2e = jmode != "linear"
-        specs = expand_jobs(
-            dataset=ds, losses=[job["loss"]], seeds=[job["seed"]], meta=meta, backbone=bb, mode=jmode,
-            epochs=opts.epochs or job.get("epochs"), batch_size=opts.batch_size or job.get("batch_size"),
-            lr=opts.lr if opts.lr is not None else job.get("lr"), val=job.get("val", opts.val),
-            early_stop=job.get("early_stop", opts.early_stop),
-            sets=[t for t, loss in set_losses.items() if loss == job["loss"]], hparams=job.get("hparams") or {},
-            label_seed=job.get("label_seed"), split_seed=job.get("split_seed"),
-            weights=opts.weights if e2e else None, image_size=opts.image_size if e2e else None,
-            exact=opts.exact and e2e, **_recipe_kwargs(opts, jmode),
-        )
-        check_protocol(specs, meta)  # before anything runs
-        jobs += specs
-        if job.get("dump_predictions"):
-            if e2e:
-                raise ConfigError(f"experiment {exp.name!r}: dump_predictions is written by mode linear only, not "
-                                  f"{jmode}; run it with --mode linear")
-            dumps.update(s.job_id for s in specs)
-    if not any(j.mode != "linear" for j in jobs):
-        for flag, value in (("--weights", opts.weights), ("--image-size", opts.image_size), ("--exact", opts.exact or None)):
-            if value is not None:
-                raise ConfigError(f"{flag}: experiment {exp.name!r} runs mode linear only; drop {flag} or pass --mode e2e")
-    return exp.name, list(dict.fromkeys(jobs)), dumps

@@ -8,7 +8,9 @@ official val, our test. Everything after that (sampling, split, storage) is shar
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
+import pkgutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -157,9 +159,13 @@ def image_root(dataset: str, home: str | os.PathLike[str] | None = None) -> Path
 
 
 def _ensure_loaded() -> None:
-    """Import the adapter modules (each registers itself on import)."""
-    import spmlbench.data.digits  # noqa: F401
-    import spmlbench.data.voc  # noqa: F401
-    import spmlbench.data.coco  # noqa: F401
-    import spmlbench.data.nuswide  # noqa: F401
-    import spmlbench.data.cub  # noqa: F401
+    """Import every module of :mod:`spmlbench.data.datasets` (each registers its adapter on import)."""
+    load_datasets()
+
+
+def load_datasets() -> None:
+    """Import the dataset modules (``spmlbench/data/datasets/<name>.py``); each registers itself."""
+    package = "spmlbench.data.datasets"
+    for mod in pkgutil.iter_modules(importlib.import_module(package).__path__):
+        if not mod.name.startswith("_"):
+            importlib.import_module(f"{package}.{mod.name}")

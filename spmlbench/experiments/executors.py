@@ -28,13 +28,6 @@ class Executor(Protocol):
         ...
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; a CUDA device this machine lacks is a ConfigError."""
-    from spmlbench.features.extract import resolve_device as resolve
-
-    return resolve(device)
-
-
 class LocalExecutor:
     """Trains in this process (linear jobs on the CPU optionally in ``processes`` child processes):
     the batched linear trainer, or the reference loop."""
@@ -71,8 +64,10 @@ class LocalExecutor:
 
             # workers start only when a cohort really splits (auto may keep a short one in-process)
             self._pool = WorkerPool(self.processes or auto_size())
-        return train_linear(data, configs, device=self.device, progress=progress, on_val=on_val,
-                            processes=self.processes, pool=self._pool)
+        from spmlbench.train.parallel import train_linear_parallel
+
+        return train_linear_parallel(data, configs, self.processes, device=self.device, progress=progress,
+                                     on_val=on_val, pool=self._pool)
 
 
 def train_image_job(
@@ -85,15 +80,15 @@ def train_image_job(
     progress: ProgressFn | None = None,
 ) -> Any:
     """Train one end-to-end job (``e2e``: :func:`~spmlbench.train.e2e.train_e2e`; ``linear-init``:
-    :func:`~spmlbench.train.e2e.train_linear_init`) in ``workdir`` (resumes from its checkpoints).
+    :func:`~spmlbench.train.linear_init.train_linear_init`) in ``workdir`` (resumes from its checkpoints).
 
     Returns the trainer's ``E2EResult``; ``progress`` gets one :class:`EpochProgress` per epoch.
     """
-    from spmlbench.train import e2e
+    from spmlbench.train import e2e, linear_init
 
     if job.mode not in ("e2e", "linear-init"):
         raise ConfigError(f"--mode {job.mode}: train_image_job runs e2e and linear-init jobs only")
-    fn = e2e.train_e2e if job.mode == "e2e" else e2e.train_linear_init
+    fn = e2e.train_e2e if job.mode == "e2e" else linear_init.train_linear_init
 
     def on_epoch_end(epoch: int, ctx: Any) -> None:
         if progress is None:

@@ -17,11 +17,11 @@ from typing import Any
 
 from spmlbench.errors import ConfigError
 from spmlbench.experiments.recipes import LINEAR_RECIPES, check_choice, e2e_job_recipe, linear_protocol, paper_recipe
+from spmlbench.train.early_stop import canonical_rule
 from spmlbench.train.linear import TrainConfig, freeze_hparams
 
 MODES = ("linear", "e2e", "linear-init")
 VAL_MODES = ("clean", "observed")
-EARLY_STOP_CHOICES = ("paper", "none")
 E2E_FIELDS = ("weights", "image_size", "exact")
 _E2E_DEFAULTS: dict[str, Any] = {"weights": None, "image_size": None, "exact": False}
 _OPTIONAL = (*E2E_FIELDS, "loss_source")
@@ -140,6 +140,16 @@ def resolve_hparams(loss: str, dataset: str, overrides: Mapping[str, Any], meta:
     return resolve(loss, dataset, **over).as_dict()
 
 
+def check_image_options(mode: str, weights: str | None, image_size: int | None, exact: bool) -> None:
+    """``--weights``, ``--image-size`` and ``--exact`` are for the modes that train on images (ConfigError)."""
+    if mode != "linear":
+        return
+    for name, value in (("weights", weights), ("image-size", image_size), ("exact", exact or None)):
+        if value is not None:
+            raise ConfigError(f"--{name}: only used by --mode e2e or linear-init (linear reads cached features); "
+                              "drop it or change --mode")
+
+
 def expand_jobs(
     *,
     dataset: str,
@@ -181,11 +191,7 @@ def expand_jobs(
     """
     from spmlbench.losses import LOSSES
 
-    if mode == "linear":
-        for name, value in (("weights", weights), ("image-size", image_size), ("exact", exact or None)):
-            if value is not None:
-                raise ConfigError(f"--{name}: only used by --mode e2e or linear-init (linear reads cached features); "
-                                  "drop it or change --mode")
+    check_image_options(mode, weights, image_size, exact)
     if weights is not None and weights not in ("default", "none"):
         raise ConfigError(f"--weights {weights!r}: unknown; choose default or none")
     if image_size is not None and image_size < 1:
@@ -198,8 +204,11 @@ def expand_jobs(
                           "protocol); drop them or change --mode/--recipe")
     if val not in VAL_MODES:
         raise ConfigError(f"--val {val!r}: unknown; choose clean or observed")
-    if early_stop not in EARLY_STOP_CHOICES and not early_stop.startswith(("drop:", "no_improve")):
-        raise ConfigError(f"--early-stop {early_stop!r}: unknown; choose paper or none")
+    if early_stop != "paper":
+        try:
+            early_stop = canonical_rule(early_stop)
+        except ConfigError:
+            raise ConfigError(f"--early-stop {early_stop!r}: unknown; choose paper, none, no_improve or drop:<points>") from None
     for name, value in (("epochs", epochs), ("batch-size", batch_size)):
         if value is not None and value < 1:
             raise ConfigError(f"--{name} {value}: must be >= 1")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,7 @@ class Counts:
 
 
 class RayProgress:
-    """Callbacks of the scale-out driver (no-ops here; :class:`RichRayProgress` draws them)."""
+    """Callbacks of the scale-out driver (no-ops here; :class:`PlainRayProgress` prints them)."""
 
     def message(self, text: str) -> None:
         """A one-line note (e.g. which Ray instance is used)."""
@@ -80,50 +81,28 @@ class RayProgress:
         """The run ended (normally or not)."""
 
 
-class RichRayProgress(RayProgress):
-    """A rich live line ``queued · running · done · failed`` on stderr; notes and failures printed above it."""
+class PlainRayProgress(RayProgress):
+    """Notes, failures and a line per change of the counts, on stderr (the library's default; the CLI
+    draws its own progress)."""
 
-    def __init__(self, console: Any | None = None) -> None:
-        from rich.console import Console
-
-        self.console = console or Console(stderr=True)
-        self._live: Any = None
-
-    def _render(self, c: Counts) -> Any:
-        from rich.text import Text
-
-        return Text.assemble(
-            ("ray ", "bold"), (f"{c.queued} queued", "cyan"), " · ", (f"{c.running} running", "yellow"), " · ",
-            (f"{c.done} done", "green"), " · ", (f"{c.failed} failed", "red" if c.failed else "dim"),
-            f"  ({c.skipped} already done, {c.total} jobs)",
-        )
+    def __init__(self) -> None:
+        self._last: Counts | None = None
 
     def message(self, text: str) -> None:
-        """Print ``text`` above the live line."""
-        self.console.print(text, highlight=False)
+        """Print ``text`` on stderr."""
+        print(text, file=sys.stderr, flush=True)
 
     def update(self, counts: Counts) -> None:
-        """Redraw the live line."""
-        from rich.live import Live
-
-        if self._live is None:
-            self._live = Live(self._render(counts), console=self.console, refresh_per_second=4)
-            self._live.start()
-        else:
-            self._live.update(self._render(counts))
+        """Print the counts when they changed."""
+        if counts != self._last:
+            self._last = counts
+            self.message(f"ray: {counts.queued} queued, {counts.running} running, {counts.done} done, "
+                         f"{counts.failed} failed ({counts.skipped} already done, {counts.total} jobs)")
 
     def task_failed(self, job_ids: Sequence[str], error: str) -> None:
         """Print the failed task's jobs and error."""
-        from rich.markup import escape
-
         shown = ", ".join(job_ids[:4]) + (f" and {len(job_ids) - 4} more" if len(job_ids) > 4 else "")
-        self.console.print(f"[red]task failed[/red] (jobs {shown}): {escape(error)}", highlight=False)
-
-    def close(self) -> None:
-        """Stop the live line (its last state stays on screen)."""
-        if self._live is not None:
-            self._live.stop()
-            self._live = None
+        self.message(f"task failed (jobs {shown}): {error}")
 
 
 class RunProgressAdapter(RayProgress):
@@ -134,16 +113,13 @@ class RunProgressAdapter(RayProgress):
     """
 
     def __init__(self, inner: Any) -> None:
-        from rich.console import Console
-
         self.inner = inner
-        self.console = Console(stderr=True)
         self._started = False
         self._finished = 0
 
     def message(self, text: str) -> None:
         """Print ``text`` on stderr."""
-        self.console.print(text, highlight=False, markup=False)
+        print(text, file=sys.stderr, flush=True)
 
     def update(self, counts: Counts) -> None:
         """``start`` on the first call; advance by the jobs finished (done or failed) since the last."""
@@ -161,9 +137,9 @@ class RunProgressAdapter(RayProgress):
 
 
 def as_ray_progress(progress: Any) -> RayProgress:
-    """``None`` -> :class:`RichRayProgress`; a runner ``RunProgress`` -> wrapped; a RayProgress as is."""
+    """``None`` -> :class:`PlainRayProgress`; a runner ``RunProgress`` -> wrapped; a RayProgress as is."""
     if progress is None:
-        return RichRayProgress()
+        return PlainRayProgress()
     if hasattr(progress, "update") and hasattr(progress, "task_failed"):
         return progress
     return RunProgressAdapter(progress)
@@ -313,7 +289,7 @@ def run_jobs_ray(
     ``home`` (default: each worker's own SPMLBENCH_HOME) and ``out_dir`` must name the same data on
     every node. ``run_kwargs`` go to :func:`~spmlbench.experiments.runner.run_jobs` in the workers
     (they must pickle). Jobs of tasks that failed for good are in ``failed`` and ``errors``.
-    ``progress``: a :class:`RayProgress`, a runner ``RunProgress`` (adapted), or None (a rich live line).
+    ``progress``: a :class:`RayProgress`, a runner ``RunProgress`` (adapted), or None (plain lines on stderr).
     """
     _check_options(device, gpus_per_job, cpus_per_job, max_retries)
     ray = import_ray()

@@ -29,9 +29,10 @@ import numpy as np
 from spmlbench.errors import ConfigError, DataError
 from spmlbench.experiments import locks
 from spmlbench.experiments import records as rec
-from spmlbench.experiments.executors import Executor, LocalExecutor, resolve_device, train_image_job
+from spmlbench.experiments.executors import Executor, LocalExecutor, train_image_job
 from spmlbench.experiments.jobs import JobSpec
 from spmlbench.experiments.records import make_record, record_path, write_record
+from spmlbench.runtime import resolve_device
 from spmlbench.train.linear import EpochProgress, LinearData, linear_data
 
 WORK_DIR = "work"

@@ -10,11 +10,10 @@ may deliver batches out of order: every output row is placed by its row index. T
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,61 +22,19 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from spmlbench.errors import ConfigError, DataError
+from spmlbench.data.registry import get_adapter, image_root
 from spmlbench.features.backbones import BackboneSpec, check_weights_choice, get_backbone, output_dim
 from spmlbench.features.partial import PartialExtraction, images_sha256
 from spmlbench.features.store import alignment_problem, read_features, read_images, write_features
-from spmlbench.paths import dataset_dir, features_path
+from spmlbench.paths import features_path
+from spmlbench.runtime import available_cpus, backend_flags, device_label, precision_label, resolve_device
 
 DEFAULT_CHUNK_ROWS = 1024
-FALLBACK_BACKBONE = {"digits": "pixels"}
 
 
 def default_backbone(dataset: str) -> str:
-    """The dataset registry's default backbone; ``pixels`` for digits and ``resnet50`` otherwise if unknown."""
-    try:
-        from spmlbench.data.registry import get_adapter
-
-        return get_adapter(dataset).default_backbone
-    except (ImportError, AttributeError, ConfigError):
-        return FALLBACK_BACKBONE.get(dataset, "resnet50")
-
-
-def image_root(dataset: str, home: str | os.PathLike[str] | None = None) -> Path:
-    """The folder the ``image`` column is relative to (from the dataset registry when available)."""
-    try:
-        from spmlbench.data.registry import image_root as registry_image_root
-    except ImportError:
-        return dataset_dir(dataset, home) / "images"
-    return registry_image_root(dataset, home)
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; asking for CUDA without one is a ConfigError."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ConfigError(f"--device {device!r}: unknown device; use auto, cpu or cuda")
-    index = device[5:]
-    if index and not (index.isascii() and index.isdigit()):
-        raise ConfigError(f"--device {device!r}: the GPU index must be a whole number, e.g. cuda:0")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: no CUDA device is available; use --device cpu or auto")
-    if index and int(index) >= torch.cuda.device_count():
-        raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                          f"cuda:0 to cuda:{torch.cuda.device_count() - 1}; choose one of them, cpu or auto")
-    return torch.device(device)
-
-
-def device_label(device: torch.device) -> str:
-    """Human-readable device recorded in the cache, e.g. ``cuda (NVIDIA H100 80GB HBM3)``."""
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return "cpu"
-
-
-def precision_label(device: torch.device, exact: bool) -> str:
-    """``bf16-autocast+channels_last`` on CUDA unless ``exact``; ``fp32`` otherwise."""
-    return "bf16-autocast+channels_last" if device.type == "cuda" and not exact else "fp32"
+    """The dataset's default backbone (its registry entry: ``pixels`` for digits, ``resnet50`` for the others)."""
+    return get_adapter(dataset).default_backbone
 
 
 class ImageRows(Dataset):
@@ -118,23 +75,6 @@ def _image_error(root: Path, image: str) -> DataError:
     return DataError(f"{path}: cannot decode image ({reason}); replace the file and re-run the same command")
 
 
-@contextlib.contextmanager
-def _backend_flags(device: torch.device, exact: bool) -> Iterator[None]:
-    """CUDA only: cudnn autotuning for the fast path, TF32 off for ``exact``; restored afterwards."""
-    if device.type != "cuda":
-        yield
-        return
-    saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    try:
-        torch.backends.cudnn.benchmark = not exact
-        if exact:
-            torch.backends.cudnn.allow_tf32 = False
-            torch.backends.cuda.matmul.allow_tf32 = False
-        yield
-    finally:
-        (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) = saved
-
-
 def make_forward(
     spec: BackboneSpec, model: torch.nn.Module, device: torch.device, fast: bool
 ) -> Callable[[torch.Tensor], Callable[[], np.ndarray]]:
@@ -173,7 +113,7 @@ def make_forward(
 
 def _defaults(spec: BackboneSpec, device: torch.device, batch_size: int | None, workers: int | None) -> tuple[int, int]:
     """Batch size and worker count: explicit values win; else by device and backbone."""
-    cpus = os.cpu_count() or 1
+    cpus = available_cpus()
     if batch_size is None:
         batch_size = 256 if spec.arch is None else (64 if device.type == "cuda" else 16)
     if workers is None:
@@ -377,7 +317,7 @@ def _run_chunks(
             del pending[start]
         progress.advance(task, len(index))
 
-    with progress, _backend_flags(dev, exact):
+    with progress, backend_flags(dev, exact):
         task = progress.add_task(label, total=partial.n_rows, completed=done_rows)
         in_flight = None
         for idx, batch, ok in loader:

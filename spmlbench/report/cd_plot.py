@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from spmlbench.report.plots import WIDTH_IN, _RC, _save, plt
+from spmlbench.report.figure_style import RC as _RC
+from spmlbench.report.figure_style import WIDTH_IN, plt
+from spmlbench.report.figure_style import save_figure as _save
 from spmlbench.report.rank_table import DATASETS, rank_summary
 from spmlbench.report.ranks import RankTest
 from spmlbench.report.tables import row_label

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow.parquet as pq
 
 from spmlbench.errors import DataError
 from spmlbench.experiments.spec import Experiment
@@ -42,26 +41,13 @@ def load_reference(path: str | os.PathLike[str] | None = None) -> pd.DataFrame:
     return df[REFERENCE_COLUMNS]
 
 
-def _read_records_dir(out_dir: Path) -> pd.DataFrame:
-    files = sorted((out_dir / "records").glob("*.parquet"))
-    frames = []
-    for f in files:
-        try:
-            frames.append(pq.read_table(f).to_pandas())
-        except Exception as exc:  # pyarrow raises several types for corrupt files
-            raise DataError(f"{f}: unreadable result record ({exc}); delete it and re-run the job") from None
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
 def load_results(out_dir: str | os.PathLike[str]) -> pd.DataFrame:
-    """All result records under ``out_dir`` (the runner's ``load_records`` when present), hparams parsed to ``hp``."""
+    """All result records under ``out_dir`` (:func:`spmlbench.experiments.records.load_records`), hparams
+    parsed to ``hp``."""
+    from spmlbench.experiments.records import load_records
+
     out_dir = Path(out_dir)
-    try:
-        from spmlbench.experiments.records import load_records  # the runner's reader, when it exists
-    except ImportError:
-        df = _read_records_dir(out_dir)
-    else:
-        df = load_records(out_dir) if (out_dir / "records").is_dir() else pd.DataFrame()
+    df = load_records(out_dir) if (out_dir / "records").is_dir() else pd.DataFrame()
     if df.empty:
         return df
     df = df.copy()
@@ -102,10 +88,8 @@ def loss_defaults(loss: str) -> dict[str, Any]:
     Defaults that are None or set per dataset (EM alpha, EPR expected positives, ...) are left
     out: the trainer may resolve them to dataset values, so a record is not compared on them.
     """
-    try:
-        from spmlbench.losses import loss_info
-    except ImportError:
-        return {}
+    from spmlbench.losses import loss_info
+
     try:
         info = loss_info(loss)
     except Exception:  # unknown loss or registry not ready: match on explicit hparams only

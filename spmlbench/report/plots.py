@@ -14,33 +14,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from spmlbench.report.figure_style import RC as _RC
+from spmlbench.report.figure_style import WIDTH_IN, plt
+from spmlbench.report.figure_style import figure as _figure
+from spmlbench.report.figure_style import save_figure as _save
 
-from spmlbench.atomic import atomic_path  # noqa: E402
-
-WIDTH_IN = 3.5
-DPI = 300
 BIN_EDGES = np.linspace(0.0, 1.0, 101)  # 100 fixed probability bins
-_RC = {"font.size": 7, "axes.titlesize": 7, "axes.labelsize": 7, "legend.fontsize": 6,
-       "xtick.labelsize": 6, "ytick.labelsize": 6, "lines.linewidth": 1.0}
-
-
-def _save(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=DPI, format="png", bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
-def _figure(height: float = 2.4, ncols: int = 1) -> tuple[Any, Any]:
-    with plt.rc_context(_RC):
-        return plt.subplots(1, ncols, figsize=(WIDTH_IN, height), squeeze=False)
 
 
 # ---------- prediction dumps ----------

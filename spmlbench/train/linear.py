@@ -25,184 +25,43 @@ are computed once per epoch. Val mAP
 stopping freezes a config's results after its stop epoch (equivalent to stopping it). Non-finite
 loss or logits mark that config failed (epoch, step, which) and the others continue.
 ``train_linear(threads=n)`` runs the training with ``n`` intra-op threads (scoped, restored);
-``train_linear(processes=n)`` splits the configs over n CPU processes (:mod:`spmlbench.train.parallel`).
+``spmlbench.train.parallel.train_linear_parallel(processes=n)`` splits the configs over n CPU processes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from spmlbench.errors import ConfigError
+from spmlbench.runtime import intra_op_threads
+from spmlbench.train.configs import (
+    VAL_MODES,
+    ConfigResult,
+    EpochProgress,
+    LinearData,
+    ProgressFn,
+    TrainConfig,
+    ValHook,
+    check_config,
+    freeze_hparams,
+    linear_data,
+    uses_clean_labels,
+)
+from spmlbench.train.early_stop import EarlyStop, parse_early_stop
 from spmlbench.train.evaluate import average_precision, mean_ap
 from spmlbench.train.heads import StackedHeads
 from spmlbench.train.optim import BatchedAdam
 from spmlbench.train.seeding import epoch_orders, head_init, num_steps
 
-VAL_MODES = ("clean", "observed")
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """One linear-probe run: loss, its hyperparameters (name -> value), seed and optimisation settings.
-
-    ``early_stop``: ``none`` (best val epoch), ``no_improve`` (stop at the first epoch whose val mAP
-    does not improve), or ``drop:<points>`` (stop once val mAP falls more than that below the best).
-    """
-
-    loss: str
-    hparams: tuple[tuple[str, Any], ...] = ()
-    seed: int = 0
-    lr: float = 1e-4
-    batch_size: int = 8
-    epochs: int = 25
-    early_stop: str = "none"
-    val: str = "clean"
-
-    def hparams_dict(self) -> dict[str, Any]:
-        """The hyperparameters as a dict (lists for sequence values)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.hparams}
-
-
-def freeze_hparams(hparams: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
-    """Sorted, hashable ``(name, value)`` pairs (lists become tuples)."""
-    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in hparams.items()))
-
-
-@dataclasses.dataclass
-class ConfigResult:
-    """What one config produced: per-epoch curves, the best-val epoch and test AP at that epoch."""
-
-    status: str = "ok"  # ok | failed
-    error: str | None = None
-    epochs_run: int = 0
-    best_epoch: int = 0
-    val_map: list[float] = dataclasses.field(default_factory=list)
-    train_loss: list[float] = dataclasses.field(default_factory=list)
-    test_map: float = float("nan")
-    test_ap: list[float] = dataclasses.field(default_factory=list)
-
-
-class EarlyStop:
-    """Tracks one config's val mAP: the best epoch and whether its rule stops training."""
-
-    def __init__(self, rule: str) -> None:
-        self.rule = rule
-        self.drop = parse_early_stop(rule)
-        self.best = -math.inf
-        self.best_epoch = 0
-        self.stopped = False
-
-    def update(self, epoch: int, value: float) -> bool:
-        """Record epoch ``epoch``'s val mAP; return True when it is the new best."""
-        improved = value > self.best
-        if self.rule == "no_improve" and not improved and self.best_epoch > 0:
-            self.stopped = True
-        if improved:
-            self.best, self.best_epoch = value, epoch
-        if self.drop is not None and value < self.best - self.drop:
-            self.stopped = True
-        return improved
-
-
-def parse_early_stop(rule: str) -> float | None:
-    """Validate an early-stop rule; return the drop in points for ``drop:<x>``, else None."""
-    if rule in ("none", "no_improve"):
-        return None
-    if rule.startswith("drop:"):
-        try:
-            drop = float(rule[5:])
-        except ValueError:
-            drop = -1.0
-        if drop >= 0 and math.isfinite(drop):
-            return drop
-    raise ConfigError(f"early_stop={rule!r}: unknown rule; use none, no_improve or drop:<points>")
-
-
-@dataclasses.dataclass
-class LinearData:
-    """Split features (float32, loaded once) and 0/1 float32 label matrices of one dataset."""
-
-    dataset: str
-    x_train: Tensor
-    x_val: Tensor
-    x_test: Tensor
-    y_train: Tensor  # clean
-    s_train: Tensor  # observed single positives
-    y_val: Tensor
-    s_val: Tensor
-    y_test: Tensor
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes C."""
-        return int(self.y_train.shape[1])
-
-    @property
-    def dim(self) -> int:
-        """Feature dimension D."""
-        return int(self.x_train.shape[1])
-
-    def to(self, device: torch.device | str) -> LinearData:
-        """The same data on ``device``."""
-        return LinearData(self.dataset, *(getattr(self, f.name).to(device) for f in dataclasses.fields(self)[1:]))
-
-
-def linear_data(dataset: str, features: np.ndarray, labels: Any) -> LinearData:
-    """Build :class:`LinearData` from (N, D) features and a labels DataFrame (``split``, ``labels``, ``observed``)."""
-    from spmlbench.data.store import label_matrix
-
-    if features.shape[0] != len(labels):
-        raise ValueError(f"{dataset}: {features.shape[0]} feature rows but {len(labels)} label rows")
-    split = labels["split"].to_numpy()
-    feats = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
-
-    def rows(name: str) -> Tensor:
-        return torch.from_numpy(np.flatnonzero(split == name))
-
-    def mat(column: str, name: str) -> Tensor:
-        return torch.from_numpy(label_matrix(labels, column, name).astype(np.float32))
-
-    return LinearData(
-        dataset=dataset,
-        x_train=feats.index_select(0, rows("train")),
-        x_val=feats.index_select(0, rows("val")),
-        x_test=feats.index_select(0, rows("test")),
-        y_train=mat("labels", "train"),
-        s_train=mat("observed", "train"),
-        y_val=mat("labels", "val"),
-        s_val=mat("observed", "val"),
-        y_test=mat("labels", "test"),
-    )
-
-
-@dataclasses.dataclass
-class EpochProgress:
-    """Reported after every epoch of a cohort: configs trained together, epoch, best val mAP so far."""
-
-    epoch: int
-    epochs: int
-    configs: int
-    best_val_map: float
-
-
-ProgressFn = Callable[[EpochProgress], None]
-# (epoch, config indices, sigmoid val scores (M, N_val, C) of those configs), once per cohort per epoch
-ValHook = Callable[[int, list[int], Tensor], None]
-
-
-def uses_clean_labels(loss: str) -> bool:
-    """Whether the trainer passes the clean labels as ``observed`` (the full-label ``bce``)."""
-    from spmlbench.losses import loss_info
-
-    return bool(getattr(loss_info(loss), "uses_clean_labels", False))
+# the trainer's types and rules live in spmlbench.train.configs; importable from here too
+__all__ = [
+    "VAL_MODES", "ConfigResult", "EarlyStop", "EpochProgress", "LinearData", "ProgressFn", "TrainConfig", "ValHook",
+    "call_key", "check_config", "freeze_hparams", "linear_data", "parse_early_stop", "train_linear", "uses_clean_labels",
+]
 
 
 def train_linear(
@@ -213,10 +72,8 @@ def train_linear(
     progress: ProgressFn | None = None,
     on_val: ValHook | None = None,
     threads: int | None = None,
-    processes: int | None = 1,
-    pool: Any = None,
 ) -> list[ConfigResult]:
-    """Train every config (batched); returns one :class:`ConfigResult` per config, in order.
+    """Train every config (batched, in this process); returns one :class:`ConfigResult` per config, in order.
 
     Configs are run in cohorts of equal ``(batch_size, epochs)``; within a cohort configs of the
     same seed share every minibatch. ``on_val`` (optional) sees every epoch's val scores (prediction
@@ -224,30 +81,16 @@ def train_linear(
     ``threads``: intra-op CPU threads while training (None: leave torch's setting; the previous
     count is restored afterwards). On an idle 2-core machine the default (2) is faster; on a
     machine whose cores are busy with other work, 1 avoids multi-threaded kernels stalling.
-    ``processes`` > 1 (CPU only): split the configs over that many processes, ``threads // processes``
-    threads each; None: as many as pays off (:func:`spmlbench.train.parallel.auto_processes`).
-    ``pool``: a :class:`spmlbench.train.parallel.WorkerPool` whose workers to use (kept across
-    calls; default: workers started for this call).
+    Over several CPU processes: :func:`spmlbench.train.parallel.train_linear_parallel`.
     """
-    if processes is None:
-        from spmlbench.train.parallel import auto_processes
-
-        processes = auto_processes(configs, data.x_train.shape[0], device)
-    if processes < 1:
-        raise ConfigError(f"processes={processes}: must be >= 1")
-    if processes > 1:
-        from spmlbench.train.parallel import train_linear_parallel
-
-        return train_linear_parallel(data, configs, processes, device=device, progress=progress, on_val=on_val,
-                                     threads=threads, pool=pool)
     for c in configs:
-        _check_config(c)
+        check_config(c)
     results: list[ConfigResult | None] = [None] * len(configs)
     cohorts: dict[tuple[int, int], list[int]] = {}
     for i, c in enumerate(configs):
         cohorts.setdefault((c.batch_size, c.epochs), []).append(i)
     dev = torch.device(device)
-    with _intra_op_threads(threads):
+    with intra_op_threads(threads):
         on_dev = data.to(dev)
         for members in cohorts.values():
             hook = None if on_val is None else (
@@ -256,28 +99,6 @@ def train_linear(
             for i, r in zip(members, out):
                 results[i] = r
     return [r for r in results if r is not None]
-
-
-@contextlib.contextmanager
-def _intra_op_threads(n: int | None) -> Iterator[None]:
-    """Run the block with ``n`` intra-op threads (None: unchanged); the previous count is restored."""
-    before = torch.get_num_threads()
-    if n is not None and n != before:
-        torch.set_num_threads(max(1, int(n)))
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
-
-
-def _check_config(c: TrainConfig) -> None:
-    if c.val not in VAL_MODES:
-        raise ConfigError(f"val={c.val!r}: unknown; use clean or observed")
-    parse_early_stop(c.early_stop)
-    if c.batch_size < 1 or c.epochs < 1 or not (c.lr > 0 and math.isfinite(c.lr)):
-        raise ConfigError(f"{c.loss}: batch_size, epochs and lr must be positive; got "
-                          f"{c.batch_size}, {c.epochs}, {c.lr}")
 
 
 @dataclasses.dataclass

@@ -1,4 +1,4 @@
-"""Linear-probe configs split over CPU processes (``train_linear(processes=n)``).
+"""Linear-probe configs split over CPU processes (``train_linear_parallel(processes=n)``).
 
 On a CPU the batched trainer's step is bound by per-op overhead (each of the 16 losses is a few
 dozen tiny ops), which one Python process cannot spread over cores. This module splits the configs
@@ -33,17 +33,10 @@ import torch
 import torch.multiprocessing as tmp
 
 from spmlbench.errors import ConfigError
+from spmlbench.runtime import available_cpus
 
-from spmlbench.train.linear import (
-    ConfigResult,
-    EpochProgress,
-    LinearData,
-    ProgressFn,
-    TrainConfig,
-    ValHook,
-    call_key,
-    train_linear,
-)
+from spmlbench.train.configs import ConfigResult, EpochProgress, LinearData, ProgressFn, TrainConfig, ValHook
+from spmlbench.train.linear import call_key, train_linear
 from spmlbench.train.seeding import num_steps
 
 HEAD_COST = 0.65  # estimated step cost of one config's head (forward, gradient, Adam at 1 thread), AN call = 1
@@ -104,7 +97,7 @@ def auto_processes(configs: Sequence[TrainConfig], num_train: int, device: str |
 
 def auto_size() -> int:
     """The most processes ``processes=None`` uses: one per available core, at most ``AUTO_MAX``."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = available_cpus()
     return max(1, min(cores, AUTO_MAX))
 
 
@@ -237,11 +230,18 @@ class WorkerPool:
             proc.join(timeout=5)
 
 
-def train_linear_parallel(data: LinearData, configs: Sequence[TrainConfig], processes: int, *,
+def train_linear_parallel(data: LinearData, configs: Sequence[TrainConfig], processes: int | None = 1, *,
                           pool: WorkerPool | None = None, **options: Any) -> list[ConfigResult]:
     """Train ``configs`` in up to ``processes`` CPU processes (``pool``'s workers, or a pool of this
-    call's own); results in input order (see module doc). ``options``: ``device``, ``progress``,
-    ``on_val``, ``threads``, as :meth:`WorkerPool.train`."""
+    call's own; 1: in this process; None: as many as pays off, :func:`auto_processes`); results in
+    input order (see module doc). ``options``: ``device``, ``progress``, ``on_val``, ``threads``, as
+    :func:`~spmlbench.train.linear.train_linear`."""
+    if processes is None:
+        processes = auto_processes(configs, data.x_train.shape[0], options.get("device", "cpu"))
+    if processes < 1:
+        raise ConfigError(f"processes={processes}: must be >= 1")
+    if processes == 1:
+        return train_linear(data, configs, **options)
     if pool is not None:
         return pool.train(data, configs, processes, **options)
     with WorkerPool(processes) as own:

@@ -7,7 +7,6 @@ lives in the TOML file; this module merges its layers and validates the result.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -15,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from spmlbench.errors import ConfigError
+from spmlbench.train.early_stop import canonical_rule
+from spmlbench.train.early_stop import parse_early_stop as parse_early_stop_points
 
 RECIPES_FILE = "recipes_e2e.toml"
-EARLY_STOP_RULES = ("none", "no_improve", "drop")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,40 +82,13 @@ def load_recipes(manifest_dir: str | os.PathLike[str] | None = None) -> dict[str
 
 
 def parse_early_stop(value: Any) -> tuple[str, float] | None:
-    """Normalise an early-stop setting to ``(rule, drop_points)``; None means "use the recipe".
-
-    Accepted: None; False / "none" / "off"; "no_improve" / "first"; a number ``d`` or
-    "drop:<d>" (stop once val mAP falls more than d points below the best); a mapping
-    ``{"rule": ..., "drop": ...}``; True keeps the recipe's rule.
-    """
+    """An early-stop setting as ``(rule, drop_points)`` (rule ``none``, ``no_improve`` or ``drop``); None
+    (or True) means "use the recipe". Spellings: :func:`spmlbench.train.early_stop.canonical_rule`."""
     if value is None or value is True:
         return None
-    if value is False:
-        return ("none", 0.0)
-    if isinstance(value, Mapping):
-        rule = str(value.get("rule", "drop"))
-        drop = float(value.get("drop", value.get("early_stop_drop", 0.0)))
-        return _check_stop(rule, drop, value)
-    if isinstance(value, (int, float)):
-        return _check_stop("drop", float(value), value)
-    text = str(value).strip().lower()
-    if text in ("none", "off", "best_val"):
-        return ("none", 0.0)
-    if text in ("no_improve", "first", "first_non_improving"):
-        return ("no_improve", 0.0)
-    if text.startswith("drop"):
-        tail = text[4:].lstrip(":=> ")
-        try:
-            return _check_stop("drop", float(tail), value)
-        except ValueError:
-            pass
-    raise ConfigError(f"early_stop={value!r}: unknown rule; use none, no_improve or drop:<points>")
-
-
-def _check_stop(rule: str, drop: float, raw: Any) -> tuple[str, float]:
-    if rule not in EARLY_STOP_RULES or not math.isfinite(drop) or drop < 0:
-        raise ConfigError(f"early_stop={raw!r}: invalid rule or drop; use none, no_improve or drop:<points >= 0>")
-    return rule, drop
+    rule = canonical_rule(value)
+    drop = parse_early_stop_points(rule)
+    return ("drop", drop) if drop is not None else (rule, 0.0)
 
 
 def _family_of(loss: str, families: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -193,7 +166,7 @@ def _build(cls: type, merged: dict[str, Any], what: str) -> Any:
         if name in out and not out[name] > 0:
             raise ConfigError(f"{what}: {name} must be > 0 (got {out[name]}); fix the value")
     if "early_stop" in out:
-        _check_stop(out["early_stop"], out["early_stop_drop"], out["early_stop"])
+        canonical_rule({"rule": out["early_stop"], "drop": out["early_stop_drop"]})
     if out.get("optimizer", "adam") != "adam":
         raise ConfigError(f"{what}: optimizer {out['optimizer']!r} is not supported; use adam")
     return cls(**out)

@@ -15,16 +15,16 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from spmlbench.train.evaluate import average_precision, mean_ap
-from spmlbench.train.linear import (
+from spmlbench.train.configs import (
     ConfigResult,
-    EarlyStop,
+    EpochProgress,
     LinearData,
     ProgressFn,
-    EpochProgress,
     TrainConfig,
-    _check_config,
+    check_config,
     uses_clean_labels,
 )
+from spmlbench.train.early_stop import EarlyStop
 from spmlbench.train.seeding import epoch_orders, head_init
 
 
@@ -45,7 +45,7 @@ def train_one(
     """Train one config: DataLoader + nn.Linear + torch.optim.Adam + the per-config loss."""
     from spmlbench.losses import build_loss
 
-    _check_config(config)
+    check_config(config)
     dev = torch.device(device)
     n, d, c = data.x_train.shape[0], data.dim, data.num_classes
     observed_train = data.y_train if uses_clean_labels(config.loss) else data.s_train
