@@ -26,7 +26,7 @@ from typing import Any
 
 from spmlbench.errors import ConfigError
 from spmlbench.experiments.jobs import JobSpec
-from spmlbench.experiments.runner import MAX_COHORT, RunSummary, current_features, is_finished
+from spmlbench.experiments.runner import RunSummary, cohorts, current_features, is_finished
 
 POLL_S = 0.5  # driver progress refresh
 INSTALL_HINT = "--executor ray: the ray extra is not installed; run pip install -e '.[ray]' (on every node)"
@@ -166,15 +166,8 @@ def plan_tasks(jobs: Sequence[JobSpec], *, device: str = "auto", gpus_per_job: f
     Tasks ask for ``cpus_per_job`` CPUs and, unless ``device`` is ``cpu``, ``gpus_per_job`` GPUs.
     """
     gpus = 0.0 if device == "cpu" else float(gpus_per_job)
-    cohorts: dict[tuple[Any, ...], list[JobSpec]] = {}
-    singles: list[list[JobSpec]] = []
-    for job in dict.fromkeys(jobs):
-        if job.mode == "linear":
-            cohorts.setdefault(job.cohort_key(), []).append(job)
-        else:
-            singles.append([job])
-    groups = [members[i:i + MAX_COHORT] for members in cohorts.values() for i in range(0, len(members), MAX_COHORT)]
-    return [Task(tuple(g), float(cpus_per_job), gpus) for g in groups + singles]
+    groups = sorted(cohorts(list(dict.fromkeys(jobs))), key=lambda g: g[0].mode != "linear")  # linear first
+    return [Task(tuple(g), float(cpus_per_job), gpus) for g in groups]
 
 
 def _run_task(jobs: Sequence[JobSpec], out_dir: str, home: str | None, device: str, force: bool, experiment: str,

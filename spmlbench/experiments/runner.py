@@ -97,7 +97,9 @@ def load_dataset(dataset: str, backbone: str, home: str | os.PathLike[str] | Non
     return _Dataset(data, meta, sha)
 
 
-def _cohorts(jobs: Sequence[JobSpec]) -> list[list[JobSpec]]:
+def cohorts(jobs: Sequence[JobSpec]) -> list[list[JobSpec]]:
+    """``jobs`` grouped into cohorts trained together (equal :meth:`JobSpec.cohort_key`, at most
+    ``MAX_COHORT`` each; an end-to-end job is a cohort of its own), in order of first appearance."""
     groups: dict[tuple[Any, ...], list[JobSpec]] = {}
     for j in jobs:
         groups.setdefault(j.cohort_key(), []).append(j)
@@ -240,7 +242,7 @@ def _run_all(jobs: list[JobSpec], out: Path, executor: Executor, *, home: str | 
     seen: set[tuple[Path, str]] = set()  # the locks last reported as waited on
     while todo:
         progressed = False
-        for cohort in _cohorts(todo):
+        for cohort in cohorts(todo):
             claimed = [j for j in cohort if locks.claim(out, j.job_id)]
             # finished by someone between our check and our claim (with force: re-run by another
             # forced run since this one started, so two concurrent --force runs never run a job twice)

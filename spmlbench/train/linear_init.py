@@ -3,7 +3,6 @@ end-to-end fine-tuning from that head (ROLE's label matrix carries over)."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
@@ -108,29 +107,21 @@ def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
-def extract_features(
+def image_features(
     backbone: str, weights: str, data: JobData, *, image_size: int, device: torch.device, exact: bool,
     workers: int, batch_size: int = 64,
 ) -> torch.Tensor:
-    """Eval-transform features of every labels row with the fine-tuning's starting backbone (in memory)."""
+    """Eval-transform features of every labels row with the fine-tuning's starting backbone (in memory),
+    through the feature extractor's forward (:func:`spmlbench.features.extract.make_forward`)."""
     from spmlbench.features.backbones import get_backbone
+    from spmlbench.features.extract import make_forward
 
     spec = get_backbone(backbone)
-    net = spec.build(weights).to(device).eval()
-    channels_last = device.type == "cuda"
-    if channels_last:
-        net.to(memory_format=torch.channels_last)
-    amp = torch.bfloat16 if device.type == "cuda" and not exact else None
+    submit = make_forward(spec, spec.build(weights).eval(), device, fast=device.type == "cuda" and not exact)
     sampler = RowBatchSampler(range(len(data.images)), batch_size)
     loader = eval_loader(ImageDataset(data.image_root, data.images, image_size=image_size, mode=spec.mode), sampler,
-                     workers, device)
-    out = []
-    with torch.no_grad():
-        for x, _ in loader:
-            x = spec.prepare(x.to(device, non_blocking=True), channels_last=channels_last)
-            with torch.autocast(device_type=device.type, dtype=amp) if amp else contextlib.nullcontext():
-                out.append(net(x).float().flatten(1))
-    return torch.cat(out)
+                         workers, device)
+    return torch.cat([torch.from_numpy(submit(x)()).flatten(1) for x, _ in loader])
 
 
 def _cached_features(job: Any, backbone: str, weights: str, image_size: int, home: Any) -> torch.Tensor | None:
@@ -194,7 +185,7 @@ def train_linear_init(
                 feats, source = cached, "cache"
             else:
                 with backend_flags(dev, exact):
-                    feats = extract_features(backbone, weights, data, image_size=size, device=dev, exact=exact,
+                    feats = image_features(backbone, weights, data, image_size=size, device=dev, exact=exact,
                                              workers=default_workers(dev) if workers is None else workers)
                 source = "extracted"
         else:
