@@ -27,14 +27,13 @@ last completed epoch and ends with the numbers an uninterrupted run gives.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import json
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +63,9 @@ from spmlbench.train.images import EpochBatchSampler, ImageDataset
 from spmlbench.train.recipes_e2e import E2ERecipe, e2e_recipe
 
 
+# (epoch, steps done, steps in the epoch), after every training step; the CLI may draw it
+StepFn = Callable[[int, int, int], None]
+
 
 @dataclasses.dataclass
 class _Run:
@@ -85,7 +87,7 @@ class _Run:
     eval_sampler: RowBatchSampler
     target_dev: torch.Tensor
     linear_init_epochs: int
-    progress: Any
+    progress: StepFn | None
 
 
 def _input(run: _Run, x: torch.Tensor) -> torch.Tensor:
@@ -100,7 +102,7 @@ def _train_epoch(run: _Run, epoch: int) -> torch.Tensor:
     run.train_sampler.set_epoch(epoch)
     total = torch.zeros((), dtype=torch.float32, device=run.device)
     steps = 0
-    task = run.progress.add_task(f"epoch {epoch}", total=len(run.train_sampler)) if run.progress else None
+    num_steps = len(run.train_sampler)
     for x, rows in run.train_loader:
         rows = rows.to(run.device, non_blocking=True)
         logits = run.model(_input(run, x), run.amp_dtype)
@@ -110,10 +112,8 @@ def _train_epoch(run: _Run, epoch: int) -> torch.Tensor:
         run.optimizer.step()
         total += value.detach().float()
         steps += 1
-        if task is not None:
-            run.progress.advance(task)
-    if task is not None:
-        run.progress.remove_task(task)
+        if run.progress is not None:
+            run.progress(epoch, steps, num_steps)
     return total / max(steps, 1)
 
 
@@ -181,7 +181,7 @@ def train_e2e(
     workdir: str | os.PathLike[str],
     exact: bool = False,
     workers: int | None = None,
-    progress: bool = True,
+    progress: StepFn | None = None,
     init_head: Mapping[str, torch.Tensor] | None = None,
     init_loss_state: Mapping[str, torch.Tensor] | None = None,
     overrides: Mapping[str, Any] | None = None,
@@ -246,7 +246,8 @@ def train_e2e(
 
 
 def _train(
-    job: Any, *, home: Any, dev: torch.device, workdir: Path, exact: bool, workers: int | None, progress: bool,
+    job: Any, *, home: Any, dev: torch.device, workdir: Path, exact: bool, workers: int | None,
+    progress: StepFn | None,
     init_head: Mapping[str, torch.Tensor] | None, init_loss_state: Mapping[str, torch.Tensor] | None,
     recipe: E2ERecipe, backbone: str, weights: str, image_size: int | None, labels: Any, hooks: Hooks,
     fingerprint: str, history: dict[str, Any], settings: dict[str, Any],
@@ -267,7 +268,8 @@ def _train(
         model.to(memory_format=torch.channels_last)
     loss.to(dev)
     optimizer = _optimizer(model, loss, recipe, dev, exact)
-    linear_init_epochs = int(job_hparams(job).get("linear_init", 0) or 0) if job.loss == "gr" else 0
+    # a loss with a ``linear_init`` hyperparameter (GR) trains the head alone for that many epochs first
+    linear_init_epochs = int(job_hparams(job).get("linear_init", 0) or 0)
 
     state = ckpt.load_checkpoint(workdir / "last.pt", expect_fingerprint=fingerprint, map_location=dev)
     start = 1
@@ -290,67 +292,59 @@ def _train(
     n_workers = default_workers(dev) if workers is None else int(workers)
     train_sampler = EpochBatchSampler(orders, recipe.batch_size)
     eval_sampler = RowBatchSampler(data.val_rows, recipe.eval_batch_size)
-    bar = _progress() if progress else None
     run = _Run(
         job=job, data=data, recipe=recipe, model=model, spec=spec, loss=loss, optimizer=optimizer, device=dev,
         amp_dtype=torch.bfloat16 if settings["amp"] == "bf16" else None, channels_last=channels_last,
         train_loader=eval_loader(train_ds, train_sampler, n_workers, dev), train_sampler=train_sampler,
         eval_loader=eval_loader(eval_ds, eval_sampler, n_workers, dev), eval_sampler=eval_sampler,
-        target_dev=data.train_target.to(dev), linear_init_epochs=linear_init_epochs, progress=bar,
+        target_dev=data.train_target.to(dev), linear_init_epochs=linear_init_epochs,
+        progress=progress or None,
     )
     val_labels = data.val_labels.to(dev)
     ctx = TrainContext(model=model, loss=loss, optimizer=optimizer, history=history, device=dev)
-    with bar if bar is not None else contextlib.nullcontext():
-        if hooks.on_start is not None:
-            hooks.on_start(ctx)
-        epoch = start
-        while epoch <= recipe.epochs and not history["stopped"]:
-            te = time.perf_counter()
-            loss.start_epoch(epoch, recipe.epochs)
-            mean_loss = _train_epoch(run, epoch)
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)  # epoch boundary: make the train time honest
-            history.setdefault("train_s", []).append(time.perf_counter() - te)
-            loss.end_epoch(lambda: _predict(run, data.train_rows))
-            val_map, _ = scores_map(_predict(run, data.val_rows), val_labels)
-            history["train_loss"].append(float(mean_loss))  # the one host sync of the epoch
-            history["val_map"].append(val_map)
-            improved = history["best_epoch"] == 0 or val_map > history["val_map"][history["best_epoch"] - 1]
-            if improved:
-                history["best_epoch"] = epoch
-                ckpt.save_checkpoint(_best_path(workdir, epoch), {
-                    "fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(), "loss": loss.state_dict(),
-                })
-            history["stopped"] = epoch == recipe.epochs or _should_stop(recipe, history["val_map"])
-            history["wall_s"] = float(history["wall_s"]) + time.perf_counter() - te
-            ckpt.save_checkpoint(workdir / "last.pt", {
-                "fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "loss": loss.state_dict(), "rng": ckpt.rng_state(),
-                "history": copy.deepcopy(history),
+    if hooks.on_start is not None:
+        hooks.on_start(ctx)
+    epoch = start
+    while epoch <= recipe.epochs and not history["stopped"]:
+        te = time.perf_counter()
+        loss.start_epoch(epoch, recipe.epochs)
+        mean_loss = _train_epoch(run, epoch)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)  # epoch boundary: make the train time honest
+        history.setdefault("train_s", []).append(time.perf_counter() - te)
+        loss.end_epoch(lambda: _predict(run, data.train_rows))
+        val_map, _ = scores_map(_predict(run, data.val_rows), val_labels)
+        history["train_loss"].append(float(mean_loss))  # the one host sync of the epoch
+        history["val_map"].append(val_map)
+        improved = history["best_epoch"] == 0 or val_map > history["val_map"][history["best_epoch"] - 1]
+        if improved:
+            history["best_epoch"] = epoch
+            ckpt.save_checkpoint(_best_path(workdir, epoch), {
+                "fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(), "loss": loss.state_dict(),
             })
-            _prune_best(workdir, int(history["best_epoch"]))
-            if hooks.on_epoch_end is not None:
-                hooks.on_epoch_end(epoch, ctx)
-            epoch += 1
+        history["stopped"] = epoch == recipe.epochs or _should_stop(recipe, history["val_map"])
+        history["wall_s"] = float(history["wall_s"]) + time.perf_counter() - te
+        ckpt.save_checkpoint(workdir / "last.pt", {
+            "fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "loss": loss.state_dict(), "rng": ckpt.rng_state(),
+            "history": copy.deepcopy(history),
+        })
+        _prune_best(workdir, int(history["best_epoch"]))
+        if hooks.on_epoch_end is not None:
+            hooks.on_epoch_end(epoch, ctx)
+        epoch += 1
 
-        tt = time.perf_counter()
-        best = ckpt.load_checkpoint(_best_path(workdir, int(history["best_epoch"])),
-                                    expect_fingerprint=fingerprint, map_location=dev)
-        if best is None:
-            raise RuntimeError(f"{workdir}: best-epoch checkpoint missing; delete the folder and re-run")
-        model.load_state_dict(best["model"])
-        test_map, test_ap = scores_map(_predict(run, data.test_rows), data.test_labels.to(dev))
-        history["wall_s"] = float(history["wall_s"]) + time.perf_counter() - tt
+    tt = time.perf_counter()
+    best = ckpt.load_checkpoint(_best_path(workdir, int(history["best_epoch"])),
+                                expect_fingerprint=fingerprint, map_location=dev)
+    if best is None:
+        raise RuntimeError(f"{workdir}: best-epoch checkpoint missing; delete the folder and re-run")
+    model.load_state_dict(best["model"])
+    test_map, test_ap = scores_map(_predict(run, data.test_rows), data.test_labels.to(dev))
+    history["wall_s"] = float(history["wall_s"]) + time.perf_counter() - tt
     return E2EResult(
         val_map=[float(v) for v in history["val_map"]], train_loss=[float(v) for v in history["train_loss"]],
         best_epoch=int(history["best_epoch"]), test_map=test_map, test_ap=test_ap,
         epochs_run=len(history["val_map"]), device=device_label(dev), wall_s=float(history["wall_s"]),
         settings=settings, train_s=[float(v) for v in history["train_s"]],
     )
-
-
-def _progress() -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    transient=True)

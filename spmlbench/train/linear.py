@@ -112,8 +112,9 @@ class _LossCall:
 
 
 def call_key(c: TrainConfig) -> tuple[str, Any]:
-    """Configs that can share one batched loss module: same loss (ROLE: same ``lr_mult`` too)."""
-    return c.loss, (c.hparams_dict().get("lr_mult") if c.loss == "role" else None)
+    """Configs that can share one batched loss module: same loss and, for a loss with learnable state
+    (ROLE's label matrix), the same ``lr_mult``."""
+    return c.loss, c.hparams_dict().get("lr_mult")  # a loss's own parameters train at lr_mult x lr
 
 
 class _Cohort:

@@ -17,7 +17,7 @@ from torch import nn
 from spmlbench.errors import ConfigError
 from spmlbench.runtime import backend_flags, default_workers, resolve_device
 from spmlbench.train import checkpoint as ckpt
-from spmlbench.train.e2e import scores_map, train_e2e
+from spmlbench.train.e2e import StepFn, scores_map, train_e2e
 from spmlbench.train.e2e_data import (
     JobData,
     RowBatchSampler,
@@ -148,7 +148,7 @@ def train_linear_init(
     workdir: str | os.PathLike[str],
     exact: bool = False,
     workers: int | None = None,
-    progress: bool = True,
+    progress: StepFn | None = None,
     features: np.ndarray | torch.Tensor | None = None,
     overrides: Mapping[str, Any] | None = None,
     linear_overrides: Mapping[str, Any] | None = None,
