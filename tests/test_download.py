@@ -12,6 +12,7 @@ import pytest
 from spmlbench.data.download import fetch, hash_file, verify_file
 from spmlbench.data.manifest import FileSpec
 from spmlbench.errors import DataError, DownloadError
+from spmlbench.progress import TaskAdvance, TaskEnd, TaskStart
 
 try:  # the fixture module lives in tests/ (package or rootdir-on-path layouts)
     from tests.http_server import LoopbackServer, http_server  # noqa: F401
@@ -42,8 +43,14 @@ def leftovers(folder: Path) -> list[str]:
 
 def test_fetch_downloads_and_verifies(http_server: LoopbackServer, tmp_path: Path) -> None:
     url = http_server.add("/data.bin", PAYLOAD)
-    out = fetch(spec_for(url), tmp_path / "dl", progress=True)
+    events: list[object] = []
+    out = fetch(spec_for(url), tmp_path / "dl", progress=events.append)
     assert out == tmp_path / "dl" / NAME
+    start, *advances, end = events  # progress is a stream of events: one task per connection
+    assert isinstance(start, TaskStart) and start.unit == "bytes" and start.total == len(PAYLOAD)
+    assert all(isinstance(e, TaskAdvance) and e.key is start.key for e in advances)
+    assert sum(e.amount for e in advances) == len(PAYLOAD)
+    assert isinstance(end, TaskEnd) and end.key is start.key
     assert out.read_bytes() == PAYLOAD
     assert leftovers(tmp_path / "dl") == [NAME]
     assert [r.range for r in http_server.requests_for("/data.bin")] == [None]

@@ -21,6 +21,7 @@ from spmlbench.features.extract import extract_features
 from spmlbench.features.partial import PartialExtraction
 from spmlbench.features.store import load_features, read_features
 from spmlbench.paths import features_path
+from spmlbench.progress import Note, TaskAdvance, TaskStart
 from test_features_util import GRAYS, make_dataset
 
 SMALL = dict(weights="none", image_size=16, progress=False, device="cpu")
@@ -168,10 +169,17 @@ def test_partial_chunks_of_another_setting_are_discarded(home: Path, monkeypatch
 
 def test_existing_valid_cache_is_reused(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     make_dataset(home, n=4)
-    path = extract_features("tiny", "pixels", progress=False)
+    events: list[object] = []
+    path = extract_features("tiny", "pixels", progress=events.append, batch_size=3)
+    starts = [e for e in events if isinstance(e, TaskStart)]
+    assert [(s.description, s.total, s.unit) for s in starts] == [("tiny/pixels", 4, "images")]
+    assert [e.amount for e in events if isinstance(e, TaskAdvance)] == [3, 1]
+    assert [e.text for e in events if isinstance(e, Note)] == [f"{path}: wrote 4 x 1024 features"]
     stamp = path.stat().st_mtime_ns
     monkeypatch.setattr(BackboneSpec, "build", lambda *a, **k: pytest.fail("must not recompute"))
-    assert extract_features("tiny", "pixels", progress=False) == path
+    events.clear()
+    assert extract_features("tiny", "pixels", progress=events.append) == path
+    assert events == [Note(f"{path}: up to date (4 rows)")]
     assert path.stat().st_mtime_ns == stamp
 
 

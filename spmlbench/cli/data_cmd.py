@@ -62,6 +62,7 @@ def prepare(
     ),
 ) -> None:
     """Download (or take --from), format, sample single positives and split one dataset."""
+    from spmlbench.cli.progress_view import progress_sink
     from spmlbench.data.prepare import PrepareOptions, prepare_dataset
     from spmlbench.features.modes import FEATURE_MODES, run_features
 
@@ -77,9 +78,10 @@ def prepare(
         confirm=_confirm(yes),
         say=lambda msg: console.print(msg, markup=False, highlight=False),
         warn=lambda msg: err_console.print(f"[bold red]WARNING[/bold red] {msg}", highlight=False),
+        progress=progress_sink(),
     )
     if features != "none":
-        path = run_features(dataset, features, home=home, source=source)
+        path = run_features(dataset, features, home=home, source=source, progress=progress_sink())
         if path is not None:
             console.print(f"{dataset}: features in {path}", markup=False, highlight=False)
     if result.count_mismatches:

@@ -46,6 +46,7 @@ def features(
 
         path = import_zenodo_features(dataset, zenodo, home=home)
     else:
+        from spmlbench.cli.progress_view import progress_sink
         from spmlbench.features.extract import extract_features
 
         path = extract_features(
@@ -57,7 +58,7 @@ def features(
             workers=workers,
             weights=weights,
             exact=exact,
-            progress=not quiet,
+            progress=progress_sink(not quiet),
             force=force,
             image_size=image_size,
         )

@@ -14,6 +14,7 @@ from typing import Any
 from spmlbench.data.protocol import PROTOCOL_SEED
 from spmlbench.data.registry import DatasetAdapter
 from spmlbench.errors import ConfigError, DataError
+from spmlbench.progress import Sink
 
 ARCHIVE_SUFFIXES = (".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".zip")
 
@@ -87,6 +88,7 @@ def acquire(
     staging: Path,
     confirm: Confirm,
     say: Say,
+    progress: Sink | None = None,
 ) -> RawFiles:
     """Find, verify, download and extract the raw files the adapter needs."""
     raw = RawFiles()
@@ -165,7 +167,7 @@ def acquire(
 
         for spec in to_download:
             extra = (mirror_url(opts.mirror, spec.name, len(adapter.raw_files)),) if opts.mirror else ()
-            path = fetch(spec, downloads, extra_urls=extra)
+            path = fetch(spec, downloads, extra_urls=extra, progress=progress)
             local.append((spec, path, True))
 
     for spec, path, downloaded in local:
@@ -175,7 +177,7 @@ def acquire(
             say(f"extracting {path.name}")
             from spmlbench.data.archive import safe_extract
 
-            safe_extract(path, staging / "raw")
+            safe_extract(path, staging / "raw", progress=progress)
             if downloaded:
                 raw.downloaded_archives.append(path)
         elif path.parent not in raw.roots:

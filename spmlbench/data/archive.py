@@ -9,7 +9,6 @@ half-extracted ever sits under the final name.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import re
@@ -19,20 +18,18 @@ import tarfile
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
-
 from spmlbench.errors import DataError
+from spmlbench.progress import Reporter, Sink
 
 _CHUNK = 1 << 20
 _CORRUPT = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, OSError)
 
 
-def safe_extract(archive: str | os.PathLike[str], dest: str | os.PathLike[str], *, progress: bool = True) -> Path:
+def safe_extract(archive: str | os.PathLike[str], dest: str | os.PathLike[str], *, progress: Sink | None = None) -> Path:
     """Extract ``archive`` (tar, tar.gz/bz2/xz, zip) into ``dest`` safely and atomically; return ``dest``.
 
     If ``dest`` does not exist it appears only once extraction succeeded. If it is an existing
@@ -49,11 +46,12 @@ def safe_extract(archive: str | os.PathLike[str], dest: str | os.PathLike[str], 
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".extracting", dir=dest.parent))
     try:
-        with _progress(progress, archive) as (bar, task):
+        total = archive.stat().st_size
+        with Reporter(progress).task(f"extracting {archive.name}", total, "bytes", transient=True) as advance:
             if _is_tar(archive):
-                _extract_tar(archive, tmp, merge_into, bar, task)
+                _extract_tar(archive, tmp, merge_into, advance)
             elif zipfile.is_zipfile(archive):
-                _extract_zip(archive, tmp, merge_into, bar, task)
+                _extract_zip(archive, tmp, merge_into, advance)
             else:
                 raise DataError(
                     f"{archive}: not a tar or zip archive; check the file (download it again or pass the right --from)"
@@ -129,10 +127,10 @@ def _check_conflict(archive: Path, name: str, merge_into: Path | None) -> None:
         )
 
 
-def _extract_tar(archive: Path, tmp: Path, merge_into: Path | None, bar: Progress, task: TaskID) -> None:
+def _extract_tar(archive: Path, tmp: Path, merge_into: Path | None, advance: Callable[[float], None]) -> None:
     root = os.path.realpath(tmp)
     with archive.open("rb") as raw:
-        reader = _CountingReader(raw, bar, task)
+        reader = _CountingReader(raw, advance)
         try:
             with tarfile.open(fileobj=reader, mode="r|*") as tar:  # type: ignore[call-overload]
                 for member in tar:
@@ -181,15 +179,13 @@ def _check_tar_member(archive: Path, root: str, member: tarfile.TarInfo) -> None
             raise _refuse(archive, name, f"hard link to {member.linkname!r} points outside the destination")
 
 
-def _extract_zip(archive: Path, tmp: Path, merge_into: Path | None, bar: Progress, task: TaskID) -> None:
+def _extract_zip(archive: Path, tmp: Path, merge_into: Path | None, advance: Callable[[float], None]) -> None:
     root = os.path.realpath(tmp)
     try:
         with zipfile.ZipFile(archive) as zf:
-            infos = zf.infolist()
-            bar.update(task, total=sum(i.file_size for i in infos) or None)
-            for info in infos:
+            for info in zf.infolist():
                 _extract_zip_member(archive, root, zf, info, merge_into)
-                bar.advance(task, info.file_size)
+                advance(info.compress_size)
     except DataError:
         raise
     except _CORRUPT as exc:
@@ -233,30 +229,13 @@ def _merge(archive: Path, tmp: Path, dest: Path) -> None:
 
 
 class _CountingReader:
-    """A read-only file wrapper that advances a progress bar by the bytes read."""
+    """A read-only file wrapper that reports the bytes read."""
 
-    def __init__(self, raw: BinaryIO, bar: Progress, task: TaskID) -> None:
+    def __init__(self, raw: BinaryIO, advance: Callable[[float], None]) -> None:
         self._raw = raw
-        self._bar = bar
-        self._task = task
+        self._advance = advance
 
     def read(self, size: int = -1) -> bytes:
         data = self._raw.read(size)
-        self._bar.advance(self._task, len(data))
+        self._advance(len(data))
         return data
-
-
-@contextlib.contextmanager
-def _progress(enabled: bool, archive: Path) -> Iterator[tuple[Progress, TaskID]]:
-    bar = Progress(
-        TextColumn("[bold]extracting {task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-        transient=True,
-    )
-    with bar:
-        task = bar.add_task(archive.name, total=archive.stat().st_size)
-        yield bar, task

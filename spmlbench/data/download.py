@@ -1,4 +1,4 @@
-"""Resumable, verified downloads of manifest files (stdlib ``urllib``, rich progress bar).
+"""Resumable, verified downloads of manifest files (stdlib ``urllib``; progress as events, see ``spmlbench.progress``).
 
 ``fetch`` streams a file to ``<dest>/<name>.part``, resumes an existing ``.part`` with an HTTP
 Range request, verifies size, md5 and sha256 (whichever the manifest pins) and renames it to
@@ -18,25 +18,16 @@ import shutil
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import filelock
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from spmlbench import __version__
 from spmlbench.data.manifest import FileSpec
 from spmlbench.errors import DataError, DownloadError
+from spmlbench.progress import Reporter, Sink
 
 CHUNK = 1 << 20
 #: Consecutive interruptions after which a mirror is given up (each retry that made progress resets it).
@@ -120,7 +111,7 @@ def fetch(
     dest_dir: str | os.PathLike[str],
     *,
     extra_urls: Sequence[str] = (),
-    progress: bool = True,
+    progress: Sink | None = None,
     timeout: float = 60,
 ) -> Path:
     """Download ``spec`` into ``dest_dir/<name>`` (verified), trying ``extra_urls`` then the manifest's mirrors.
@@ -128,12 +119,13 @@ def fetch(
     An already present file that verifies is returned without network access. A partial
     ``<name>.part`` left by an interrupted run is resumed with an HTTP Range request.
     Raises DownloadError (one line: file, every URL with its reason, the fix) when all mirrors fail.
+    ``progress`` receives the byte counts as events (one task per connection).
     """
     dest = Path(dest_dir)
     dest.mkdir(parents=True, exist_ok=True)
     final = dest / spec.name
     part = dest / f"{spec.name}.part"
-    console = Console(stderr=True)
+    report = Reporter(progress)
     with _exclusive(dest, spec):
         if final.is_file():
             if not spec.verifiable:
@@ -142,28 +134,25 @@ def fetch(
                 verify_file(final, spec)
                 return final
             except DataError as exc:
-                if progress:
-                    console.print(f"[yellow]{exc}: downloading it again[/yellow]")
+                report.note(f"{exc}: downloading it again", "warning")
                 final.unlink()
         urls = list(dict.fromkeys([*extra_urls, *spec.urls]))
         if not urls:
             raise DownloadError(f"{spec.name}: no download URL is known; {_FIX}")
         _check_space(dest, spec, part)
         failures: list[str] = []
-        with _progress_bar(progress, console) as bar:
-            task = bar.add_task(spec.name, total=spec.size)
-            for url in urls:
-                try:
-                    _download_verified(url, spec, part, bar, task, timeout)
-                except _UrlFailed as exc:
-                    failures.append(f"{url} ({exc.reason})")
-                    if not exc.keep_part:
-                        part.unlink(missing_ok=True)
-                    continue
-                os.replace(part, final)
-                if not spec.verifiable and progress:
-                    console.print(f"[yellow]{spec.name}: downloaded but unverified (no size or checksum pinned)[/yellow]")
-                return final
+        for url in urls:
+            try:
+                _download_verified(url, spec, part, report, timeout)
+            except _UrlFailed as exc:
+                failures.append(f"{url} ({exc.reason})")
+                if not exc.keep_part:
+                    part.unlink(missing_ok=True)
+                continue
+            os.replace(part, final)
+            if not spec.verifiable:
+                report.note(f"{spec.name}: downloaded but unverified (no size or checksum pinned)", "warning")
+            return final
     tried = ", ".join(failures)
     raise DownloadError(f"{spec.name}: download failed from every mirror: {tried}; {_FIX}")
 
@@ -198,26 +187,11 @@ def _check_space(dest: Path, spec: FileSpec, part: Path) -> None:
         )
 
 
-@contextlib.contextmanager
-def _progress_bar(enabled: bool, console: Console) -> Iterator[Progress]:
-    bar = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not enabled,
-    )
-    with bar:
-        yield bar
-
-
-def _download_verified(url: str, spec: FileSpec, part: Path, bar: Progress, task: TaskID, timeout: float) -> None:
+def _download_verified(url: str, spec: FileSpec, part: Path, report: Reporter, timeout: float) -> None:
     """Complete ``part`` from ``url`` and verify it; a resumed file that fails is retried once from zero."""
     for attempt in range(2):
         resumed_from = part.stat().st_size if part.is_file() else 0
-        hashers = _stream(url, spec, part, bar, task, timeout)
+        hashers = _stream(url, spec, part, report, timeout)
         problem = _mismatch(spec, hashers.size, hashers.md5.hexdigest(), hashers.sha256.hexdigest())
         if problem is None:
             return
@@ -227,7 +201,7 @@ def _download_verified(url: str, spec: FileSpec, part: Path, bar: Progress, task
         # The mismatch may come from an old .part (another mirror, another version): start over once.
 
 
-def _stream(url: str, spec: FileSpec, part: Path, bar: Progress, task: TaskID, timeout: float) -> _Hashers:
+def _stream(url: str, spec: FileSpec, part: Path, report: Reporter, timeout: float) -> _Hashers:
     """Append the rest of ``url`` to ``part`` (resuming after interruptions); return the hashes of the whole file."""
     stalls = 0
     hashers: _Hashers | None = None
@@ -255,9 +229,8 @@ def _stream(url: str, spec: FileSpec, part: Path, bar: Progress, task: TaskID, t
             offset, total = _start_offset(resp, offset, spec)
             if offset == 0:
                 hashers = _Hashers.new()
-            bar.update(task, description=f"{spec.name} [dim]{_host(url)}[/dim]")
-            bar.reset(task, total=total, completed=offset)
-            got, error = _copy_body(resp, part, offset, spec, hashers, bar, task)
+            with report.task(f"{spec.name} ({_host(url)})", total, "bytes", completed=offset) as advance:
+                got, error = _copy_body(resp, part, offset, spec, hashers, advance)
         if error is None and (total is None or offset + got >= total):
             return hashers
         reason = f"connection lost after {offset + got} bytes ({error or 'body ended early'})"
@@ -316,8 +289,7 @@ def _copy_body(
     offset: int,
     spec: FileSpec,
     hashers: _Hashers,
-    bar: Progress,
-    task: TaskID,
+    advance: Callable[[float], None],
 ) -> tuple[int, str | None]:
     """Stream the body into ``part`` (appending at ``offset``); return (bytes written, read error or None)."""
     got = 0
@@ -347,7 +319,7 @@ def _copy_body(
                 ) from exc
             hashers.update(chunk)
             got += len(chunk)
-            bar.advance(task, len(chunk))
+            advance(len(chunk))
     return got, error
 
 

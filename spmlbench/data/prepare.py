@@ -46,6 +46,7 @@ from spmlbench.data.staging import clean_stale, disown, make_staging
 from spmlbench.data.store import write_labels
 from spmlbench.errors import DataError
 from spmlbench.paths import data_home
+from spmlbench.progress import Sink
 
 @dataclasses.dataclass(frozen=True)
 class PrepareResult:
@@ -188,11 +189,13 @@ def prepare_dataset(
     confirm: Confirm = lambda prompt: False,
     say: Say = lambda msg: None,
     warn: Say = lambda msg: None,
+    progress: Sink | None = None,
 ) -> PrepareResult:
     """Prepare ``dataset`` into ``<home>/<dataset>/`` (see the module docstring); all or nothing.
 
     ``confirm(prompt)`` is asked before the first download (terms of use); ``say``/``warn`` print
-    progress and loud warnings (count mismatches). Errors raise SpmlError subclasses.
+    progress and loud warnings (count mismatches); ``progress`` receives download and extraction events.
+    Errors raise SpmlError subclasses.
     """
     opts = opts or PrepareOptions()
     adapter = get_adapter(dataset)
@@ -204,7 +207,7 @@ def prepare_dataset(
     staging = make_staging(home_dir, dataset)
     try:
         os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; a dataset folder is ordinary
-        raw = acquire(adapter, manifest, opts, home_dir, staging, confirm, say)
+        raw = acquire(adapter, manifest, opts, home_dir, staging, confirm, say, progress)
         say(f"formatting {dataset}")
         fmt = adapter.format(FormatInput(roots=tuple(raw.roots), work=staging, manifest=manifest))
         fmt.check(dataset)

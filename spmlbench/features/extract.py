@@ -27,6 +27,7 @@ from spmlbench.features.backbones import BackboneSpec, check_weights_choice, get
 from spmlbench.features.partial import PartialExtraction, images_sha256
 from spmlbench.features.store import alignment_problem, read_features, read_images, write_features
 from spmlbench.paths import features_path
+from spmlbench.progress import Reporter, Sink
 from spmlbench.runtime import available_cpus, backend_flags, device_label, precision_label, resolve_device
 
 DEFAULT_CHUNK_ROWS = 1024
@@ -145,38 +146,6 @@ def _stale_reason(path: Path, images: list[str], want: dict[str, Any], exact: bo
     return None
 
 
-def _say(enabled: bool) -> Callable[[str], None]:
-    """Print a status line on stderr (nothing when ``enabled`` is False)."""
-    if not enabled:
-        return lambda message: None
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    return lambda message: console.print(message, markup=False, highlight=False, soft_wrap=True)
-
-
-def _progress(enabled: bool) -> Any:
-    """A rich progress bar on stderr with images/s, or a no-op stand-in."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
-    from rich.text import Text
-
-    class RateColumn(ProgressColumn):
-        def render(self, task: Any) -> Text:
-            speed = task.finished_speed or task.speed
-            return Text("-- img/s" if speed is None else f"{speed:,.1f} img/s")
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-    )
-
-
 def extract_features(
     dataset: str,
     backbone: str | None = None,
@@ -187,7 +156,7 @@ def extract_features(
     workers: int | None = None,
     weights: str | None = None,
     exact: bool = False,
-    progress: bool = True,
+    progress: Sink | None = None,
     force: bool = False,
     image_size: int | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
@@ -198,7 +167,7 @@ def extract_features(
     registry weights, ``"none"`` a random init (recorded); ``exact`` turns off bf16/channels_last
     on CUDA. A valid cache made with the same backbone, weights and image size is reused unless
     ``force``; a stale or corrupt one is rebuilt. ``image_size`` overrides the backbone's size
-    (tests, quick runs; recorded in the metadata).
+    (tests, quick runs; recorded in the metadata). ``progress`` receives rows done and notes as events.
     """
     from spmlbench.data.store import load_labels
 
@@ -213,7 +182,8 @@ def extract_features(
         raise ConfigError(f"chunk_rows {chunk_rows}: must be >= 1")
     dev = torch.device("cpu") if spec.arch is None else resolve_device(device)
     batch_size, workers = _defaults(spec, dev, batch_size, workers)
-    say = _say(progress)
+    report = Reporter(progress)
+    say = report.note
 
     labels = load_labels(dataset, home)
     images = labels["image"].tolist()
@@ -257,7 +227,7 @@ def extract_features(
             workers=workers,
             exact=exact,
             dev=dev,
-            progress=_progress(progress),
+            report=report,
             label=f"{dataset}/{name}",
             done_rows=done_rows,
         )
@@ -287,7 +257,7 @@ def _run_chunks(
     workers: int,
     exact: bool,
     dev: torch.device,
-    progress: Any,
+    report: Reporter,
     label: str,
     done_rows: int,
 ) -> None:
@@ -315,10 +285,9 @@ def _run_chunks(
         if entry[1] == stop - start:
             partial.write_chunk(start, stop, entry[0])
             del pending[start]
-        progress.advance(task, len(index))
+        advance(len(index))
 
-    with progress, backend_flags(dev, exact):
-        task = progress.add_task(label, total=partial.n_rows, completed=done_rows)
+    with report.task(label, partial.n_rows, "images", completed=done_rows) as advance, backend_flags(dev, exact):
         in_flight = None
         for idx, batch, ok in loader:
             if not bool(ok.all()):

@@ -7,11 +7,13 @@ from pathlib import Path
 
 from spmlbench.errors import ConfigError
 from spmlbench.paths import data_home
+from spmlbench.progress import Sink
 
 FEATURE_MODES = ("default", "none", "zenodo", "extract")
 
 
-def run_features(dataset: str, mode: str, *, home: str | os.PathLike[str] | None = None, source: Path | None = None) -> Path | None:
+def run_features(dataset: str, mode: str, *, home: str | os.PathLike[str] | None = None, source: Path | None = None,
+                 progress: Sink | None = None) -> Path | None:
     """After labels are written: extract (``default``/``extract``), import Zenodo (``zenodo``) or skip (``none``)."""
     if mode not in FEATURE_MODES:
         raise ConfigError(f"--features {mode!r}: unknown mode; choose one of {', '.join(FEATURE_MODES)}")
@@ -24,4 +26,4 @@ def run_features(dataset: str, mode: str, *, home: str | os.PathLike[str] | None
         return import_zenodo_features(dataset, Path(folder), home=home)
     from spmlbench.features.extract import extract_features
 
-    return extract_features(dataset, None, home=home)
+    return extract_features(dataset, None, home=home, progress=progress)
