@@ -124,7 +124,9 @@ def forward_flops(backbone: str, size: int) -> float:
 def main() -> None:
     """Parse options, build the images, time both loops, print the comparison."""
     from spmlbench.experiments.jobs import JobSpec
-    from spmlbench.train.e2e import default_workers, resolve_device, train_e2e
+    from spmlbench.experiments.recipes import job_recipes
+    from spmlbench.runtime import default_workers, resolve_device
+    from spmlbench.train.e2e import train_e2e
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="auto")
@@ -162,8 +164,9 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats(dev)
         job = JobSpec(DATASET, "an", (), "e2e", 0, 1200, 1200, f"{backbone}:{args.weights}", args.epochs,
                       args.batch_size, 1e-5, "clean", "none")
-        res = train_e2e(job, home=home, device=dev, workdir=home / "work", exact=args.exact, workers=workers,
-                        progress=False, image_size=size, overrides={"eval_batch_size": 64})
+        recipe, _ = job_recipes(job, {"eval_batch_size": 64})
+        res = train_e2e(job, recipe=recipe, home=home, device=dev, workdir=home / "work", exact=args.exact,
+                        workers=workers, progress=False, image_size=size)
         if res.error:
             raise SystemExit(f"train_e2e failed: {res.error}")
         ours_mem = torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else float("nan")

@@ -37,7 +37,7 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            known = ", ".join(self._entries)
+            known = ", ".join(sorted(self._entries))  # not registration order: that depends on import order
             raise ConfigError(f"unknown {self.kind} {name!r}; choose one of: {known}") from None
 
     def names(self) -> list[str]:

@@ -21,6 +21,7 @@ from spmlbench.experiments.jobs import JobSpec
 from spmlbench.features import backbones
 from spmlbench.train import e2e, linear_init
 from spmlbench.train.images import ImageDataset, flip_mask, reference_transform
+from spmlbench.train.result import TrainResult
 
 DS = "tiny"
 C = 3
@@ -41,6 +42,13 @@ def Job(  # noqa: N802 - reads like the JobSpec it builds
 
 
 FAST = {"eval_batch_size": 16, "head_lr_mult": 1.0}
+
+
+def recipe(job: JobSpec) -> Any:
+    """The job's resolved recipe, as the runner gives it to the trainer, with the fast test settings."""
+    from spmlbench.experiments.recipes import job_recipes
+
+    return job_recipes(job, FAST)[0]
 
 
 def expected_positives(home: Path) -> dict[str, float]:
@@ -108,9 +116,9 @@ def tiny(home: Path) -> Path:
     return home
 
 
-def _run(home: Path, workdir: Path, job: Job, **kw: Any) -> e2e.E2EResult:
-    kw.setdefault("overrides", FAST)
-    return e2e.train_e2e(job, home=home, device="cpu", workdir=workdir, workers=0, progress=False, image_size=SIZE, **kw)
+def _run(home: Path, workdir: Path, job: JobSpec, **kw: Any) -> TrainResult:
+    return e2e.train_e2e(job, recipe=recipe(job), home=home, device="cpu", workdir=workdir, workers=0, progress=False,
+                         image_size=SIZE, **kw)
 
 
 # --------------------------------------------------------------------------------------------- transform
@@ -147,21 +155,20 @@ def test_flip_mask_is_a_fair_function_of_seed_epoch_row() -> None:
 
 # --------------------------------------------------------------------------------------------- recipes
 def test_recipes_follow_the_papers() -> None:
-    from spmlbench.train.recipes_e2e import e2e_recipe, linear_init_recipe
+    from spmlbench.experiments.recipes import e2e_recipe, linear_init_recipe
 
     gr = e2e_recipe("gr", "voc")
-    assert (gr.lr, gr.head_lr_mult, gr.batch_size, gr.epochs, gr.early_stop, gr.early_stop_drop) == (
-        1e-5, 10.0, 8, 8, "drop", 2.0)
+    assert (gr.lr, gr.head_lr_mult, gr.batch_size, gr.epochs, gr.early_stop) == (1e-5, 10.0, 8, 8, "drop:2")
     ll = e2e_recipe("ll_cp", "coco")
-    assert (ll.batch_size, ll.epochs, ll.head_lr_mult, ll.early_stop_drop) == (16, 10, 10.0, 3.0)
+    assert (ll.batch_size, ll.epochs, ll.head_lr_mult, ll.early_stop) == (16, 10, 10.0, "drop:3")
     em = e2e_recipe("em_apl", "cub")
     assert (em.lr, em.batch_size, em.head_lr_mult, em.early_stop) == (1e-4, 8, 1.0, "no_improve")
     assert e2e_recipe("em", "coco").batch_size == 16
     an = e2e_recipe("an", "voc")
     assert (an.lr, an.batch_size, an.epochs, an.early_stop) == (1e-5, 8, 10, "none")
-    assert e2e_recipe("gr", "voc", {"epochs": 3, "early_stop": "drop:1.5", "lr": None}).epochs == 3
-    assert gr.job_fields() == {"epochs": 8, "batch_size": 8, "lr": 1e-5, "early_stop": "drop:2"}
-    assert em.job_fields()["early_stop"] == "no_improve" and an.job_fields()["early_stop"] == "none"
+    over = e2e_recipe("gr", "voc", {"epochs": 3, "early_stop": "drop=1.5", "lr": None})
+    assert (over.epochs, over.early_stop, over.lr) == (3, "drop:1.5", 1e-5)  # None keeps the paper's value
+    assert e2e_recipe("gr", "voc", {"early_stop": True}).early_stop == "drop:2"
     assert (linear_init_recipe("role", "cub").lr, linear_init_recipe("role", "cub").batch_size) == (1e-3, 8)
     assert linear_init_recipe("role", "voc").batch_size == 16
     assert linear_init_recipe("an_ls", "nuswide").batch_size == 16
@@ -169,25 +176,25 @@ def test_recipes_follow_the_papers() -> None:
 
 
 @pytest.mark.parametrize(
-    ("rule", "drop", "history", "stop"),
+    ("rule", "history", "stop"),
     [
-        ("drop", 2.0, [50.0, 49.0], False),
-        ("drop", 2.0, [50.0, 52.0, 49.9], True),  # 2.1 below the best
-        ("drop", 2.0, [50.0, 52.0, 50.0], False),  # exactly 2 below: not more than 2
-        ("no_improve", 0.0, [50.0, 51.0], False),
-        ("no_improve", 0.0, [50.0, 51.0, 51.0], True),
-        ("none", 0.0, [50.0, 10.0], False),
+        ("drop:2", [50.0, 49.0], False),
+        ("drop:2", [50.0, 52.0, 49.9], True),  # 2.1 below the best
+        ("drop:2", [50.0, 52.0, 50.0], False),  # exactly 2 below: not more than 2
+        ("no_improve", [50.0, 51.0], False),
+        ("no_improve", [50.0, 51.0, 51.0], True),
+        ("none", [50.0, 10.0], False),
     ],
 )
-def test_early_stop_rules(rule: str, drop: float, history: list[float], stop: bool) -> None:
-    from spmlbench.train.recipes_e2e import e2e_recipe
+def test_early_stop_rules(rule: str, history: list[float], stop: bool) -> None:
+    from spmlbench.experiments.recipes import e2e_recipe
 
-    recipe = dataclasses.replace(e2e_recipe("an", "voc"), early_stop=rule, early_stop_drop=drop)
+    recipe = dataclasses.replace(e2e_recipe("an", "voc"), early_stop=rule)
     assert e2e._should_stop(recipe, history) is stop
 
 
 # --------------------------------------------------------------------------------------------- training
-def _reference_test_map(home: Path, workdir: Path, result: e2e.E2EResult) -> float:
+def _reference_test_map(home: Path, workdir: Path, result: TrainResult) -> float:
     """Score the best checkpoint with a plain torchvision-transform loop and scikit-learn."""
     from sklearn.metrics import average_precision_score
 
@@ -302,9 +309,11 @@ def test_em_apl_pseudo_labels_after_warmup(tiny: Path, tmp_path: Path, micro: st
 def test_linear_init_hands_roles_label_matrix_to_fine_tuning(tiny: Path, tmp_path: Path, micro: str) -> None:
     job = Job(loss="role", hparams=expected_positives(tiny), mode="linear-init", epochs=1, backbone=micro)
     start: dict[str, torch.Tensor] = {}
+    from spmlbench.experiments.recipes import linear_init_recipe
+
     res = linear_init.train_linear_init(
-        job, home=tiny, device="cpu", workdir=tmp_path / "w", workers=0, progress=False, image_size=SIZE,
-        overrides=FAST, linear_overrides={"epochs": 4, "lr": 1e-2},
+        job, recipe=recipe(job), linear_recipe=linear_init_recipe("role", DS, {"epochs": 4, "lr": 1e-2}), home=tiny,
+        device="cpu", workdir=tmp_path / "w", workers=0, progress=False, image_size=SIZE,
         hooks=e2e.Hooks(on_start=lambda ctx: start.update(
             G=ctx.loss.batched.G.detach().clone(), W=ctx.model.head.weight.detach().clone())),
     )
@@ -322,10 +331,10 @@ def test_linear_init_hands_roles_label_matrix_to_fine_tuning(tiny: Path, tmp_pat
 
 @pytest.mark.gpu
 def test_cuda_fast_and_exact_runs(tiny: Path, tmp_path: Path) -> None:
-    fast = e2e.train_e2e(Job(), home=tiny, device="cuda", workdir=tmp_path / "f", workers=2, progress=False,
-                         image_size=SIZE, overrides=FAST)
-    exact = e2e.train_e2e(Job(), home=tiny, device="cuda", workdir=tmp_path / "x", workers=2, progress=False,
-                          image_size=SIZE, overrides=FAST, exact=True)
+    fast = e2e.train_e2e(Job(), recipe=recipe(Job()), home=tiny, device="cuda", workdir=tmp_path / "f", workers=2,
+                         progress=False, image_size=SIZE)
+    exact = e2e.train_e2e(Job(), recipe=recipe(Job()), home=tiny, device="cuda", workdir=tmp_path / "x", workers=2,
+                          progress=False, image_size=SIZE, exact=True)
     assert fast.error is None and exact.error is None
     assert fast.settings["amp"] == "bf16" and exact.settings["amp"] == "fp32"
     assert all(math.isfinite(v) for v in fast.val_map + exact.val_map + [fast.test_map, exact.test_map])
@@ -334,8 +343,8 @@ def test_cuda_fast_and_exact_runs(tiny: Path, tmp_path: Path) -> None:
 def test_decode_workers_do_not_change_the_numbers(tiny: Path, tmp_path: Path, micro: str) -> None:
     job = Job(epochs=1, backbone=micro)
     inline = _run(tiny, tmp_path / "a", job)
-    pooled = e2e.train_e2e(job, home=tiny, device="cpu", workdir=tmp_path / "b", workers=2, progress=False,
-                           image_size=SIZE, overrides=FAST)
+    pooled = e2e.train_e2e(job, recipe=recipe(job), home=tiny, device="cpu", workdir=tmp_path / "b", workers=2,
+                           progress=False, image_size=SIZE)
     assert pooled.error is None
     assert (pooled.val_map, pooled.train_loss, pooled.test_ap) == (inline.val_map, inline.train_loss, inline.test_ap)
 

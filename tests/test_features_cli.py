@@ -35,7 +35,7 @@ def test_user_errors_exit_2_with_one_line(cli, home: Path) -> None:
     res = cli("features", "tiny", "--backbone", "pixels", "--weights", "imagenet")
     assert res.code == 2 and "--weights 'imagenet'" in res.err
     res = cli("features", "absent")  # neither prepared nor a known dataset
-    assert res.code == 2 and "unknown dataset 'absent'; choose one of: digits, " in res.err
+    assert res.code == 2 and "unknown dataset 'absent'; choose one of: coco, cub, digits, nuswide, voc" in res.err
     assert len(res.err.strip().splitlines()) == 1
     res = cli("features", "voc")  # known, not prepared
     assert res.code == 2 and "spmlbench prepare voc" in res.err

@@ -83,7 +83,7 @@ def test_names_escaping_the_data_home_and_unknown_names(cli, home: Path, tmp_pat
     write_dataset(home, n=40)
     one_line(cli("features", "../outside", "--quiet"), "dataset '../outside': not a plain name")
     assert not (home.parent / "outside").exists()
-    one_line(cli("features", "bogus"), "unknown dataset 'bogus'; choose one of: digits, ", "voc")
+    one_line(cli("features", "bogus"), "unknown dataset 'bogus'; choose one of: coco, cub, digits, nuswide, voc", "voc")
     one_line(cli("features", "voc", "--backbone", "../labels"), "unknown backbone '../labels'")
     one_line(cli(*RUN, "--losses", "an", "--backbone", "../labels", "--out", str(tmp_path / "r")),
              "backbone '../labels': not a plain name")

@@ -16,7 +16,7 @@ import typer
 from spmlbench.cli.app import console, err_console
 from spmlbench.experiments.jobs import JobSpec
 from spmlbench.experiments.runner import RunProgress, RunSummary
-from spmlbench.train.linear import EpochProgress
+from spmlbench.train.configs import EpochProgress
 
 
 class RichRunProgress(RunProgress):
@@ -45,6 +45,12 @@ class RichRunProgress(RunProgress):
 
     def waiting(self, count: int) -> None:
         self.progress.update(self.epoch_task, visible=True, description=f"waiting for {count} jobs run elsewhere")
+
+    def remote(self, queued: int, running: int) -> None:
+        self.progress.update(self.epoch_task, visible=True, description=f"ray: {queued} queued, {running} running")
+
+    def note(self, text: str) -> None:
+        self.progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
     def held(self, holders: Sequence[Any]) -> None:
         if holders:

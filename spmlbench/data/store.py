@@ -104,3 +104,15 @@ def label_matrix(df: pd.DataFrame, column: str = "labels", split: str | None = N
         c = int(df.attrs.get("spmlbench", {}).get("num_classes", 0))
         return np.zeros((0, c), dtype=np.int8)
     return np.stack(values).astype(np.int8, copy=False)
+
+
+def check_protocol(jobs: Any, meta: dict[str, Any]) -> None:
+    """DataError when a job's label_seed/split_seed differs from the prepared dataset's (``meta``: the
+    labels' metadata); ``jobs``: anything with ``dataset``, ``label_seed``, ``split_seed`` (None: not asked)."""
+    proto = meta.get("protocol", {}) or {}
+    for j in jobs:
+        for name in ("label_seed", "split_seed"):
+            have, want = proto.get(name), getattr(j, name, None)
+            if have is not None and want is not None and int(have) != int(want):
+                raise DataError(f"{j.dataset}: prepared with {name}={have} but the job asks for {want}; "
+                                f"re-run 'spmlbench prepare {j.dataset}' with that seed or drop the override")

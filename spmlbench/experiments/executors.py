@@ -1,7 +1,7 @@
 """Executors: where jobs are trained. ``local`` (in this process) is the default.
 
 An executor takes one cohort of linear jobs (same data, batch size and epochs) and returns one
-:class:`~spmlbench.train.linear.ConfigResult` per job. End-to-end jobs (modes ``e2e`` and
+:class:`~spmlbench.train.result.TrainResult` per job. End-to-end jobs (modes ``e2e`` and
 ``linear-init``) train one at a time through :func:`train_image_job`. Scale-out over a cluster
 lives in :mod:`spmlbench.experiments.ray_executor`, which calls the runner inside its workers.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -17,13 +18,15 @@ import torch
 
 from spmlbench.errors import ConfigError
 from spmlbench.experiments.jobs import JobSpec
-from spmlbench.train.linear import ConfigResult, EpochProgress, LinearData, ProgressFn, ValHook, train_linear
+from spmlbench.train.configs import EpochProgress, LinearData, ProgressFn, ValHook
+from spmlbench.train.linear import train_linear
+from spmlbench.train.result import TrainResult
 
 
 class Executor(Protocol):
     """Trains one cohort of jobs and returns their results in order."""
 
-    def train(self, data: LinearData, jobs: Sequence[JobSpec], progress: ProgressFn | None = None) -> list[ConfigResult]:
+    def train(self, data: LinearData, jobs: Sequence[JobSpec], progress: ProgressFn | None = None) -> list[TrainResult]:
         """Train ``jobs`` on ``data``."""
         ...
 
@@ -45,7 +48,7 @@ class LocalExecutor:
             self._pool = None
 
     def train(self, data: LinearData, jobs: Sequence[JobSpec], progress: ProgressFn | None = None,
-              on_val: ValHook | None = None) -> list[ConfigResult]:
+              on_val: ValHook | None = None) -> list[TrainResult]:
         """Train ``jobs`` (all mode ``linear``) on ``data``; ``on_val`` sees each epoch's val scores."""
         for job in jobs:
             if job.mode != "linear":
@@ -82,13 +85,16 @@ def train_image_job(
     """Train one end-to-end job (``e2e``: :func:`~spmlbench.train.e2e.train_e2e`; ``linear-init``:
     :func:`~spmlbench.train.linear_init.train_linear_init`) in ``workdir`` (resumes from its checkpoints).
 
-    Returns the trainer's ``E2EResult``; ``progress`` gets one :class:`EpochProgress` per epoch.
+    Returns the trainer's :class:`~spmlbench.train.result.TrainResult`; ``progress`` gets one
+    :class:`EpochProgress` per epoch.
     """
+    from spmlbench.experiments.recipes import job_recipes
     from spmlbench.train import e2e, linear_init
 
     if job.mode not in ("e2e", "linear-init"):
         raise ConfigError(f"--mode {job.mode}: train_image_job runs e2e and linear-init jobs only")
-    fn = e2e.train_e2e if job.mode == "e2e" else linear_init.train_linear_init
+    recipe, linear_recipe = job_recipes(job)
+    fn = e2e.train_e2e if linear_recipe is None else partial(linear_init.train_linear_init, linear_recipe=linear_recipe)
 
     def on_epoch_end(epoch: int, ctx: Any) -> None:
         if progress is None:
@@ -96,6 +102,6 @@ def train_image_job(
         vals, best = ctx.history.get("val_map", []), int(ctx.history.get("best_epoch", 0))
         progress(EpochProgress(epoch, job.epochs, 1, float(vals[best - 1]) if best else float("nan")))
 
-    return fn(job, home=home, device=device, workdir=Path(workdir), exact=job.exact, workers=workers,
+    return fn(job, recipe=recipe, home=home, device=device, workdir=Path(workdir), exact=job.exact, workers=workers,
               progress=False, image_size=job.image_size, weights=job.weights,
               hooks=e2e.Hooks(on_epoch_end=on_epoch_end))

@@ -16,9 +16,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from spmlbench.errors import ConfigError
-from spmlbench.experiments.recipes import LINEAR_RECIPES, check_choice, e2e_job_recipe, linear_protocol, paper_recipe
+from spmlbench.experiments.recipes import LINEAR_RECIPES, check_choice, e2e_recipe, linear_protocol, paper_recipe
 from spmlbench.train.early_stop import canonical_rule
-from spmlbench.train.linear import TrainConfig, freeze_hparams
+from spmlbench.train.configs import TrainConfig, freeze_hparams
 
 MODES = ("linear", "e2e", "linear-init")
 VAL_MODES = ("clean", "observed")
@@ -244,7 +244,7 @@ def expand_jobs(
         if mode == "linear" and recipe == "cole":
             n_epochs, rule, points = protocol.epochs, protocol.early_stop, protocol.points(lr, batch_size)
         else:
-            rec = paper_recipe(loss, dataset) if mode == "linear" else e2e_job_recipe(loss, dataset)
+            rec = paper_recipe(loss, dataset) if mode == "linear" else e2e_recipe(loss, dataset)
             n_epochs, rule = rec.epochs, rec.early_stop
             points = [(float(lr if lr is not None else rec.lr), int(batch_size or rec.batch_size))]
         if early_stop != "paper":

@@ -7,9 +7,9 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from spmlbench.data.store import check_protocol
 from spmlbench.errors import ConfigError, DataError
 from spmlbench.experiments.jobs import JobSpec, expand_jobs, parse_set
-from spmlbench.experiments.runner import check_protocol
 
 DEFAULT_DATASET = "digits"
 DEFAULT_SEEDS = (0, 1, 2)

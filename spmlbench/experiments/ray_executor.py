@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from spmlbench.errors import ConfigError
 from spmlbench.experiments.jobs import JobSpec
-from spmlbench.experiments.runner import RunSummary, cohorts, current_features, is_finished
+from spmlbench.experiments.runner import RunProgress, RunSummary, cohorts, current_features, is_finished
 
 POLL_S = 0.5  # driver progress refresh
 INSTALL_HINT = "--executor ray: the ray extra is not installed; run pip install -e '.[ray]' (on every node)"
@@ -51,98 +50,6 @@ class Task:
     def job_ids(self) -> list[str]:
         """Ids of the task's jobs, in order."""
         return [j.job_id for j in self.jobs]
-
-
-@dataclasses.dataclass(frozen=True)
-class Counts:
-    """Job counts shown by the driver: ``queued + running + done + failed + skipped == total``."""
-
-    total: int
-    skipped: int
-    queued: int
-    running: int
-    done: int
-    failed: int
-
-
-class RayProgress:
-    """Callbacks of the scale-out driver (no-ops here; :class:`PlainRayProgress` prints them)."""
-
-    def message(self, text: str) -> None:
-        """A one-line note (e.g. which Ray instance is used)."""
-
-    def update(self, counts: Counts) -> None:
-        """Current job counts; called every poll."""
-
-    def task_failed(self, job_ids: Sequence[str], error: str) -> None:
-        """A task failed after its last retry."""
-
-    def close(self) -> None:
-        """The run ended (normally or not)."""
-
-
-class PlainRayProgress(RayProgress):
-    """Notes, failures and a line per change of the counts, on stderr (the library's default; the CLI
-    draws its own progress)."""
-
-    def __init__(self) -> None:
-        self._last: Counts | None = None
-
-    def message(self, text: str) -> None:
-        """Print ``text`` on stderr."""
-        print(text, file=sys.stderr, flush=True)
-
-    def update(self, counts: Counts) -> None:
-        """Print the counts when they changed."""
-        if counts != self._last:
-            self._last = counts
-            self.message(f"ray: {counts.queued} queued, {counts.running} running, {counts.done} done, "
-                         f"{counts.failed} failed ({counts.skipped} already done, {counts.total} jobs)")
-
-    def task_failed(self, job_ids: Sequence[str], error: str) -> None:
-        """Print the failed task's jobs and error."""
-        shown = ", ".join(job_ids[:4]) + (f" and {len(job_ids) - 4} more" if len(job_ids) > 4 else "")
-        self.message(f"task failed (jobs {shown}): {error}")
-
-
-class RunProgressAdapter(RayProgress):
-    """Drives a local-runner :class:`~spmlbench.experiments.runner.RunProgress` from the scale-out driver.
-
-    ``start`` once, ``jobs_done`` per finished task (no per-job results: they stay in the workers);
-    notes and failures are printed on stderr. Epochs are not seen (they happen in the workers).
-    """
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self._started = False
-        self._finished = 0
-
-    def message(self, text: str) -> None:
-        """Print ``text`` on stderr."""
-        print(text, file=sys.stderr, flush=True)
-
-    def update(self, counts: Counts) -> None:
-        """``start`` on the first call; advance by the jobs finished (done or failed) since the last."""
-        if not self._started:
-            self.inner.start(counts.total, counts.skipped)
-            self._started = True
-        finished = counts.done + counts.failed
-        if finished > self._finished:
-            self.inner.jobs_done([None] * (finished - self._finished), [])
-            self._finished = finished
-
-    def task_failed(self, job_ids: Sequence[str], error: str) -> None:
-        """Print the failed task's jobs and error."""
-        self.message(f"task failed (jobs {', '.join(job_ids)}): {error}")
-
-
-def as_ray_progress(progress: Any) -> RayProgress:
-    """``None`` -> :class:`PlainRayProgress`; a runner ``RunProgress`` -> wrapped; a RayProgress as is."""
-    if progress is None:
-        return PlainRayProgress()
-    if hasattr(progress, "update") and hasattr(progress, "task_failed"):
-        return progress
-    return RunProgressAdapter(progress)
 
 
 def _check_options(device: str, gpus_per_job: float, cpus_per_job: float, max_retries: int) -> None:
@@ -203,7 +110,7 @@ def import_ray() -> Any:
     return ray
 
 
-def connect(address: str | None, say: RayProgress) -> bool:
+def connect(address: str | None, say: Callable[[str], None]) -> bool:
     """Make sure this process is connected to Ray; True if this call connected (the caller then shuts down).
 
     Already initialised: used as is. ``"auto"``: the running cluster (``RAY_ADDRESS`` or the latest
@@ -216,23 +123,23 @@ def connect(address: str | None, say: RayProgress) -> bool:
     if address == "auto":
         try:
             ray.init(address="auto", log_to_driver=True)
-            say.message(f"ray: connected to the running cluster ({_resources_text(ray)})")
+            say(f"ray: connected to the running cluster ({_resources_text(ray)})")
             return True
         except ConnectionError:
             ray.init(address="local")
-            say.message("ray: no running cluster found (address auto); "
+            say("ray: no running cluster found (address auto); "
                         f"started a local instance ({_resources_text(ray)})")
             return True
     if address is None:
         ray.init(address="local")
-        say.message(f"ray: started a local instance ({_resources_text(ray)})")
+        say(f"ray: started a local instance ({_resources_text(ray)})")
         return True
     try:
         ray.init(address=address)
     except ConnectionError as exc:
         raise ConfigError(f"--address {address}: cannot connect to a Ray cluster there ({exc}); "
                           "start one with 'ray start --head' or use --address auto") from None
-    say.message(f"ray: connected to {address} ({_resources_text(ray)})")
+    say(f"ray: connected to {address} ({_resources_text(ray)})")
     return True
 
 
@@ -274,7 +181,7 @@ def run_jobs_ray(
     gpus_per_job: float = 0,
     cpus_per_job: float = 1,
     max_retries: int = 2,
-    progress: Any = None,
+    progress: RunProgress | None = None,
     **run_kwargs: Any,
 ) -> RayRunSummary:
     """Run every job without a record (all with ``force``) as Ray tasks; see the module docstring.
@@ -282,13 +189,15 @@ def run_jobs_ray(
     ``home`` (default: each worker's own SPMLBENCH_HOME) and ``out_dir`` must name the same data on
     every node. ``run_kwargs`` go to :func:`~spmlbench.experiments.runner.run_jobs` in the workers
     (they must pickle). Jobs of tasks that failed for good are in ``failed`` and ``errors``.
-    ``progress``: a :class:`RayProgress`, a runner ``RunProgress`` (adapted), or None (plain lines on stderr).
+    ``progress``: the runner's :class:`~spmlbench.experiments.runner.RunProgress` (``start``, ``jobs_done``
+    per finished task, ``remote`` with the queued / running counts, ``note`` for the cluster used and a
+    task that failed for good); None reports nothing but the notes (to the ``spmlbench`` logger).
     """
     _check_options(device, gpus_per_job, cpus_per_job, max_retries)
     ray = import_ray()
     out = Path(out_dir).resolve()
     home_s = str(Path(home).resolve()) if home is not None else None
-    progress = as_ray_progress(progress)
+    progress = progress or RunProgress()
     jobs = list(dict.fromkeys(jobs))
     summary = RayRunSummary()
     dumps = frozenset(run_kwargs.get("dumps", ()))
@@ -297,11 +206,10 @@ def run_jobs_ray(
     pending = set(todo)
     summary.skipped = [j.job_id for j in jobs if j not in pending]
     tasks = plan_tasks(todo, device=device, gpus_per_job=gpus_per_job, cpus_per_job=cpus_per_job)
+    progress.start(len(jobs), len(summary.skipped))
     if not tasks:
-        progress.update(Counts(len(jobs), len(summary.skipped), 0, 0, 0, 0))
-        progress.close()
         return summary
-    started = connect(address, progress)
+    started = connect(address, progress.note)
     try:
         _check_feasible(ray, tasks)
         from spmlbench.losses.plugins import sources_for
@@ -314,9 +222,8 @@ def run_jobs_ray(
                                   retry_exceptions=True, name=name)
             refs[opts.remote(list(t.jobs), str(out), home_s, device, force, experiment, run_kwargs,
                              sources_for({j.loss for j in t.jobs}))] = t
-        _drive(ray, refs, out, summary, progress, len(jobs))
+        _drive(ray, refs, out, summary, progress)
     finally:
-        progress.close()
         if started:
             ray.shutdown()
     order = {j.job_id: i for i, j in enumerate(jobs)}
@@ -325,12 +232,9 @@ def run_jobs_ray(
     return summary
 
 
-def _drive(ray: Any, refs: dict[Any, Task], out: Path, summary: RayRunSummary, progress: RayProgress,
-           total: int) -> None:
+def _drive(ray: Any, refs: dict[Any, Task], out: Path, summary: RayRunSummary, progress: RunProgress) -> None:
     """Wait for the tasks, merging their summaries and reporting failures; Ctrl-C cancels the rest."""
     pending = list(refs)
-    skipped = total - sum(len(t.jobs) for t in refs.values())
-    done = failed = 0
     try:
         while pending:
             ready, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL_S)
@@ -342,18 +246,17 @@ def _drive(ray: Any, refs: dict[Any, Task], out: Path, summary: RayRunSummary, p
                     error = one_line_error(exc)
                     summary.failed.extend(task.job_ids)
                     summary.errors.update(dict.fromkeys(task.job_ids, error))
-                    failed += len(task.jobs)
-                    progress.task_failed(task.job_ids, error)
-                    continue
-                summary.ran.extend(result.ran)
-                summary.by_others.extend(result.by_others + result.skipped)  # finished elsewhere meanwhile
-                summary.failed.extend(result.failed)
-                failed += len(result.failed)
-                done += len(task.jobs) - len(result.failed)
+                    shown = ", ".join(task.job_ids[:4]) + (f" and {len(task.jobs) - 4} more" if len(task.jobs) > 4 else "")
+                    progress.note(f"ray: task failed (jobs {shown}): {error}")
+                else:
+                    summary.ran.extend(result.ran)
+                    summary.by_others.extend(result.by_others + result.skipped)  # finished elsewhere meanwhile
+                    summary.failed.extend(result.failed)
+                progress.jobs_done(task.jobs, [])
             in_flight = [k for r in pending for k in refs[r].job_ids]
             locked = _locked(out) if in_flight else set()
             running = sum(k in locked for k in in_flight)
-            progress.update(Counts(total, skipped, len(in_flight) - running, running, done, failed))
+            progress.remote(len(in_flight) - running, running)
     except KeyboardInterrupt:
         for ref in pending:
             ray.cancel(ref)

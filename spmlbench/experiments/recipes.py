@@ -9,20 +9,26 @@ Linear mode has two recipes (``data_manifests/recipes.toml``):
   comparable across losses.
 
 Modes ``e2e`` and ``linear-init`` always use each paper's own end-to-end recipe
-(``data_manifests/recipes_e2e.toml``, :mod:`spmlbench.train.recipes_e2e`).
+(``data_manifests/recipes_e2e.toml``): :func:`e2e_recipe` and :func:`linear_init_recipe` resolve it
+per (loss, dataset), :func:`job_recipes` with a job's own settings on top; the trainers get the
+resolved :class:`~spmlbench.train.e2e_recipe.E2ERecipe` / ``LinearPhaseRecipe`` and never read a file.
+Both files are found in the manifest folder (:func:`spmlbench.data.manifest.manifests_dir`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import tomllib
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
+from spmlbench.data.manifest import manifests_dir
 from spmlbench.errors import ConfigError
+from spmlbench.train.e2e_recipe import E2ERecipe, LinearPhaseRecipe
+from spmlbench.train.early_stop import canonical_rule
 
-RECIPES_FILE = Path(__file__).resolve().parents[2] / "data_manifests" / "recipes.toml"
+LINEAR_FILE = "recipes.toml"
+E2E_FILE = "recipes_e2e.toml"
 LINEAR_RECIPES = ("cole", "paper")
 SELECT_RULES = ("first-seed", "each-seed", "mean")
 
@@ -56,15 +62,23 @@ class LinearProtocol:
         return [(a, b) for a in lrs for b in batches]
 
 
-@functools.cache
+def load_table(name: str, section: str) -> dict[str, Any]:
+    """Section ``section`` of the recipe file ``name`` in the manifest folder (ConfigError when unreadable)."""
+    path = manifests_dir() / name
+    try:
+        return dict(tomllib.loads(path.read_text(encoding="utf-8")).get(section, {}))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: recipe file not found; restore data_manifests/{name}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML ({exc}); fix the file") from None
+
+
 def _linear_table() -> dict[str, Any]:
-    with open(RECIPES_FILE, "rb") as fh:
-        return tomllib.load(fh)["linear"]
+    return load_table(LINEAR_FILE, "linear")
 
 
-def _rule(table: dict[str, Any]) -> str:
-    rule = str(table["early_stop"])
-    return f"drop:{float(table['early_stop_drop']):g}" if rule == "drop" else rule
+def _rule(table: Mapping[str, Any]) -> str:
+    return canonical_rule({"rule": table["early_stop"], "drop": table.get("early_stop_drop", 0.0)})
 
 
 def linear_protocol(lr_grid: list[float] | None = None, batch_grid: list[int] | None = None) -> LinearProtocol:
@@ -105,19 +119,10 @@ def paper_recipe(loss: str, dataset: str) -> Recipe:
                   str(merged["source"]))
 
 
-def e2e_job_recipe(loss: str, dataset: str) -> Recipe:
-    """The paper's end-to-end recipe of ``loss`` on ``dataset`` (modes ``e2e`` and ``linear-init``)."""
-    from spmlbench.train.recipes_e2e import e2e_recipe
-
-    r = e2e_recipe(loss, dataset)
-    f = r.job_fields()
-    return Recipe(float(f["lr"]), int(f["batch_size"]), int(f["epochs"]), str(f["early_stop"]), r.source)
-
-
 def recipe_source(loss: str, dataset: str, mode: str, linear_recipe: str = "cole") -> str:
     """Where a job's settings come from (for its record)."""
     if mode != "linear":
-        return e2e_job_recipe(loss, dataset).source
+        return e2e_recipe(loss, dataset).source
     if linear_recipe == "paper":
         return paper_recipe(loss, dataset).source
     return linear_protocol().source
@@ -128,3 +133,89 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ConfigError(f"--{name} {value!r}: unknown; choose one of: {', '.join(choices)}")
     return value
+
+
+def _family_of(loss: str, families: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    for name, fam in families.items():
+        if loss in fam.get("losses", []):
+            return name, fam
+    return "cole", {}
+
+
+def _layer(table: Mapping[str, Any]) -> dict[str, Any]:
+    """The scalar settings of one table (nested tables and the loss list dropped)."""
+    return {k: v for k, v in table.items() if not isinstance(v, (dict, list))}
+
+
+def e2e_recipe(
+    loss: str,
+    dataset: str,
+    overrides: Mapping[str, Any] | None = None,
+) -> E2ERecipe:
+    """Resolve the end-to-end recipe of ``loss`` on ``dataset``; ``overrides`` (None values ignored) win.
+
+    Resolution (later wins): e2e.default < family < family.datasets.<dataset> < overrides.
+    """
+    raw = load_table(E2E_FILE, "e2e")
+    family, fam = _family_of(loss, raw.get("families", {}))
+    merged: dict[str, Any] = {"family": family}
+    merged.update(_layer(raw.get("default", {})))
+    merged.update(_layer(fam))
+    merged.update(_layer(fam.get("datasets", {}).get(dataset, {})))
+    if "early_stop" in merged:  # the file writes rule and drop apart; the recipe holds the canonical rule
+        merged["early_stop"] = _rule(merged)
+        merged.pop("early_stop_drop", None)
+    for key, value in (overrides or {}).items():
+        if value is not None and not (key == "early_stop" and value is True):  # True: the recipe's own rule
+            merged[key] = canonical_rule(value) if key == "early_stop" else value
+    return _build(E2ERecipe, merged, f"e2e recipe for {loss} on {dataset}")
+
+
+def linear_init_recipe(
+    loss: str,
+    dataset: str,
+    overrides: Mapping[str, Any] | None = None,
+) -> LinearPhaseRecipe:
+    """Resolve LinearInit's fixed linear-phase settings for ``loss`` on ``dataset``."""
+    raw = load_table(E2E_FILE, "linear_init")
+    per_loss = raw.get("losses", {}).get(loss, {})
+    merged: dict[str, Any] = {}
+    merged.update(_layer(raw.get("default", {})))
+    merged.update(_layer(per_loss))
+    merged.update(_layer(per_loss.get("datasets", {}).get(dataset, {})))
+    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return _build(LinearPhaseRecipe, merged, f"linear-init recipe for {loss} on {dataset}")
+
+
+def _build(cls: type, merged: dict[str, Any], what: str) -> Any:
+    fields = {f.name: f.type for f in dataclasses.fields(cls)}
+    unknown = sorted(set(merged) - set(fields))
+    if unknown:
+        raise ConfigError(f"{what}: unknown setting(s) {', '.join(unknown)}; use {', '.join(fields)}")
+    missing = sorted(set(fields) - set(merged))
+    if missing:
+        raise ConfigError(f"{what}: missing setting(s) {', '.join(missing)}; add them to {E2E_FILE}")
+    out: dict[str, Any] = {}
+    for name, typ in fields.items():
+        value = merged[name]
+        try:
+            out[name] = {"float": float, "int": int, "str": str}[str(typ)](value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{what}: {name}={value!r} is not a valid {typ}; fix the value") from None
+    for name in ("lr", "head_lr_mult", "batch_size", "epochs", "eval_batch_size"):
+        if name in out and not out[name] > 0:
+            raise ConfigError(f"{what}: {name} must be > 0 (got {out[name]}); fix the value")
+    if out.get("optimizer", "adam") != "adam":
+        raise ConfigError(f"{what}: optimizer {out['optimizer']!r} is not supported; use adam")
+    return cls(**out)
+
+
+def job_recipes(job: Any, overrides: Mapping[str, Any] | None = None,
+                linear_overrides: Mapping[str, Any] | None = None) -> tuple[E2ERecipe, LinearPhaseRecipe | None]:
+    """A job's end-to-end recipe (its epochs, batch size, lr and early stop win over the paper's, then
+    ``overrides``) and, for mode ``linear-init``, its linear phase's (``linear_overrides`` win)."""
+    own = {k: getattr(job, k, None) for k in ("epochs", "batch_size", "lr", "early_stop")}
+    recipe = e2e_recipe(job.loss, job.dataset, {**own, **dict(overrides or {})})
+    if getattr(job, "mode", "e2e") != "linear-init":
+        return recipe, None
+    return recipe, linear_init_recipe(job.loss, job.dataset, linear_overrides)

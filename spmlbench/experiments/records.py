@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from spmlbench.atomic import atomic_path
 from spmlbench.errors import DataError
 from spmlbench.experiments.jobs import JobSpec
-from spmlbench.train.linear import ConfigResult
+from spmlbench.train.result import TrainResult
 
 RECORDS_DIR = "records"
 DUMPS_DIR = "dumps"
@@ -107,11 +107,11 @@ def _linear_settings(spec: JobSpec) -> dict[str, Any]:
             "early_stop": spec.early_stop, "val": spec.val, "recipe_source": source}
 
 
-def _settings(result: Any, spec: JobSpec) -> str:
-    settings = dict(getattr(result, "settings", None) or {})
+def _settings(result: TrainResult, spec: JobSpec) -> str:
+    settings = dict(result.settings)
     if not settings and spec.mode == "linear":
         settings = _linear_settings(spec)
-    phase = getattr(result, "linear_phase", None)
+    phase = result.linear_phase
     if phase is not None:
         settings["linear_phase"] = phase
     return json.dumps(settings, sort_keys=True, default=str) if settings else ""
@@ -126,17 +126,15 @@ def _loss_origin(spec: JobSpec) -> str | None:
     return LOSSES.get(spec.loss).origin if spec.loss in LOSSES else None
 
 
-def make_record(spec: JobSpec, result: ConfigResult | Any, *, experiment: str = "", wall_s: float = 0.0,
+def make_record(spec: JobSpec, result: TrainResult, *, experiment: str = "", wall_s: float = 0.0,
                 device: str = "cpu", features_sha256: str = "") -> dict[str, Any]:
-    """The record row of a finished job (``result``: a linear ``ConfigResult`` or an ``E2EResult``)."""
+    """The record row of a finished job (``result``: what its trainer returned)."""
     row = spec.to_dict()
     row.update(weights=spec.weights, image_size=spec.image_size, exact=spec.exact, settings=_settings(result, spec),
                loss_source=spec.loss_source, loss_origin=_loss_origin(spec))
     row["hparams"] = json.dumps(row["hparams"], sort_keys=True)
     row.update(
-        job_id=spec.job_id, experiment=experiment, status=result.status, error=result.error,
-        epochs_run=result.epochs_run, best_epoch=result.best_epoch, val_map=list(result.val_map),
-        train_loss=list(result.train_loss), test_map=result.test_map, test_ap=list(result.test_ap),
+        job_id=spec.job_id, experiment=experiment, **result.record_fields(),
         wall_s=float(wall_s), device=device, versions=json.dumps(versions(), sort_keys=True), git_rev=git_rev(),
         features_sha256=features_sha256,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -153,10 +151,23 @@ def write_record(out_dir: str | os.PathLike[str], row: dict[str, Any]) -> Path:
     return path
 
 
+def read_record(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The row of one record file; None when it is not a readable one-row record (truncated, corrupt,
+    another file's bytes)."""
+    try:
+        table = pq.read_table(path, schema=_SCHEMA)
+    except Exception:  # pyarrow raises several types for a corrupt file
+        return None
+    rows = table.to_pylist() if table.num_rows == 1 else []
+    return rows[0] if rows and rows[0].get("job_id") and rows[0].get("status") else None
+
+
 def update_record(out_dir: str | os.PathLike[str], job_id: str, **fields: Any) -> Path:
     """Rewrite one record with ``fields`` changed (atomically; used to mark the selected grid points)."""
     path = record_path(out_dir, job_id)
-    row = pq.read_table(path, schema=_SCHEMA).to_pylist()[0]
+    row = read_record(path)
+    if row is None:
+        raise DataError(f"{path}: unreadable result record; delete it and re-run the job")
     row.update(fields)
     return write_record(out_dir, row)
 

@@ -17,6 +17,7 @@ dumps' ``complete`` marker for jobs in ``dumps``).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 import time
@@ -26,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from spmlbench.data.store import check_protocol
 from spmlbench.errors import ConfigError, DataError
 from spmlbench.experiments import locks
 from spmlbench.experiments import records as rec
@@ -33,7 +35,7 @@ from spmlbench.experiments.executors import Executor, LocalExecutor, train_image
 from spmlbench.experiments.jobs import JobSpec
 from spmlbench.experiments.records import make_record, record_path, write_record
 from spmlbench.runtime import resolve_device
-from spmlbench.train.linear import EpochProgress, LinearData, linear_data
+from spmlbench.train.configs import EpochProgress, LinearData, linear_data
 
 WORK_DIR = "work"
 
@@ -61,6 +63,13 @@ class RunProgress:
 
     def held(self, holders: Sequence[locks.Holder]) -> None:
         """The locks this run waits on changed: each names its file, its owner and how to clear it."""
+
+    def remote(self, queued: int, running: int) -> None:
+        """Jobs handed to other workers (Ray): how many wait for a worker and how many run."""
+
+    def note(self, text: str) -> None:
+        """A one-line message (the Ray cluster used, a task that failed for good); logged by default."""
+        logging.getLogger("spmlbench").info(text)
 
 
 @dataclasses.dataclass
@@ -127,32 +136,14 @@ def is_finished(out_dir: str | os.PathLike[str], job: JobSpec, dumps: Collection
     path = record_path(out_dir, job.job_id)
     if not path.exists():
         return False
-    sha = _record_features_sha(path)
-    if sha is _UNREADABLE:
+    row = rec.read_record(path)
+    if row is None:
         return False
+    sha = row.get("features_sha256")
     want = (features or {}).get((job.dataset, job.backbone)) if job.mode == "linear" else None
     if want and sha not in (want, None, ""):
         return False
     return job.job_id not in dumps or rec.dumps_complete(out_dir, job.job_id)
-
-
-_UNREADABLE = "<unreadable>"
-
-
-def _record_features_sha(path: Path) -> str | None:
-    """The ``features_sha256`` of a record file (None in a record without that column; ``_UNREADABLE``
-    when the file is not a one-row record)."""
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except Exception:  # pyarrow raises several types for a corrupt file
-        return _UNREADABLE
-    if table.num_rows != 1 or "job_id" not in table.column_names or "status" not in table.column_names:
-        return _UNREADABLE
-    if "features_sha256" not in table.column_names:
-        return None
-    return table.column("features_sha256")[0].as_py()
 
 
 def current_features(jobs: Sequence[JobSpec], home: str | os.PathLike[str] | None) -> dict[tuple[str, str], str]:
@@ -347,14 +338,3 @@ def _written_since(out: Path, job: JobSpec, since: float) -> bool:
 def _done_elsewhere(out: Path, job: JobSpec, dumps: Collection[str] = (),
                     features: Mapping[tuple[str, str], str] | None = None) -> bool:
     return is_finished(out, job, dumps, features) and not locks.held_by_other(out, job.job_id)
-
-
-def check_protocol(jobs: Sequence[JobSpec], meta: dict[str, Any]) -> None:
-    """DataError when a job's label_seed/split_seed differs from the prepared dataset's (``meta``)."""
-    proto = meta.get("protocol", {})
-    for j in jobs:
-        for name in ("label_seed", "split_seed"):
-            have = proto.get(name)
-            if have is not None and int(have) != getattr(j, name):
-                raise DataError(f"{j.dataset}: prepared with {name}={have} but the job asks for {getattr(j, name)}; "
-                                f"re-run 'spmlbench prepare {j.dataset}' with that seed or drop the override")

@@ -168,42 +168,17 @@ BACKBONES: Registry[BackboneSpec] = Registry("backbone")
 
 _RESIZE = "PIL open .convert('RGB'), Resize(({size}, {size})) bilinear no crop, ToTensor, ImageNet mean/std"
 
-BACKBONES.add(
-    "resnet50",
-    BackboneSpec(
-        name="resnet50",
-        weights="ResNet50_Weights.IMAGENET1K_V1",
-        transform=_RESIZE,
-        image_size=448,
-        dim=2048,
-        arch="resnet50",
-        description="torchvision ResNet-50, ImageNet IMAGENET1K_V1 (the papers' weights), fc removed, global average pool",
-    ),
-)
-BACKBONES.add(
-    "resnet101",
-    BackboneSpec(
-        name="resnet101",
-        weights="ResNet101_Weights.IMAGENET1K_V1",
-        transform=_RESIZE,
-        image_size=448,
-        dim=2048,
-        arch="resnet101",
-        description="torchvision ResNet-101, ImageNet IMAGENET1K_V1, fc removed, global average pool",
-    ),
-)
-BACKBONES.add(
-    "resnet18",
-    BackboneSpec(
-        name="resnet18",
-        weights="ResNet18_Weights.IMAGENET1K_V1",
-        transform=_RESIZE,
-        image_size=448,
-        dim=512,
-        arch="resnet18",
-        description="torchvision ResNet-18, ImageNet IMAGENET1K_V1, fc removed (small: quick CPU runs)",
-    ),
-)
+def _resnet(depth: int, dim: int, note: str = "") -> BackboneSpec:
+    """torchvision ResNet-``depth`` with its ImageNet IMAGENET1K_V1 weights, fc removed, global average pool."""
+    return BackboneSpec(name=f"resnet{depth}", weights=f"ResNet{depth}_Weights.IMAGENET1K_V1", transform=_RESIZE,
+                        image_size=448, dim=dim, arch=f"resnet{depth}",
+                        description=f"torchvision ResNet-{depth}, ImageNet IMAGENET1K_V1{note}, fc removed, "
+                        "global average pool")
+
+
+BACKBONES.add("resnet50", _resnet(50, 2048, " (the papers' weights)"))
+BACKBONES.add("resnet101", _resnet(101, 2048))
+BACKBONES.add("resnet18", _resnet(18, 512, " (small: quick CPU runs)"))
 BACKBONES.add(
     "pixels",
     BackboneSpec(

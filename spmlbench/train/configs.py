@@ -46,20 +46,6 @@ def freeze_hparams(hparams: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
 
 
 @dataclasses.dataclass
-class ConfigResult:
-    """What one config produced: per-epoch curves, the best-val epoch and test AP at that epoch."""
-
-    status: str = "ok"  # ok | failed
-    error: str | None = None
-    epochs_run: int = 0
-    best_epoch: int = 0
-    val_map: list[float] = dataclasses.field(default_factory=list)
-    train_loss: list[float] = dataclasses.field(default_factory=list)
-    test_map: float = float("nan")
-    test_ap: list[float] = dataclasses.field(default_factory=list)
-
-
-@dataclasses.dataclass
 class LinearData:
     """Split features (float32, loaded once) and 0/1 float32 label matrices of one dataset."""
 

@@ -1,10 +1,10 @@
 """End-to-end fine-tuning on images (mode ``e2e``; LinearInit, mode ``linear-init``, builds on it in
 :mod:`spmlbench.train.linear_init`).
 
-One job = one backbone + linear head trained with one loss under the loss's own recipe
-(``data_manifests/recipes_e2e.toml``; the job's epochs / batch size / lr / early stop and explicit
-overrides win). Per epoch: ``loss.start_epoch``, one pass over the training images (protocol
-transform with flips), ``loss.end_epoch`` (EM-APL's pseudo-labelling pass over the training
+One job = one backbone + linear head trained with one loss under a resolved recipe
+(:class:`~spmlbench.train.e2e_recipe.E2ERecipe`: the loss's paper recipe with the job's settings on
+top, resolved by :func:`spmlbench.experiments.recipes.job_recipes`). Per epoch: ``loss.start_epoch``,
+one pass over the training images (protocol transform with flips), ``loss.end_epoch`` (EM-APL's pseudo-labelling pass over the training
 images, eval transform), val mAP, checkpoint. The reported epoch is the best val epoch; its
 model is scored on the test split at the end.
 
@@ -56,11 +56,12 @@ from spmlbench.train.e2e_data import (
     job_hparams,
     load_job_data,
 )
-from spmlbench.train.early_stop import stops
 from spmlbench.train.e2e_model import E2EModel, build_model
-from spmlbench.train.e2e_result import E2EResult, Hooks, TrainContext
+from spmlbench.train.e2e_recipe import E2ERecipe
+from spmlbench.train.early_stop import stops
+from spmlbench.train.hooks import Hooks, TrainContext
 from spmlbench.train.images import EpochBatchSampler, ImageDataset
-from spmlbench.train.recipes_e2e import E2ERecipe, e2e_recipe
+from spmlbench.train.result import TrainResult
 
 
 # (epoch, steps done, steps in the epoch), after every training step; the CLI may draw it
@@ -139,7 +140,7 @@ def scores_map(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, list[
 
 def _should_stop(recipe: E2ERecipe, val_map: list[float]) -> bool:
     """Early-stop rule after the latest epoch (best val epoch is reported either way)."""
-    return stops(recipe.early_stop_rule, val_map)
+    return stops(recipe.early_stop, val_map)
 
 
 def _optimizer(model: E2EModel, loss: nn.Module, recipe: E2ERecipe, device: torch.device, exact: bool) -> torch.optim.Optimizer:
@@ -154,7 +155,7 @@ def _optimizer(model: E2EModel, loss: nn.Module, recipe: E2ERecipe, device: torc
 
 
 def _run_fingerprint(job: Any, recipe: E2ERecipe, extra: Mapping[str, Any]) -> str:
-    return ckpt.fingerprint({"job": job_dict(job), "recipe": recipe.as_dict(), **extra})
+    return ckpt.fingerprint({"job": job_dict(job), "recipe": dataclasses.asdict(recipe), **extra})
 
 
 def _best_path(workdir: Path, epoch: int) -> Path:
@@ -167,15 +168,10 @@ def _prune_best(workdir: Path, keep: int) -> None:
             p.unlink(missing_ok=True)
 
 
-def _recipe_overrides(job: Any, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-    out = {k: getattr(job, k, None) for k in ("epochs", "batch_size", "lr", "early_stop")}
-    out.update(dict(overrides or {}))
-    return out
-
-
 def train_e2e(
     job: Any,
     *,
+    recipe: E2ERecipe,
     home: str | os.PathLike[str] | None = None,
     device: str | torch.device = "auto",
     workdir: str | os.PathLike[str],
@@ -184,30 +180,27 @@ def train_e2e(
     progress: StepFn | None = None,
     init_head: Mapping[str, torch.Tensor] | None = None,
     init_loss_state: Mapping[str, torch.Tensor] | None = None,
-    overrides: Mapping[str, Any] | None = None,
     image_size: int | None = None,
     weights: str | None = None,
     labels: Any = None,
     hooks: Hooks | None = None,
-) -> E2EResult:
+) -> TrainResult:
     """Fine-tune backbone + head end to end for one job; resumable from ``workdir``.
 
-    ``job``: a JobSpec (dataset, loss, hparams, seed, backbone ``name[:weights]``; epochs,
-    batch_size, lr, early_stop override the recipe when not None). ``overrides``: further recipe
-    settings (``head_lr_mult``, ``eval_batch_size``, ...). ``init_head`` / ``init_loss_state``:
-    LinearInit's head and loss state to start from. ``image_size``: default the backbone's (448).
+    ``job``: a JobSpec (dataset, loss, hparams, seed, backbone ``name[:weights]``). ``recipe``: the
+    resolved optimisation settings (epochs, batch size, lrs, early stop, eval batch size).
+    ``init_head`` / ``init_loss_state``: LinearInit's head and loss state to start from. ``image_size``: default the backbone's (448).
     User errors (missing data, bad settings) raise :class:`SpmlError`; any other failure is
-    returned as ``E2EResult.error`` with the epochs finished so far.
+    returned as a failed :class:`TrainResult` (``error``) with the epochs finished so far.
     """
     t0 = time.perf_counter()
     dev = resolve_device(device)
-    recipe = e2e_recipe(job.loss, job.dataset, _recipe_overrides(job, overrides))
     backbone, weights = backbone_and_weights(job, weights)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     amp = dev.type == "cuda" and not exact
     settings = {
-        **recipe.as_dict(),
+        **dataclasses.asdict(recipe),
         "backbone": backbone,
         "weights": weights,
         "image_size": image_size,
@@ -220,7 +213,7 @@ def train_e2e(
     if done.exists():
         cached = json.loads(done.read_text())
         if cached.get("fingerprint") == fp:
-            return E2EResult.from_json(json.dumps(cached["result"]))
+            return TrainResult.from_json(json.dumps(cached["result"]))
     history: dict[str, Any] = {"val_map": [], "train_loss": [], "train_s": [], "best_epoch": 0, "stopped": False,
                                "wall_s": 0.0}
     try:
@@ -234,8 +227,8 @@ def train_e2e(
     except SpmlError:
         raise
     except Exception as exc:  # noqa: BLE001 - a failed job becomes a failed record, not a crash of the sweep
-        return E2EResult(
-            val_map=list(history["val_map"]), train_loss=list(history["train_loss"]),
+        return TrainResult(
+            status="failed", val_map=list(history["val_map"]), train_loss=list(history["train_loss"]),
             best_epoch=int(history["best_epoch"]), test_map=math.nan, test_ap=[],
             epochs_run=len(history["val_map"]), device=device_label(dev),
             wall_s=float(history["wall_s"]) + time.perf_counter() - t0,
@@ -251,7 +244,7 @@ def _train(
     init_head: Mapping[str, torch.Tensor] | None, init_loss_state: Mapping[str, torch.Tensor] | None,
     recipe: E2ERecipe, backbone: str, weights: str, image_size: int | None, labels: Any, hooks: Hooks,
     fingerprint: str, history: dict[str, Any], settings: dict[str, Any],
-) -> E2EResult:
+) -> TrainResult:
     seed = int(getattr(job, "seed", 0) or 0)
     data = load_job_data(job, home, labels)
     model, spec = build_model(backbone, weights, data.num_classes, seed)
@@ -342,7 +335,7 @@ def _train(
     model.load_state_dict(best["model"])
     test_map, test_ap = scores_map(_predict(run, data.test_rows), data.test_labels.to(dev))
     history["wall_s"] = float(history["wall_s"]) + time.perf_counter() - tt
-    return E2EResult(
+    return TrainResult(
         val_map=[float(v) for v in history["val_map"]], train_loss=[float(v) for v in history["train_loss"]],
         best_epoch=int(history["best_epoch"]), test_map=test_map, test_ap=test_ap,
         epochs_run=len(history["val_map"]), device=device_label(dev), wall_s=float(history["wall_s"]),

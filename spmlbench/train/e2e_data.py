@@ -63,20 +63,13 @@ def backbone_and_weights(job: Any, weights: str | None) -> tuple[str, str]:
 
 def load_job_data(job: Any, home: str | os.PathLike[str] | None = None, labels: Any = None) -> JobData:
     """Labels and image paths of a job's dataset (``labels``: an already loaded labels frame)."""
-    from spmlbench.data.store import label_matrix, load_labels
+    from spmlbench.data.store import check_protocol, label_matrix, load_labels
     from spmlbench.data.registry import image_root
     from spmlbench.losses import loss_info
 
     df = load_labels(job.dataset, home) if labels is None else labels
     meta = dict(df.attrs.get("spmlbench", {}))
-    proto = meta.get("protocol", {}) or {}
-    for field in ("label_seed", "split_seed"):
-        want, have = getattr(job, field, None), proto.get(field)
-        if want is not None and have is not None and int(want) != int(have):
-            raise ConfigError(
-                f"{job.dataset}: labels.parquet was prepared with {field}={have} but the job asks for {want}; "
-                f"pass labels resampled with {field}={want} or use {have}"
-            )
+    check_protocol([job], meta)
     split = df["split"].to_numpy()
     rows = {s: np.flatnonzero(split == s) for s in ("train", "val", "test")}
     if len(rows["train"]) == 0:

@@ -39,29 +39,20 @@ from torch import Tensor
 
 from spmlbench.runtime import intra_op_threads
 from spmlbench.train.configs import (
-    VAL_MODES,
-    ConfigResult,
     EpochProgress,
     LinearData,
     ProgressFn,
     TrainConfig,
     ValHook,
     check_config,
-    freeze_hparams,
-    linear_data,
     uses_clean_labels,
 )
-from spmlbench.train.early_stop import EarlyStop, parse_early_stop
+from spmlbench.train.early_stop import EarlyStop
 from spmlbench.train.evaluate import average_precision, mean_ap
 from spmlbench.train.heads import StackedHeads
 from spmlbench.train.optim import BatchedAdam
+from spmlbench.train.result import TrainResult
 from spmlbench.train.seeding import epoch_orders, head_init, num_steps
-
-# the trainer's types and rules live in spmlbench.train.configs; importable from here too
-__all__ = [
-    "VAL_MODES", "ConfigResult", "EarlyStop", "EpochProgress", "LinearData", "ProgressFn", "TrainConfig", "ValHook",
-    "call_key", "check_config", "freeze_hparams", "linear_data", "parse_early_stop", "train_linear", "uses_clean_labels",
-]
 
 
 def train_linear(
@@ -72,8 +63,9 @@ def train_linear(
     progress: ProgressFn | None = None,
     on_val: ValHook | None = None,
     threads: int | None = None,
-) -> list[ConfigResult]:
-    """Train every config (batched, in this process); returns one :class:`ConfigResult` per config, in order.
+    keep_best: bool = False,
+) -> list[TrainResult]:
+    """Train every config (batched, in this process); returns one :class:`TrainResult` per config, in order.
 
     Configs are run in cohorts of equal ``(batch_size, epochs)``; within a cohort configs of the
     same seed share every minibatch. ``on_val`` (optional) sees every epoch's val scores (prediction
@@ -81,11 +73,13 @@ def train_linear(
     ``threads``: intra-op CPU threads while training (None: leave torch's setting; the previous
     count is restored afterwards). On an idle 2-core machine the default (2) is faster; on a
     machine whose cores are busy with other work, 1 avoids multi-threaded kernels stalling.
+    ``keep_best``: each result's ``best_state`` holds its best epoch's head (CPU tensors) and, for a
+    config alone in its loss call, that loss's state then (ROLE's label matrix: LinearInit hands both over).
     Over several CPU processes: :func:`spmlbench.train.parallel.train_linear_parallel`.
     """
     for c in configs:
         check_config(c)
-    results: list[ConfigResult | None] = [None] * len(configs)
+    results: list[TrainResult | None] = [None] * len(configs)
     cohorts: dict[tuple[int, int], list[int]] = {}
     for i, c in enumerate(configs):
         cohorts.setdefault((c.batch_size, c.epochs), []).append(i)
@@ -95,7 +89,7 @@ def train_linear(
         for members in cohorts.values():
             hook = None if on_val is None else (
                 lambda e, idx, p, members=members: on_val(e, [members[i] for i in idx], p))
-            out = _Cohort(on_dev, [configs[i] for i in members], dev).run(progress, hook)
+            out = _Cohort(on_dev, [configs[i] for i in members], dev, keep_best).run(progress, hook)
             for i, r in zip(members, out):
                 results[i] = r
     return [r for r in results if r is not None]
@@ -120,10 +114,11 @@ def call_key(c: TrainConfig) -> tuple[str, Any]:
 class _Cohort:
     """Configs with equal batch size and epochs, trained step by step together."""
 
-    def __init__(self, data: LinearData, configs: list[TrainConfig], device: torch.device) -> None:
+    def __init__(self, data: LinearData, configs: list[TrainConfig], device: torch.device,
+                 keep_best: bool = False) -> None:
         from spmlbench.losses import build_batched_loss
 
-        self.data, self.configs, self.device = data, configs, device
+        self.data, self.configs, self.device, self.keep_best = data, configs, device, keep_best
         self.epochs = configs[0].epochs
         self.batch_size = configs[0].batch_size
         n, d, c = data.x_train.shape[0], data.dim, data.num_classes
@@ -231,7 +226,7 @@ class _Cohort:
                 torch.cat(values, out=values_hist[t])
         return _epoch_summary(values_hist, logit_hist)
 
-    def run(self, progress: ProgressFn | None, on_val: ValHook | None = None) -> list[ConfigResult]:
+    def run(self, progress: ProgressFn | None, on_val: ValHook | None = None) -> list[TrainResult]:
         """Train the cohort; return results in the cohort's config order.
 
         When every loss has a fused gradient nothing needs autograd, so the whole run is in
@@ -242,14 +237,15 @@ class _Cohort:
         with torch.inference_mode(all(call.loss.fused_grad for call in self.calls)):
             return self._run(progress, on_val)
 
-    def _run(self, progress: ProgressFn | None, on_val: ValHook | None) -> list[ConfigResult]:
+    def _run(self, progress: ProgressFn | None, on_val: ValHook | None) -> list[TrainResult]:
         m_total = len(self.order)
-        results = [ConfigResult() for _ in range(m_total)]  # in cohort positions
+        results = [TrainResult() for _ in range(m_total)]  # in cohort positions
         rules = [EarlyStop(self.configs[i].early_stop) for i in self.order]
         active = [True] * m_total
         heads = self.heads
         best_w = heads.weight.clone()  # storage order
         best_b = heads.bias.clone()
+        best_loss: dict[int, dict[str, Tensor]] = {}  # keep_best: cohort position -> its loss's state
         for epoch in range(1, self.epochs + 1):
             if not any(active):
                 break
@@ -283,6 +279,8 @@ class _Cohort:
                 if rules[j].update(epoch, float(val[j])):
                     improved[j] = True
                     r.best_epoch = epoch
+                    if self.keep_best:
+                        best_loss[j] = self._loss_state(j)
                 if rules[j].stopped:
                     active[j] = False
             with torch.no_grad():
@@ -306,8 +304,20 @@ class _Cohort:
                 if r.best_epoch > 0:
                     r.test_ap = [float(a) for a in ap[j] * 100.0]
                     r.test_map = float(ap[j].mean() * 100.0)
+                    if self.keep_best:
+                        k = int(heads.storage_of[j])
+                        head = {"weight": best_w[k].t().cpu().clone(), "bias": best_b[k].cpu().clone()}
+                        r.best_state = {"head": head, "loss": best_loss.get(j)}
         by_config = {i: results[j] for j, i in enumerate(self.order)}
         return [by_config[i] for i in range(len(self.configs))]
+
+
+    def _loss_state(self, j: int) -> dict[str, Tensor] | None:
+        """A CPU copy of the state of cohort position ``j``'s loss when ``j`` is alone in its call, else None."""
+        call = next(c for c in self.calls if c.lo <= j < c.hi)
+        if call.hi - call.lo != 1:
+            return None
+        return {k: v.detach().to("cpu", copy=True) for k, v in call.loss.state_dict().items()}
 
 
 def _epoch_summary(values: Tensor, logit_sums: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -35,7 +35,8 @@ import torch.multiprocessing as tmp
 from spmlbench.errors import ConfigError
 from spmlbench.runtime import available_cpus
 
-from spmlbench.train.configs import ConfigResult, EpochProgress, LinearData, ProgressFn, TrainConfig, ValHook
+from spmlbench.train.configs import EpochProgress, LinearData, ProgressFn, TrainConfig, ValHook
+from spmlbench.train.result import TrainResult
 from spmlbench.train.linear import call_key, train_linear
 from spmlbench.train.seeding import num_steps
 
@@ -120,7 +121,7 @@ def _exit_with_parent(parent: int, every: float = PARENT_CHECK_S) -> None:
 
 
 def _train_part(call: int, part: int, data: LinearData, configs: list[TrainConfig], device: str, threads: int,
-                want_val: bool, plugins: Sequence[Any] = ()) -> list[ConfigResult]:
+                want_val: bool, plugins: Sequence[Any] = ()) -> list[TrainResult]:
     from spmlbench.losses.plugins import install_all
 
     install_all(plugins)  # plugin losses' files, shipped as text
@@ -174,7 +175,7 @@ class WorkerPool:
         progress: ProgressFn | None = None,
         on_val: ValHook | None = None,
         threads: int | None = None,
-    ) -> list[ConfigResult]:
+    ) -> list[TrainResult]:
         """Train ``configs`` split into up to ``min(processes, size)`` parts; results in input order."""
         groups = split_configs(configs, min(processes, self.size))
         if len(groups) <= 1 or torch.device(device).type != "cpu":
@@ -188,7 +189,7 @@ class WorkerPool:
                                                 initargs=(self._events, os.getpid()))
         self._calls += 1
         call = self._calls  # events of an earlier, interrupted call are told apart and dropped
-        results: list[ConfigResult | None] = [None] * len(configs)
+        results: list[TrainResult | None] = [None] * len(configs)
         from spmlbench.losses.plugins import sources_for
 
         plugins = sources_for({c.loss for c in configs})
@@ -231,7 +232,7 @@ class WorkerPool:
 
 
 def train_linear_parallel(data: LinearData, configs: Sequence[TrainConfig], processes: int | None = 1, *,
-                          pool: WorkerPool | None = None, **options: Any) -> list[ConfigResult]:
+                          pool: WorkerPool | None = None, **options: Any) -> list[TrainResult]:
     """Train ``configs`` in up to ``processes`` CPU processes (``pool``'s workers, or a pool of this
     call's own; 1: in this process; None: as many as pays off, :func:`auto_processes`); results in
     input order (see module doc). ``options``: ``device``, ``progress``, ``on_val``, ``threads``, as

@@ -14,9 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from spmlbench.train.evaluate import average_precision, mean_ap
 from spmlbench.train.configs import (
-    ConfigResult,
     EpochProgress,
     LinearData,
     ProgressFn,
@@ -25,6 +23,8 @@ from spmlbench.train.configs import (
     uses_clean_labels,
 )
 from spmlbench.train.early_stop import EarlyStop
+from spmlbench.train.evaluate import average_precision, mean_ap
+from spmlbench.train.result import TrainResult
 from spmlbench.train.seeding import epoch_orders, head_init
 
 
@@ -34,14 +34,14 @@ def train_reference(
     *,
     device: str | torch.device = "cpu",
     progress: ProgressFn | None = None,
-) -> list[ConfigResult]:
-    """Train each config on its own with the reference loop; one :class:`ConfigResult` per config."""
+) -> list[TrainResult]:
+    """Train each config on its own with the reference loop; one :class:`TrainResult` per config."""
     return [train_one(data, c, device=device, progress=progress) for c in configs]
 
 
 def train_one(
     data: LinearData, config: TrainConfig, *, device: str | torch.device = "cpu", progress: ProgressFn | None = None
-) -> ConfigResult:
+) -> TrainResult:
     """Train one config: DataLoader + nn.Linear + torch.optim.Adam + the per-config loss."""
     from spmlbench.losses import build_loss
 
@@ -63,7 +63,7 @@ def train_one(
     x_train, x_val, x_test = data.x_train.to(dev), data.x_val.to(dev), data.x_test.to(dev)
     y_val = (data.y_val if config.val == "clean" else data.s_val).to(dev)
     rule = EarlyStop(config.early_stop)
-    result = ConfigResult()
+    result = TrainResult()
     best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
     for epoch in range(1, config.epochs + 1):
         loss.start_epoch(epoch, config.epochs)
