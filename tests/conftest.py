@@ -46,7 +46,7 @@ def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip ``gpu`` tests without CUDA and ``ray`` tests without the ray extra."""
+    """Skip ``gpu`` tests without CUDA, ``ray`` and ``clip`` tests without their extras."""
     import importlib.util
 
     import torch
@@ -54,7 +54,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     no_cuda = pytest.mark.skip(reason="needs a CUDA device")
     no_ray = pytest.mark.skip(reason="needs the ray extra: pip install -e '.[ray]'")
     has_ray = importlib.util.find_spec("ray") is not None
+    no_clip = pytest.mark.skip(reason="needs the clip extra: pip install -e '.[clip]'")
+    has_clip = importlib.util.find_spec("open_clip") is not None
     for item in items:
+        if "clip" in item.keywords and not has_clip:
+            item.add_marker(no_clip)
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(no_cuda)
         if "ray" in item.keywords and not has_ray:

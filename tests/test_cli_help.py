@@ -40,8 +40,8 @@ def test_root_help_lists_commands_in_a_new_users_order() -> None:
     got = panels(text)
     assert list(got) == ["Options", "Pipeline (in the order a run needs them)", "Helpers"]
     pipeline = re.findall(r"│ (\S+)\s{2,}", got["Pipeline (in the order a run needs them)"])
-    assert pipeline == ["prepare", "features", "run", "report"]
-    assert command_names()[:6] == ["prepare", "features", "run", "report", "datasets", "losses"]
+    assert pipeline == ["prepare", "features", "pseudo-labels", "run", "report"]
+    assert command_names()[:7] == ["prepare", "features", "pseudo-labels", "run", "report", "datasets", "losses"]
     assert "version" in got["Helpers"] and "pin-zenodo" in got["Helpers"]
 
 

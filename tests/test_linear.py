@@ -207,6 +207,9 @@ def test_result_does_not_depend_on_the_cohort() -> None:
     path while a config alone is not: both must give bit-identical results.
     """
     data = synthetic_data(d=352, c=16)
+    n = data.x_train.shape[0]
+    gen = torch.Generator().manual_seed(4)
+    data.pseudo.update(vlpl=torch.rand(n, 2, 1, 16, generator=gen) * 0.3, damp=torch.rand(n, 2, 17, 16, generator=gen) * 0.3)
     names = list(losses_mod.LOSSES.names())
     together = train_linear(data, [cfg(n, s, epochs=2, lr=1e-3) for n in names for s in (0, 1, 2)])
     for k, name in enumerate(names):

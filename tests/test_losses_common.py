@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from spmlbench.errors import ConfigError
+from pseudo_support import attach_test_pseudo
 from spmlbench.losses import LOSSES, build_batched_loss, build_loss, list_losses, loss_info, resolve_hparams
 
 NAMES = [n for n in list_losses() if LOSSES.get(n).builtin]
@@ -18,9 +19,10 @@ def test_registry_names_and_info() -> None:
     assert orders == sorted(orders) and len(set(orders)) == len(NAMES) >= 16  # the canonical order, by paper
     for name in NAMES:
         info = loss_info(name)
-        assert info.name == name and info.paper and info.citation and 2017 <= info.year <= 2024
+        assert info.name == name and info.paper and info.citation and 2017 <= info.year <= 2025
         assert info.uses_clean_labels == (name == "bce")
-        assert info.stateful == (name in {"role", "ll_cp", "em_apl"})
+        assert info.stateful == (name in {"role", "ll_cp", "em_apl", "vlpl", "aevlp"})
+        assert (LOSSES.get(name).pseudo is not None) == (name in {"vlpl", "aevlp"})
     assert loss_info("gr").defaults["beta"] == (0.0, 2.0, -2.0, -2.0)
     assert loss_info("gr").defaults["eps"] == 1e-7 and loss_info("an").defaults["eps"] == 1e-5
     assert loss_info("epr").per_dataset == {"voc": {"expected_num_pos": 1.5}, "coco": {"expected_num_pos": 2.9},
@@ -85,6 +87,8 @@ CONFIGS: dict[str, list[dict[str, Any]]] = {
     "hill": [{}, {"lamb": 2.0, "margin": 0.5}, {"gamma": 0.0}],
     "splc": [{}, {"change_epoch": 3, "tau": 0.5}, {"margin": 0.0, "gamma": 1.0}],
     "gr": [{}, {"q2": 0.5, "q3": 1.5, "lag": False, "linear_init": 1}, {"use_k": False, "use_v": False, "schedule": False}],
+    "vlpl": [{}, {"alpha": 0.5, "threshold": 0.1}, {"partial": 0.4, "beta_pos": 0.3}],
+    "aevlp": [{}, {"negatives": True, "top_k": 2, "threshold": 0.2}, {"reg": 0.0, "lam": [0.9, 0.1], "q3": 1.5}],
 }
 
 N_TRAIN, C = 12, 5
@@ -108,10 +112,12 @@ def test_batched_equals_per_config(name: str) -> None:
     m = len(configs)
     batched = build_batched_loss(name, configs, num_classes=C, num_train=N_TRAIN)
     singles = [build_loss(name, num_classes=C, num_train=N_TRAIN, **cfg) for cfg in configs]
-    if name == "role":
+    if name in ("role", "vlpl", "aevlp"):
         batched.init_state(obs, seed=5)
         for s in singles:
             s.init_state(obs, seed=5)
+    for loss in (batched, *singles):
+        attach_test_pseudo(loss, N_TRAIN, C)
     epochs, batches = 3, [torch.arange(0, 6), torch.arange(6, 12)]
     head = torch.randn(m, N_TRAIN, C, generator=g, dtype=torch.float64) * 3  # per-config "model" logits
     for epoch in range(1, epochs + 1):
@@ -153,6 +159,7 @@ def test_finite_at_extreme_logits(name: str, dtype: torch.dtype) -> None:
     loss = build_loss(name, num_classes=5, num_train=3, **CONFIGS.get(name, [{}, {}])[0])
     if name == "role":
         loss.init_state(torch.zeros(3, 5), seed=0)
+    attach_test_pseudo(loss, 3, 5)
     for epoch in (1, 2, 3):
         loss.start_epoch(epoch, 3)
         for o in (obs, obs_all):
@@ -191,6 +198,7 @@ def test_cuda_matches_cpu(name: str) -> None:
     for device in ("cpu", "cuda"):
         loss = build_batched_loss(name, configs, num_classes=C, num_train=N_TRAIN).to(device)
         loss.init_state(obs.to(device), 5)
+        attach_test_pseudo(loss, N_TRAIN, C)
         out = []
         for epoch in (1, 2, 3):
             loss.start_epoch(epoch, 3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pseudo_support import attach_test_pseudo
 from spmlbench.losses import build_batched_loss, list_losses
 from spmlbench.losses.base import signs
 from spmlbench.losses.fused.cole import ROLEValue
@@ -112,6 +113,7 @@ def test_a_config_is_bit_identical_alone_and_inside_a_batched_call(name: str) ->
     def run(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         loss = build_batched_loss(name, [{}] * (hi - lo), num_classes=c, num_train=n, dataset="voc")
         loss.init_state(obs, list(range(lo, hi)))
+        attach_test_pseudo(loss, n, c)
         loss.start_epoch(3, 6)
         params = [p for group in loss.param_groups(1.0) for p in group["params"]]
         logits = z[lo:hi].clone().requires_grad_(True)

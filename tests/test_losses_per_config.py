@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 
+from pseudo_support import attach_test_pseudo
 from spmlbench.losses import build_batched_loss, list_losses
 
 N, C, B, M = 40, 5, 6, 3
@@ -62,6 +63,8 @@ def test_per_config_batches_equal_separate_calls(name: str, lazy: bool) -> None:
         batched.init_state(observed_train, seeds)
         for m, single in enumerate(singles):
             single.init_state(observed_train, seeds[m])
+    for loss in (batched, *singles):
+        attach_test_pseudo(loss, N, C)
     orders = [torch.randperm(N, generator=gen) for _ in range(M)]
     train_logits = torch.randn(M, N, C, generator=gen) * 3
     for epoch in range(1, EPOCHS + 1):

@@ -14,6 +14,7 @@ from spmlbench.errors import SpmlError, os_error_message
 from spmlbench.cli import losses_cmd  # noqa: F401,E402
 from spmlbench.cli import data_cmd  # noqa: F401,E402
 from spmlbench.cli import features_cmd  # noqa: F401,E402
+from spmlbench.cli import pseudo_cmd  # noqa: F401,E402
 from spmlbench.cli import run_cmd  # noqa: F401,E402
 from spmlbench.cli import report_cmd  # noqa: F401,E402
 from spmlbench.cli import manifest_cmd  # noqa: F401,E402

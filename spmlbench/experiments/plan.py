@@ -56,7 +56,7 @@ class Plan:
 
 def plan_run(request: RunRequest, say: Say = lambda _msg: None) -> Plan:
     """The jobs of ``request``; ``digits`` is prepared (and its features extracted) on demand."""
-    from spmlbench.losses import list_losses
+    from spmlbench.losses import default_losses
 
     if request.experiment:
         if request.grids:
@@ -67,7 +67,7 @@ def plan_run(request: RunRequest, say: Say = lambda _msg: None) -> Plan:
     jobs: list[JobSpec] = []
     for ds in request.datasets or [DEFAULT_DATASET]:
         meta, bb = ensure_dataset(ds, request.backbone, request.home, say, need_features=mode == "linear")
-        jobs += expand_jobs(dataset=ds, losses=request.losses or list_losses(), seeds=request.seeds or DEFAULT_SEEDS,
+        jobs += expand_jobs(dataset=ds, losses=request.losses or default_losses(), seeds=request.seeds or DEFAULT_SEEDS,
                             meta=meta, backbone=bb, mode=mode, epochs=request.epochs, batch_size=request.batch_size,
                             lr=request.lr, val=request.val, early_stop=request.early_stop, sets=request.sets,
                             grids=request.grids, weights=request.weights, image_size=request.image_size,

@@ -35,7 +35,7 @@ from spmlbench.experiments.executors import Executor, LocalExecutor, train_image
 from spmlbench.experiments.jobs import JobSpec
 from spmlbench.experiments.records import make_record, record_path, write_record
 from spmlbench.runtime import resolve_device
-from spmlbench.train.configs import EpochProgress, LinearData, linear_data
+from spmlbench.train.configs import EpochProgress, LinearData, linear_data, pseudo_sources
 
 WORK_DIR = "work"
 
@@ -249,7 +249,7 @@ def _run_all(jobs: list[JobSpec], out: Path, executor: Executor, *, home: str | 
                     progress.cohort(claimed)
                     if claimed[0].mode == "linear":
                         results = _run_linear(claimed, out, cache, load, executor, progress, experiment, str(dev),
-                                              dumps)
+                                              dumps, home)
                     else:
                         results = [_run_image(claimed[0], out, home, dev, workers, progress, experiment, force,
                                               keep_checkpoints)]
@@ -278,13 +278,18 @@ def _run_all(jobs: list[JobSpec], out: Path, executor: Executor, *, home: str | 
 
 def _run_linear(claimed: list[JobSpec], out: Path, cache: dict[tuple[str, str], _Dataset],
                 load: Callable[[str, str], _Dataset], executor: Executor, progress: RunProgress, experiment: str,
-                device: str, dumps: frozenset[str]) -> list[Any]:
+                device: str, dumps: frozenset[str], home: str | os.PathLike[str] | None = None) -> list[Any]:
     """Train one linear cohort, write its dumps and records."""
+    from spmlbench.features.pseudo import load_pseudo
+
     key = (claimed[0].dataset, claimed[0].backbone)
     if key not in cache:
         cache[key] = load(*key)
     ds = cache[key]
     check_protocol(claimed, ds.meta)
+    for source in pseudo_sources(j.loss for j in claimed):  # CLIP pseudo-label caches, once per dataset
+        if source not in ds.data.pseudo:
+            ds.data.pseudo[source] = load_pseudo(key[0], source, home)
     want = {i: j.job_id for i, j in enumerate(claimed) if j.job_id in dumps}
     kwargs: dict[str, Any] = {}
     if want:

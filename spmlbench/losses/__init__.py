@@ -78,6 +78,13 @@ def list_losses() -> list[str]:
     return LOSSES.names()
 
 
+def default_losses() -> list[str]:
+    """What ``spmlbench run`` trains when no loss is named: every loss that needs nothing beyond labels and
+    features (the CLIP pseudo-label losses, which read a cache built by ``spmlbench pseudo-labels``, run
+    when named)."""
+    return [n for n in LOSSES.names() if not LOSSES.get(n).pseudo]
+
+
 def dataset_defaults(name: str, dataset: str | None) -> dict[str, Any]:
     """Per-dataset defaults of loss ``name`` (empty for None, or a loss or dataset without any)."""
     LOSSES.get(name)
@@ -169,5 +176,6 @@ def check_override(text: str) -> HParams:
 __all__ = [
     "LOSSES", "BatchedLoss", "ConfigError", "HParams", "LossDef", "LossInfo", "SingleLoss", "Step",
     "batched_class", "build_batched_loss", "build_loss", "check_override", "dataset_defaults", "defaults_source", "fmt", "get_loss",
-    "list_losses", "load_builtins", "loss_info", "parse_override", "register_loss", "resolve_hparams",
+    "default_losses", "list_losses", "load_builtins", "loss_info", "parse_override", "register_loss",
+    "resolve_hparams",
 ]

@@ -58,6 +58,8 @@ class LinearData:
     y_val: Tensor
     s_val: Tensor
     y_test: Tensor
+    # CLIP pseudo-label caches of the training rows by source, (N, 2, V, C) (losses with ``pseudo``)
+    pseudo: dict[str, Tensor] = dataclasses.field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -71,7 +73,8 @@ class LinearData:
 
     def to(self, device: torch.device | str) -> LinearData:
         """The same data on ``device``."""
-        return LinearData(self.dataset, *(getattr(self, f.name).to(device) for f in dataclasses.fields(self)[1:]))
+        moved = {f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)[1:] if f.name != "pseudo"}
+        return LinearData(self.dataset, **moved, pseudo={k: v.to(device) for k, v in self.pseudo.items()})
 
 
 def linear_data(dataset: str, features: np.ndarray, labels: Any) -> LinearData:
@@ -132,3 +135,22 @@ def check_config(c: TrainConfig) -> None:
     if c.batch_size < 1 or c.epochs < 1 or not (c.lr > 0 and math.isfinite(c.lr)):
         raise ConfigError(f"{c.loss}: batch_size, epochs and lr must be positive; got "
                           f"{c.batch_size}, {c.epochs}, {c.lr}")
+
+
+def attach_pseudo(loss: Any, pseudo: Mapping[str, Tensor]) -> None:
+    """Give a pseudo-label loss (``pseudo_source`` set) the cache it reads; other losses are left alone."""
+    source = getattr(loss, "pseudo_source", "") or getattr(getattr(loss, "batched", None), "pseudo_source", "")
+    if not source:
+        return
+    if source not in pseudo:
+        name = getattr(loss, "hparams_cls", getattr(getattr(loss, "batched", None), "hparams_cls", None))
+        raise ConfigError(f"{getattr(name, 'loss', 'loss')}: needs the {source} pseudo-label cache; run "
+                          f"'spmlbench pseudo-labels <dataset> --source {source}' first")
+    (loss.batched if hasattr(loss, "batched") else loss).attach_pseudo(pseudo[source])
+
+
+def pseudo_sources(losses: Any) -> list[str]:
+    """The pseudo-label caches the named losses read (registry ``pseudo``), in order, once each."""
+    from spmlbench.losses import LOSSES
+
+    return list(dict.fromkeys(s for s in (LOSSES.get(n).pseudo for n in losses) if s))

@@ -32,6 +32,7 @@ class JobData:
     val_labels: torch.Tensor  # (Nv, C)
     test_labels: torch.Tensor  # (Nt, C)
     meta: dict[str, Any]
+    pseudo: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # CLIP caches the loss reads
 
     @property
     def num_classes(self) -> int:
@@ -64,6 +65,8 @@ def backbone_and_weights(job: Any, weights: str | None) -> tuple[str, str]:
 def load_job_data(job: Any, home: str | os.PathLike[str] | None = None, labels: Any = None) -> JobData:
     """Labels and image paths of a job's dataset (``labels``: an already loaded labels frame)."""
     from spmlbench.data.store import check_protocol, label_matrix, load_labels
+    from spmlbench.features.pseudo import load_pseudo
+    from spmlbench.train.configs import pseudo_sources
     from spmlbench.data.registry import image_root
     from spmlbench.losses import loss_info
 
@@ -93,6 +96,7 @@ def load_job_data(job: Any, home: str | os.PathLike[str] | None = None, labels: 
         val_labels=t(label_matrix(df, val_column, "val")),
         test_labels=t(label_matrix(df, "labels", "test")),
         meta=meta,
+        pseudo={src: load_pseudo(job.dataset, src, home) for src in pseudo_sources([job.loss])},
     )
 
 
@@ -105,6 +109,9 @@ def build_job_loss(job: Any, data: JobData, seed: int) -> nn.Module:
     loss = build_loss(job.loss, num_classes=data.num_classes, num_train=len(data.train_rows), dataset=job.dataset,
                       **job_hparams(job))
     loss.init_state(data.train_target, seed)
+    from spmlbench.train.configs import attach_pseudo
+
+    attach_pseudo(loss, data.pseudo)
     return loss
 
 

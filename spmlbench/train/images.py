@@ -21,30 +21,11 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from spmlbench.flips import flip_mask
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PROTOCOL_IMAGE_SIZE = 448
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """The splitmix64 finaliser on a uint64 array (numpy's uint64 arithmetic wraps modulo 2**64)."""
-    x = x + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-def flip_mask(seed: int, epoch: int, rows: Sequence[int] | np.ndarray) -> np.ndarray:
-    """Horizontal-flip decisions (bool array, P = 0.5 each) for ``rows`` in ``epoch`` under ``seed``.
-
-    A counter-based hash of ``(seed, epoch, row)``: independent of batch composition, worker
-    count and loss, so matched seeds see identical augmentation draws.
-    """
-    rows = np.asarray(rows, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        key = _splitmix64(np.full(rows.shape, np.uint64(seed & 0xFFFFFFFFFFFFFFFF)))
-        key = _splitmix64(key ^ np.uint64(epoch & 0xFFFFFFFF))
-        bits = _splitmix64(key ^ rows)
-    return (bits >> np.uint64(63)).astype(bool)
 
 
 def load_resized(path: str | os.PathLike[str], image_size: int, mode: str = "RGB") -> np.ndarray:

@@ -44,6 +44,7 @@ from spmlbench.train.configs import (
     ProgressFn,
     TrainConfig,
     ValHook,
+    attach_pseudo,
     check_config,
     uses_clean_labels,
 )
@@ -145,6 +146,7 @@ class _Cohort:
                                       dataset=data.dataset).to(device)
             clean = uses_clean_labels(name)
             loss.init_state(data.y_train if clean else data.s_train, [x.seed for x in cfgs[lo:hi]])
+            attach_pseudo(loss, data.pseudo)
             for group in loss.param_groups(1.0):
                 for p in group["params"]:
                     params.append(p)

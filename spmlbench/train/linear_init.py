@@ -48,7 +48,8 @@ def linear_phase(job: Any, data: JobData, features: torch.Tensor, recipe: Linear
 
     # the job's targets are already chosen (observed, or clean for bce) and so are its val labels
     linear = LinearData(job.dataset, rows(data.train_rows), rows(data.val_rows), rows(data.test_rows),
-                        data.train_target, data.train_target, data.val_labels, data.val_labels, data.test_labels)
+                        data.train_target, data.train_target, data.val_labels, data.val_labels, data.test_labels,
+                        pseudo=data.pseudo)
     config = TrainConfig(loss=job.loss, hparams=freeze_hparams(job_hparams(job)),
                          seed=int(getattr(job, "seed", 0) or 0), lr=recipe.lr, batch_size=recipe.batch_size,
                          epochs=recipe.epochs, early_stop="none")
