@@ -216,3 +216,30 @@ def test_offline_digits_pseudo_labels_then_run(cli, home: Path) -> None:
     df = load_records(home / "res").set_index("loss")
     assert set(df.index) == {"an", "gr", "vlpl", "aevlp"} and set(df["status"]) == {"ok"}
     assert all(10 < v < 100 for v in df["test_map"])
+
+
+@pytest.mark.clip
+def test_e2e_and_linear_init_train_with_the_cache(home: Path, tmp_path: Path) -> None:
+    from spmlbench.experiments.jobs import JobSpec
+    from spmlbench.experiments.recipes import job_recipes
+    from spmlbench.features.pseudo import build_pseudo
+    from spmlbench.train import e2e, linear_init
+
+    _dataset(home, n=10)  # 8 training rows: no batch of one (batch norm)
+    build_pseudo("tiny", "damp", home=home, **TINY)
+    for mode in ("e2e", "linear-init"):
+        job = JobSpec(dataset="tiny", loss="aevlp", hparams=(("top_k", 2),), mode=mode, seed=0, label_seed=1200,
+                      split_seed=1200, backbone="resnet18:none", epochs=2, batch_size=2, lr=1e-3, val="clean",
+                      early_stop="none")
+        recipe, linear_recipe = job_recipes(job, {"eval_batch_size": 4}, {"epochs": 2})
+        kw = dict(recipe=recipe, home=home, device="cpu", workdir=tmp_path / mode, workers=0, image_size=32)
+        if mode == "e2e":
+            res = e2e.train_e2e(job, **kw)
+        else:
+            res = linear_init.train_linear_init(job, linear_recipe=linear_recipe,
+                                                features=torch.randn(10, 512, generator=torch.Generator().manual_seed(0)),
+                                                **kw)
+            assert res.linear_phase is not None and len(res.linear_phase["val_map"]) == 2
+        assert res.ok and res.epochs_run == 2, res.error
+        state = torch.load(tmp_path / mode / "last.pt", weights_only=False)["loss"]
+        assert state["batched.pl"].shape == (1, 8, 3) and state["batched.pl"].abs().sum() > 0  # pseudo-labels made

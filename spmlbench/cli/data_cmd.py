@@ -60,6 +60,9 @@ def prepare(
     drop_unlabeled: bool = typer.Option(
         False, "--drop-unlabeled", help="Drop rows without any label (a named protocol deviation).", rich_help_panel=PROTOCOL
     ),
+    pseudo_labels: Optional[str] = typer.Option(  # noqa: UP007
+        None, "--pseudo-labels", help="Also build the CLIP pseudo-label caches (vlpl, damp or vlpl,damp; the clip "
+        "extra), as 'spmlbench pseudo-labels' does.", metavar="<vlpl|damp|vlpl,damp>", rich_help_panel=OUTPUT),
 ) -> None:
     """Download (or take --from), format, sample single positives and split one dataset."""
     from spmlbench.cli.progress_view import progress_sink
@@ -70,6 +73,12 @@ def prepare(
         raise ConfigError(f"--features {features!r}: unknown mode; choose one of {', '.join(FEATURE_MODES)}")
     if not 0 <= label_seed < 2**32:
         raise ConfigError(f"--label-seed {label_seed}: must be in [0, 2**32); pick another seed")
+    from spmlbench.features.pseudo import SOURCES, build_pseudo
+
+    sources = [t.strip() for t in (pseudo_labels or "").split(",") if t.strip()]
+    for src in sources:
+        if src not in SOURCES:
+            raise ConfigError(f"--pseudo-labels {src!r}: unknown source; choose from {', '.join(SOURCES)}")
     opts = PrepareOptions(source=source, mirror=mirror, label_seed=label_seed, drop_unlabeled=drop_unlabeled)
     result = prepare_dataset(
         dataset,
@@ -84,6 +93,11 @@ def prepare(
         path = run_features(dataset, features, home=home, source=source, progress=progress_sink())
         if path is not None:
             console.print(f"{dataset}: features in {path}", markup=False, highlight=False)
+    for src in sources:
+        from spmlbench.runtime import resolve_device
+
+        path = build_pseudo(dataset, src, home=home, device=resolve_device("auto"), progress=progress_sink())
+        console.print(f"{dataset}: {src} pseudo-label scores in {path}", markup=False, highlight=False)
     if result.count_mismatches:
         err_console.print(
             f"[bold red]{dataset}: {len(result.count_mismatches)} count(s) differ from the manifest; see above[/bold red]"

@@ -56,6 +56,7 @@ def _as_json(dataset: str | None) -> list[dict[str, Any]]:
                      "citation": info.citation, "defaults": defaults, "per_dataset": info.per_dataset,
                      "stateful": info.stateful, "scheduled": info.scheduled,
                      "uses_clean_labels": info.uses_clean_labels, "origin": info.origin, "fused": info.fused,
+                     "pseudo_labels": info.pseudo,
                      "source": defaults_source(name, dataset) if dataset else ""})
     return rows
 
@@ -93,6 +94,9 @@ def losses(
             notes.append(f"{name} on {dataset}: {defaults_source(name, dataset)}")
         if not info.origin.startswith("spmlbench/"):
             notes.append(f"{name}: defined in {info.origin}")
+        if info.pseudo:
+            notes.append(f"{name}: needs the clip extra and 'spmlbench pseudo-labels DATASET --source {info.pseudo}'; "
+                         f"{info.citation}")
     console.print(table)
     for note in notes:
         console.print(note, markup=False, highlight=False, soft_wrap=True)

@@ -62,6 +62,7 @@ def plan_run(request: RunRequest, say: Say = lambda _msg: None) -> Plan:
         if request.grids:
             raise ConfigError("--grid: not combined with --experiment (the spec holds its grids); drop one of them")
         name, jobs, dumps = _experiment_jobs(request, say)
+        check_pseudo_caches(jobs, request.home)
         return Plan(jobs, name, dumps)
     mode = request.mode or "linear"
     jobs: list[JobSpec] = []
@@ -72,7 +73,21 @@ def plan_run(request: RunRequest, say: Say = lambda _msg: None) -> Plan:
                             lr=request.lr, val=request.val, early_stop=request.early_stop, sets=request.sets,
                             grids=request.grids, weights=request.weights, image_size=request.image_size,
                             exact=request.exact, **_recipe_kwargs(request, mode))
+    check_pseudo_caches(jobs, request.home)
     return Plan(jobs)
+
+
+def check_pseudo_caches(jobs: list[JobSpec], home: str | None) -> None:
+    """DataError before anything runs when a job's loss reads a CLIP pseudo-label cache that is missing."""
+    from spmlbench.features.pseudo import pseudo_path
+    from spmlbench.losses import LOSSES
+
+    for j in jobs:
+        source = LOSSES.get(j.loss).pseudo
+        if source and not pseudo_path(j.dataset, source, home).exists():
+            raise DataError(f"{pseudo_path(j.dataset, source, home)}: loss {j.loss} reads this CLIP pseudo-label "
+                            f"cache; run 'spmlbench pseudo-labels {j.dataset} --source {source}' (the clip extra) "
+                            f"or leave {j.loss} out with --losses")
 
 
 def ensure_dataset(dataset: str, backbone: str | None, home: str | None, say: Any,

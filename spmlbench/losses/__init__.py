@@ -49,6 +49,7 @@ class LossInfo:
     uses_clean_labels: bool
     origin: str = ""
     fused: bool = False
+    pseudo: str | None = None  # the CLIP pseudo-label cache it reads (the clip extra)
 
 
 def load_builtins() -> None:
@@ -164,7 +165,8 @@ def loss_info(name: str) -> LossInfo:
     per_dataset = {ds: dict(table[name]) for ds, table in _manifest().get("dataset", {}).items() if name in table}
     return LossInfo(name=name, title=d.title, paper=d.paper, year=d.year, citation=d.citation, defaults=defaults,
                     per_dataset=per_dataset, stateful=d.stateful, scheduled=d.scheduled,
-                    uses_clean_labels=d.uses_clean_labels, origin=d.origin, fused=d.fused is not None)
+                    uses_clean_labels=d.uses_clean_labels, origin=d.origin, fused=d.fused is not None,
+                    pseudo=d.pseudo)
 
 
 def check_override(text: str) -> HParams:

@@ -19,6 +19,7 @@ from spmlbench.report.stats import summarise
 
 MISSING = "—"
 NOT_RUN = "n/a"
+CLIP_ROWS = ("vlpl", "aevlp")  # rows that need the clip extra (CLIP pseudo-labels)
 PARTIAL = "†"
 
 
@@ -171,6 +172,11 @@ def main_table(
     notes = []
     if partial:
         notes.append(f"{PARTIAL} fewer seeds than the experiment asks for ({expected_seeds}).")
+    clip = [m.upper() for m in CLIP_ROWS if m in {base_loss(r) for r, _ in all_rows}]
+    if clip:
+        notes.append(f"{' and '.join(clip)} need the clip extra and a CLIP pseudo-label cache ('spmlbench "
+                     "pseudo-labels DATASET --source vlpl|damp'); their pseudo-labels are seeded here (the released "
+                     "AEVLP code's are not: an unseeded random GCN and fresh flips every step).")
     return Table(
         key="main",
         title=f"Test mAP (%) by method and dataset, mode {mode} (published: {setting})",
