@@ -243,3 +243,73 @@ def test_e2e_and_linear_init_train_with_the_cache(home: Path, tmp_path: Path) ->
         assert res.ok and res.epochs_run == 2, res.error
         state = torch.load(tmp_path / mode / "last.pt", weights_only=False)["loss"]
         assert state["batched.pl"].shape == (1, 8, 3) and state["batched.pl"].abs().sum() > 0  # pseudo-labels made
+
+
+def test_aevlp_gradient_by_hand() -> None:
+    hp = AEVLPParams()
+    step = gr_schedule(hp.schedule_params(), 1, 8)
+    w, b, mu, sigma = step
+    z = torch.zeros(1, 4, dtype=torch.float64, requires_grad=True)
+    obs = torch.tensor([[True, False, False, False]])
+    pl = torch.tensor([[0, 1, 0, -1]], dtype=torch.int8)
+    aevlp_loss(hp, z, obs, pl, step).mean().backward()
+    p, dp = 0.5, 0.25  # dp/dz at z = 0
+    k = 1 / (1 + math.exp(2.0))
+    v = math.exp(-0.5 * ((p - mu) / sigma) ** 2)  # k and v are computed from the detached p: no gradient
+    reg = 0.05 * 2 * (4 * p - 1.5) / 4**2 * dp  # d/dz_j of reg (sum_c p - e)^2 / C^2, every entry of the row
+    want = [
+        -dp / (p + 1e-7),                                            # nlog(p)
+        0.4 * (0.9 * -dp / (p + 1e-7) + 0.1 * dp / (p + 1e-7)),      # (1 - 0.6) [rho nlog p + (1 - rho) nlog(1 - p)]
+        v * (k * -(p ** (0.01 - 1)) * dp + (1 - k) * dp),            # v [k L2 + (1 - k) L3]
+        v * dp / (p + 1e-7),                                         # v nlog(1 - p)
+    ]
+    assert z.grad[0].tolist() == pytest.approx([g / 4 + reg for g in want], rel=1e-6)
+
+
+def test_damp_gcn_adjacency_by_hand() -> None:
+    from spmlbench.features.pseudo import damp_adjacency, gcn_text
+
+    rel = np.array([[5.0, 3.0, 1.0], [2.0, 0.0, 2.0], [4.0, 3.0, 9.0]])
+    # top 2 per row (diagonal included in the ranking, then zeroed): row 0 keeps 5, 3 -> [0, 3, 0] -> [0, .2, 0]
+    # row 1 keeps 2, 2 -> [1, 0, 1] / 2 x .2; row 2 keeps 9, 4 -> [4, 0, 0] -> [.2, 0, 0]
+    adj = damp_adjacency(rel, 2)
+    assert torch.allclose(adj, torch.tensor([[0.8, 0.2, 0.0], [0.1, 0.8, 0.1], [0.2, 0.0, 0.8]]))
+    t = torch.nn.functional.normalize(torch.randn(3, 8, generator=torch.Generator().manual_seed(1)), dim=-1)
+    a, b = gcn_text(t, rel, 2, seed=0), gcn_text(t, rel, 2, seed=0)
+    assert torch.equal(a, b) and not torch.allclose(a, t)  # seeded (the released GCN is not), and it moves t
+    assert torch.allclose(a.norm(dim=-1), torch.ones(3))
+
+
+@pytest.mark.clip
+def test_missing_clip_weights_offline_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from spmlbench.features import clip as clip_mod
+
+    oc = clip_mod.open_clip_module()
+
+    def offline(*args, **kw):
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(oc, "create_model", offline)
+    with pytest.raises(ConfigError) as err:
+        clip_mod.load_clip("ViT-B-16-quickgelu", "openai", torch.device("cpu"))
+    text = str(err.value)
+    assert "\n" not in text and text.startswith("ViT-B-16-quickgelu/openai: CLIP weights not available (OSError)")
+    assert "hf.co/timm/vit_base_patch16_clip_224.openai" in text and "--clip-pretrained none" in text
+    with pytest.raises(ConfigError, match="no such weights"):
+        clip_mod.load_clip("ViT-B-16-quickgelu", "laion9b", torch.device("cpu"))
+
+
+@pytest.mark.clip
+def test_relation_file_switches_the_gcn_on_and_is_recorded(home: Path) -> None:
+    from spmlbench.features import pseudo
+
+    _dataset(home)
+    path = pseudo.build_pseudo("tiny", "damp", home=home, **TINY)
+    without = pseudo.load_pseudo("tiny", "damp", home)
+    assert pseudo.read_metadata(path)["gcn"] == "off (no relation.npy)"
+    np.save(home / "tiny" / "pseudo" / "relation.npy", np.array([[1.0, 2.0, 3.0], [1.0, 1.0, 0.0], [0.5, 2.0, 1.0]]))
+    with pytest.raises(ConfigError, match="gcn"):
+        pseudo.build_pseudo("tiny", "damp", home=home, **TINY)  # other settings: refused without --force
+    pseudo.build_pseudo("tiny", "damp", home=home, force=True, **TINY)
+    assert pseudo.read_metadata(path)["gcn"].startswith("seed 0, sparse_topk 20, relation.npy sha256 ")
+    assert not torch.equal(pseudo.load_pseudo("tiny", "damp", home), without)

@@ -80,15 +80,21 @@ def views(path: Path, source: str, size: int, grid: int) -> torch.Tensor:
     return torch.stack([plain, plain.flip(-1)])
 
 
-def gcn_text(t: torch.Tensor, relation: np.ndarray, sparse_topk: int, seed: int) -> torch.Tensor:
-    """DAMP's ``t + GCN(t)`` (3 frozen random layers d -> 1024 -> 1024 -> d, LeakyReLU 0.2, weights drawn
-    under ``seed``) over the adjacency of ``relation``: top ``sparse_topk`` per row, zero diagonal, rows
-    normalised and x 0.2, diagonal 0.8; then L2-normalised."""
+def damp_adjacency(relation: np.ndarray, sparse_topk: int) -> torch.Tensor:
+    """AEVLP's GCN adjacency: keep the ``sparse_topk`` largest entries of each row, zero the diagonal,
+    normalise each row to sum 0.2 and put 0.8 on the diagonal."""
     r = torch.as_tensor(relation, dtype=torch.float32).clone()
     keep = torch.zeros_like(r, dtype=torch.bool).scatter_(1, r.topk(min(sparse_topk, r.shape[1]), dim=1).indices, True)
     r = torch.where(keep, r, torch.zeros_like(r))
     r.fill_diagonal_(0)
-    adj = 0.2 * r / r.sum(dim=1, keepdim=True).clamp_min(1e-12) + 0.8 * torch.eye(r.shape[0])
+    return 0.2 * r / r.sum(dim=1, keepdim=True).clamp_min(1e-12) + 0.8 * torch.eye(r.shape[0])
+
+
+def gcn_text(t: torch.Tensor, relation: np.ndarray, sparse_topk: int, seed: int) -> torch.Tensor:
+    """DAMP's ``t + GCN(t)`` (3 frozen random layers d -> 1024 -> 1024 -> d, LeakyReLU 0.2, weights drawn
+    under ``seed``) over the adjacency of ``relation``: top ``sparse_topk`` per row, zero diagonal, rows
+    normalised and x 0.2, diagonal 0.8; then L2-normalised."""
+    adj = damp_adjacency(relation, sparse_topk)
     gen = torch.Generator().manual_seed(seed)
     h, dims = t, [t.shape[1], 1024, 1024, t.shape[1]]
     for i in range(3):
