@@ -95,8 +95,8 @@ def losses(
         if not info.origin.startswith("spmlbench/"):
             notes.append(f"{name}: defined in {info.origin}")
         if info.pseudo:
-            notes.append(f"{name}: needs the clip extra and 'spmlbench pseudo-labels DATASET --source {info.pseudo}'; "
-                         f"{info.citation}")
+            notes.append(f"{name}: needs the clip extra and 'spmlbench pseudo-labels DATASET --source {info.pseudo}' "
+                         "(citations: --json)")
     console.print(table)
     for note in notes:
         console.print(note, markup=False, highlight=False, soft_wrap=True)

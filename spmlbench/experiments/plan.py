@@ -78,11 +78,16 @@ def plan_run(request: RunRequest, say: Say = lambda _msg: None) -> Plan:
 
 
 def check_pseudo_caches(jobs: list[JobSpec], home: str | None) -> None:
-    """DataError before anything runs when a job's loss reads a CLIP pseudo-label cache that is missing."""
+    """Before anything runs: DataError when a job's loss reads a CLIP pseudo-label cache that is missing,
+    ConfigError when a loss with its own head (BoostLU) is asked for in linear mode."""
     from spmlbench.features.pseudo import pseudo_path
     from spmlbench.losses import LOSSES
 
     for j in jobs:
+        head = LOSSES.get(j.loss).head
+        if head and j.mode == "linear":
+            raise ConfigError(f"{j.loss}: trains the {head} head on the backbone's feature map, which linear mode's "
+                              "pooled features do not have; run it with --mode e2e or --mode linear-init")
         source = LOSSES.get(j.loss).pseudo
         if source and not pseudo_path(j.dataset, source, home).exists():
             raise DataError(f"{pseudo_path(j.dataset, source, home)}: loss {j.loss} reads this CLIP pseudo-label "

@@ -91,6 +91,14 @@ class _Run:
     progress: StepFn | None
 
 
+def model_head(job: Any) -> tuple[str, float]:
+    """The head the job's loss trains (registry ``head``; ``linear`` for most) and its ``alpha`` hyperparameter."""
+    from spmlbench.losses import LOSSES
+
+    head = LOSSES.get(job.loss).head or "linear"
+    return head, float(job_hparams(job).get("alpha", 1.0)) if head != "linear" else 1.0
+
+
 def _input(run: _Run, x: torch.Tensor) -> torch.Tensor:
     x = x.to(run.device, non_blocking=True)
     return run.spec.prepare(x, channels_last=run.channels_last)
@@ -247,7 +255,9 @@ def _train(
 ) -> TrainResult:
     seed = int(getattr(job, "seed", 0) or 0)
     data = load_job_data(job, home, labels)
-    model, spec = build_model(backbone, weights, data.num_classes, seed)
+    head = model_head(job)
+    settings["head"] = head[0]
+    model, spec = build_model(backbone, weights, data.num_classes, seed, *head)
     size = int(image_size or spec.image_size)
     settings["image_size"] = size
     if init_head is not None:

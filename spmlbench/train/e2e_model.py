@@ -1,4 +1,5 @@
-"""The end-to-end model: a registered backbone and a linear head, initialised from the job's seed."""
+"""The end-to-end model: a registered backbone and its head (linear, or BoostLU's boosted CAM), initialised
+from the job's seed."""
 
 from __future__ import annotations
 
@@ -9,15 +10,44 @@ from torch import nn
 
 from spmlbench.errors import ConfigError
 
+HEADS = ("linear", "boostlu")
+
+
+class BoostLUHead(nn.Module):
+    """BoostLU (Kim et al., CVPR 2023) on a feature map ``F (B, D, h, w)``::
+
+        CAM = W F + b            (a 1x1 convolution: ``weight (C, D)``, ``bias (C,)``)
+        logit_c = mean_hw(where(CAM > 0, alpha CAM, CAM))
+
+    in training and inference. The parameters are named like ``nn.Linear``'s, so a linear head (LinearInit's
+    linear phase) loads into it; with ``alpha = 1`` it computes the linear head on the average-pooled map.
+    """
+
+    def __init__(self, dim: int, num_classes: int, alpha: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_classes, dim))
+        self.bias = nn.Parameter(torch.zeros(num_classes))
+        self.alpha = float(alpha)
+
+    def cam(self, fmap: torch.Tensor) -> torch.Tensor:
+        """Class activation maps ``(B, C, h, w)``."""
+        return torch.einsum("bdhw,cd->bchw", fmap, self.weight) + self.bias.view(1, -1, 1, 1)
+
+    def forward(self, fmap: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, C)``: the boosted CAM averaged over the map."""
+        cam = self.cam(fmap)
+        return torch.where(cam > 0, self.alpha * cam, cam).mean(dim=(2, 3))
+
 
 class E2EModel(nn.Module):
-    """Backbone (B, 3, H, W) -> (B, D) plus a linear head; the backbone may run under autocast,
-    the head always in float32 (fp32 logits: no bf16 ties in the sigmoid scores)."""
+    """Backbone (B, 3, H, W) -> (B, D) (or the map (B, D, h, w) for a spatial head) plus the head; the backbone
+    may run under autocast, the head always in float32 (fp32 logits: no bf16 ties in the sigmoid scores)."""
 
-    def __init__(self, backbone: nn.Module, dim: int, num_classes: int) -> None:
+    def __init__(self, backbone: nn.Module, dim: int, num_classes: int, head: nn.Module | None = None) -> None:
         super().__init__()
         self.backbone = backbone
-        self.head = nn.Linear(dim, num_classes)
+        self.head = head if head is not None else nn.Linear(dim, num_classes)
+        self.spatial = not isinstance(self.head, nn.Linear)
 
     def forward(self, x: torch.Tensor, amp_dtype: torch.dtype | None = None) -> torch.Tensor:
         """Logits (B, C) float32."""
@@ -26,7 +56,7 @@ class E2EModel(nn.Module):
                 feats = self.backbone(x)
         else:
             feats = self.backbone(x)
-        return self.head(feats.float().flatten(1))
+        return self.head(feats.float() if self.spatial else feats.float().flatten(1))
 
     def freeze_backbone(self, frozen: bool) -> None:
         """Stop (or restart) gradients into the backbone (GR's ``linear_init`` epochs).
@@ -38,16 +68,28 @@ class E2EModel(nn.Module):
             p.requires_grad_(not frozen)
 
 
-def build_model(backbone: str, weights: str, num_classes: int, seed: int) -> tuple[E2EModel, Any]:
-    """The job's model: registry backbone (``weights`` default|none) and the seed's head init."""
+def feature_map(net: nn.Module) -> nn.Module:
+    """A torchvision ResNet cut before its average pool: images -> the layer4 map ``(B, D, h, w)``."""
+    return nn.Sequential(*list(net.children())[:-2])
+
+
+def build_model(backbone: str, weights: str, num_classes: int, seed: int, head: str = "linear",
+                alpha: float = 1.0) -> tuple[E2EModel, Any]:
+    """The job's model: registry backbone (``weights`` default|none), the head (``linear``, or ``boostlu``
+    with its ``alpha``) and the seed's head init (the linear head's, for either)."""
     from spmlbench.features.backbones import get_backbone
     from spmlbench.train.seeding import head_init
 
     spec = get_backbone(backbone)
     if spec.arch is None:
         raise ConfigError(f"backbone {backbone!r}: has no trainable network; use resnet50 (or resnet18) for mode e2e")
+    if head not in HEADS:
+        raise ConfigError(f"head {head!r}: unknown; choose one of: {', '.join(HEADS)}")
     net = spec.build(weights)
-    model = E2EModel(net, spec.dim, num_classes)
+    if head == "boostlu":
+        model = E2EModel(feature_map(net), spec.dim, num_classes, BoostLUHead(spec.dim, num_classes, alpha))
+    else:
+        model = E2EModel(net, spec.dim, num_classes)
     w, b = head_init(seed, spec.dim, num_classes)
     with torch.no_grad():
         model.head.weight.copy_(w)
