@@ -19,11 +19,11 @@ def test_shipped_experiments_listed() -> None:
     assert {"table1", "ablation-gr", "grid-gr", "figures"} <= set(available_experiments())
 
 
-def test_table1_expands_to_216_jobs() -> None:
+def test_table1_expands_to_228_jobs() -> None:
     exp = load_experiment("table1")
     jobs = exp.jobs()
-    assert len(jobs) == 18 * 4 * 3 == 216
-    assert {j["loss"] for j in jobs} == SIXTEEN | {"vlpl", "aevlp"}
+    assert len(jobs) == 19 * 4 * 3 == 228
+    assert {j["loss"] for j in jobs} == SIXTEEN | {"smile", "vlpl", "aevlp"}
     assert {j["dataset"] for j in jobs} == {"voc", "coco", "nuswide", "cub"}
     assert {j["seed"] for j in jobs} == {0, 1, 2}
     assert all(j["mode"] == "linear" and j["hparams"] == {} for j in jobs)
@@ -33,9 +33,9 @@ def test_table1_expands_to_216_jobs() -> None:
 def test_table1_digits_preview_and_narrowing() -> None:
     exp = load_experiment("table1", datasets=["digits"], seeds=[5])
     jobs = exp.jobs()
-    assert len(jobs) == 18
+    assert len(jobs) == 19
     assert {(j["dataset"], j["seed"]) for j in jobs} == {("digits", 5)}
-    assert len(load_experiment("table1", datasets=["voc", "digits"]).jobs()) == 18 * 2 * 3
+    assert len(load_experiment("table1", datasets=["voc", "digits"]).jobs()) == 19 * 2 * 3
     assert {j["mode"] for j in load_experiment("table1", mode="e2e").jobs()} == {"e2e"}
 
 

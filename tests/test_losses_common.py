@@ -21,7 +21,7 @@ def test_registry_names_and_info() -> None:
         info = loss_info(name)
         assert info.name == name and info.paper and info.citation and 2017 <= info.year <= 2025
         assert info.uses_clean_labels == (name == "bce")
-        assert info.stateful == (name in {"role", "ll_cp", "em_apl", "vlpl", "aevlp", "boostlu_ll_cp"})
+        assert info.stateful == (name in {"role", "ll_cp", "em_apl", "vlpl", "aevlp", "boostlu_ll_cp", "smile"})
         assert (LOSSES.get(name).pseudo is not None) == (name in {"vlpl", "aevlp"})
     assert loss_info("gr").defaults["beta"] == (0.0, 2.0, -2.0, -2.0)
     assert loss_info("gr").defaults["eps"] == 1e-7 and loss_info("an").defaults["eps"] == 1e-5

@@ -53,6 +53,21 @@ class LocalExecutor:
         for job in jobs:
             if job.mode != "linear":
                 raise ConfigError(f"--mode {job.mode}: not a linear job; the runner trains it with train_image_job")
+        from spmlbench.losses import LOSSES
+
+        own = [i for i, j in enumerate(jobs) if LOSSES.get(j.loss).trainer]  # methods with their own trainer
+        if own:
+            out: list[Any] = [None] * len(jobs)
+            rest = [i for i in range(len(jobs)) if i not in own]
+            if rest:
+                for i, r in zip(rest, self.train(data, [jobs[i] for i in rest], progress, on_val)):
+                    out[i] = r
+            from spmlbench.train.methods import method_trainer
+
+            for i in own:
+                fn = method_trainer(str(LOSSES.get(jobs[i].loss).trainer))
+                out[i] = fn(data, jobs[i].train_config(), device=self.device, progress=progress)
+            return out
         configs = [j.train_config() for j in jobs]
         if self.reference_loop:
             if on_val is not None:

@@ -88,6 +88,8 @@ def check_pseudo_caches(jobs: list[JobSpec], home: str | None) -> None:
         if head and j.mode == "linear":
             raise ConfigError(f"{j.loss}: trains the {head} head on the backbone's feature map, which linear mode's "
                               "pooled features do not have; run it with --mode e2e or --mode linear-init")
+        if LOSSES.get(j.loss).trainer and j.mode != "linear":
+            raise ConfigError(f"{j.loss}: has its own model and trainer on cached features; run it with --mode linear")
         source = LOSSES.get(j.loss).pseudo
         if source and not pseudo_path(j.dataset, source, home).exists():
             raise DataError(f"{pseudo_path(j.dataset, source, home)}: loss {j.loss} reads this CLIP pseudo-label "

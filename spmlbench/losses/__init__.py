@@ -82,8 +82,9 @@ def list_losses() -> list[str]:
 def default_losses() -> list[str]:
     """What ``spmlbench run`` trains when no loss is named: every loss that needs nothing beyond labels and
     pooled features (the CLIP pseudo-label losses, which read a cache built by ``spmlbench pseudo-labels``,
-    and the BoostLU losses, whose head needs the feature map of the end-to-end modes, run when named)."""
-    return [n for n in LOSSES.names() if not LOSSES.get(n).pseudo and not LOSSES.get(n).head]
+    the BoostLU losses, whose head needs the feature map of the end-to-end modes, and SMILE, a method with its
+    own model and trainer (minutes per epoch at COCO size), run when named)."""
+    return [n for n in LOSSES.names() if not (LOSSES.get(n).pseudo or LOSSES.get(n).head or LOSSES.get(n).trainer)]
 
 
 def dataset_defaults(name: str, dataset: str | None) -> dict[str, Any]:

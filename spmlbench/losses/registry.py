@@ -47,6 +47,7 @@ class LossDef:
     uses_clean_labels: bool = False  # trains on the clean labels (the BCE upper bound)
     pseudo: str | None = None  # needs a CLIP pseudo-label cache (``spmlbench pseudo-labels DS --source <this>``)
     head: str | None = None  # a model head other than the linear one (``boostlu``: modes e2e and linear-init)
+    trainer: str | None = None  # a method with its own model and trainer on cached features (``smile``)
     batched: type | str | None = None  # hand-written batched form (state); None: derived from the formula
     fused: type | str | None = None  # optional fused value-and-gradient batched form
     single: type | str | None = None  # one-config wrapper with extra accessors (GR's k, v)
