@@ -29,8 +29,8 @@ def test_boost_and_pooling_by_hand() -> None:
 def test_alpha_one_equals_the_plain_linear_head() -> None:
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     plain, _ = build_model("resnet18", "none", 4, seed=3)
-    boost1, _ = build_model("resnet18", "none", 4, seed=3, head="boostlu", alpha=1.0)
-    boost5, _ = build_model("resnet18", "none", 4, seed=3, head="boostlu", alpha=5.0)
+    boost1, _ = build_model("resnet18", "none", 4, seed=3, head="boostlu", options={"alpha": 1.0})
+    boost5, _ = build_model("resnet18", "none", 4, seed=3, head="boostlu", options={"alpha": 5.0})
     for m in (plain, boost1, boost5):
         m.eval()
     with torch.no_grad():

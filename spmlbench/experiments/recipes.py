@@ -205,8 +205,8 @@ def _build(cls: type, merged: dict[str, Any], what: str) -> Any:
     for name in ("lr", "head_lr_mult", "batch_size", "epochs", "eval_batch_size"):
         if name in out and not out[name] > 0:
             raise ConfigError(f"{what}: {name} must be > 0 (got {out[name]}); fix the value")
-    if out.get("optimizer", "adam") != "adam":
-        raise ConfigError(f"{what}: optimizer {out['optimizer']!r} is not supported; use adam")
+    if out.get("optimizer", "adam") not in ("adam", "adamax"):
+        raise ConfigError(f"{what}: optimizer {out['optimizer']!r} is not supported; use adam or adamax")
     return cls(**out)
 
 

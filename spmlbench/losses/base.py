@@ -182,6 +182,11 @@ class BatchedLoss(nn.Module):
                                f"per forward (called {len(captured)} times)")
         return values, captured[0]
 
+    def per_config_means(self, formula: Callable[..., Tensor], z: Tensor, s: Tensor, *rows: Tensor) -> Tensor:
+        """``(M,)``: ``formula(hp_m, z[m], s[m], *(r[m] for r in rows)).mean()`` for each config (``s`` may be shared)."""
+        return torch.stack([formula(hp, z[m], s[m if s.shape[0] > 1 else 0], *(r[m] for r in rows)).mean()
+                            for m, hp in enumerate(self.hparams)])
+
     def check_inputs(self, logits: Tensor, observed: Tensor, index: Tensor | None) -> tuple[Tensor, Tensor]:
         """Validate shapes; return logits and the observed mask (0/1 floats or bool) as ``(1, B, C)`` or
         ``(M, B, C)`` bool."""

@@ -91,12 +91,16 @@ class _Run:
     progress: StepFn | None
 
 
-def model_head(job: Any) -> tuple[str, float]:
-    """The head the job's loss trains (registry ``head``; ``linear`` for most) and its ``alpha`` hyperparameter."""
+HEAD_OPTIONS = {"linear": (), "boostlu": ("alpha",), "mime": ("z_dim", "samples", "beta")}
+
+
+def model_head(job: Any) -> tuple[str, dict[str, Any]]:
+    """The head the job's loss trains (registry ``head``; ``linear`` for most) and its hyperparameters."""
     from spmlbench.losses import LOSSES
 
     head = LOSSES.get(job.loss).head or "linear"
-    return head, float(job_hparams(job).get("alpha", 1.0)) if head != "linear" else 1.0
+    hp = job_hparams(job)
+    return head, {k: hp[k] for k in HEAD_OPTIONS.get(head, ()) if k in hp}
 
 
 def _input(run: _Run, x: torch.Tensor) -> torch.Tensor:
@@ -115,7 +119,7 @@ def _train_epoch(run: _Run, epoch: int) -> torch.Tensor:
     for x, rows in run.train_loader:
         rows = rows.to(run.device, non_blocking=True)
         logits = run.model(_input(run, x), run.amp_dtype)
-        value = run.loss(logits, run.target_dev.index_select(0, rows), rows)
+        value = run.loss(logits, run.target_dev.index_select(0, rows), rows) + run.model.penalty()
         run.optimizer.zero_grad(set_to_none=True)
         value.backward()
         run.optimizer.step()
@@ -158,6 +162,8 @@ def _optimizer(model: E2EModel, loss: nn.Module, recipe: E2ERecipe, device: torc
     ]
     if hasattr(loss, "param_groups"):
         groups += list(loss.param_groups(recipe.lr))
+    if recipe.optimizer == "adamax":  # MIME
+        return torch.optim.Adamax(groups, lr=recipe.lr)
     fused = device.type == "cuda" and not exact
     return torch.optim.Adam(groups, lr=recipe.lr, fused=fused or None)
 

@@ -33,6 +33,7 @@ class JobData:
     test_labels: torch.Tensor  # (Nt, C)
     meta: dict[str, Any]
     pseudo: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # CLIP caches the loss reads
+    clean_train: torch.Tensor | None = None  # (N, C) clean labels: only MIME's released ground-truth prior reads them
 
     @property
     def num_classes(self) -> int:
@@ -97,6 +98,7 @@ def load_job_data(job: Any, home: str | os.PathLike[str] | None = None, labels: 
         test_labels=t(label_matrix(df, "labels", "test")),
         meta=meta,
         pseudo={src: load_pseudo(job.dataset, src, home) for src in pseudo_sources([job.loss])},
+        clean_train=t(clean_train),
     )
 
 
@@ -112,6 +114,8 @@ def build_job_loss(job: Any, data: JobData, seed: int) -> nn.Module:
     from spmlbench.train.configs import attach_pseudo
 
     attach_pseudo(loss, data.pseudo)
+    if hasattr(loss.batched, "set_ground_truth") and data.clean_train is not None:
+        loss.batched.set_ground_truth(data.clean_train)  # used only with MIME's prior = ground_truth
     return loss
 
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from spmlbench.errors import ConfigError
 
-HEADS = ("linear", "boostlu")
+HEADS = ("linear", "boostlu", "mime")
 
 
 class BoostLUHead(nn.Module):
@@ -48,6 +48,7 @@ class E2EModel(nn.Module):
         self.backbone = backbone
         self.head = head if head is not None else nn.Linear(dim, num_classes)
         self.spatial = not isinstance(self.head, nn.Linear)
+        self._trainable = [p for p in backbone.parameters() if p.requires_grad]  # MIME keeps its stem frozen
 
     def forward(self, x: torch.Tensor, amp_dtype: torch.dtype | None = None) -> torch.Tensor:
         """Logits (B, C) float32."""
@@ -58,13 +59,18 @@ class E2EModel(nn.Module):
             feats = self.backbone(x)
         return self.head(feats.float() if self.spatial else feats.float().flatten(1))
 
+    def penalty(self) -> torch.Tensor | float:
+        """A head's own term of the training objective (MIME's ``beta * KL``), 0 for the others."""
+        fn = getattr(self.head, "penalty", None)
+        return fn() if fn is not None else 0.0
+
     def freeze_backbone(self, frozen: bool) -> None:
         """Stop (or restart) gradients into the backbone (GR's ``linear_init`` epochs).
 
         Only the weights are frozen: the model stays in train mode, so batch-norm running
         statistics still update (``requires_grad``-style freezing, as in the reference codes).
         """
-        for p in self.backbone.parameters():
+        for p in self._trainable:
             p.requires_grad_(not frozen)
 
 
@@ -73,10 +79,34 @@ def feature_map(net: nn.Module) -> nn.Module:
     return nn.Sequential(*list(net.children())[:-2])
 
 
+def mime_backbone(net: nn.Module) -> nn.Module:
+    """MIME's backbone: the feature map with every batch norm frozen (``FrozenBatchNorm2d``) and the stem and
+    layer1 not trained (palm-biaoliu/mime backbone.py)."""
+    from torchvision.ops import FrozenBatchNorm2d
+
+    def freeze(module: nn.Module) -> nn.Module:
+        for name, child in module.named_children():
+            if isinstance(child, nn.BatchNorm2d):
+                frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+                for key in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(frozen, key).copy_(getattr(child, key).detach())
+                setattr(module, name, frozen)
+            else:
+                freeze(child)
+        return module
+
+    fmap = freeze(feature_map(net))
+    for i in (0, 1, 4):  # conv1, bn1, layer1
+        for p in fmap[i].parameters():
+            p.requires_grad_(False)
+    return fmap
+
+
 def build_model(backbone: str, weights: str, num_classes: int, seed: int, head: str = "linear",
-                alpha: float = 1.0) -> tuple[E2EModel, Any]:
-    """The job's model: registry backbone (``weights`` default|none), the head (``linear``, or ``boostlu``
-    with its ``alpha``) and the seed's head init (the linear head's, for either)."""
+                options: dict[str, Any] | None = None) -> tuple[E2EModel, Any]:
+    """The job's model: registry backbone (``weights`` default|none), the head (``linear``; ``boostlu`` with
+    ``alpha``; ``mime`` with ``z_dim``, ``samples``, ``beta``) and its init from the seed (the linear head's
+    for linear and boostlu; MIME's xavier init drawn under the seed)."""
     from spmlbench.features.backbones import get_backbone
     from spmlbench.train.seeding import head_init
 
@@ -86,8 +116,17 @@ def build_model(backbone: str, weights: str, num_classes: int, seed: int, head: 
     if head not in HEADS:
         raise ConfigError(f"head {head!r}: unknown; choose one of: {', '.join(HEADS)}")
     net = spec.build(weights)
+    opts = dict(options or {})
+    if head == "mime":
+        from spmlbench.train.mime_head import MIMEHead
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            mime = MIMEHead(spec.dim, num_classes, **opts)
+        return E2EModel(mime_backbone(net), spec.dim, num_classes, mime), spec
     if head == "boostlu":
-        model = E2EModel(feature_map(net), spec.dim, num_classes, BoostLUHead(spec.dim, num_classes, alpha))
+        model = E2EModel(feature_map(net), spec.dim, num_classes,
+                         BoostLUHead(spec.dim, num_classes, float(opts.get("alpha", 1.0))))
     else:
         model = E2EModel(net, spec.dim, num_classes)
     w, b = head_init(seed, spec.dim, num_classes)

@@ -113,10 +113,10 @@ class AEVLPLoss(PseudoLabelLoss):
         z, s = self.check_inputs(logits, observed, index)
         assert index is not None
         pl = self.batch_pl(index, z)
-        return torch.stack([
-            aevlp_loss(hp, z[m], s[m if s.shape[0] > 1 else 0], pl[m],  # type: ignore[arg-type]
-                       gr_schedule(hp.schedule_params(), self.epoch, self.num_epochs)).mean()  # type: ignore[attr-defined]
-            for m, hp in enumerate(self.hparams)])
+        def formula(hp: Any, zm: Tensor, sm: Tensor, plm: Tensor) -> Tensor:
+            return aevlp_loss(hp, zm, sm, plm, gr_schedule(hp.schedule_params(), self.epoch, self.num_epochs))
+
+        return self.per_config_means(formula, z, s, pl)
 
 
 register_loss("aevlp", params=AEVLPParams, formula=aevlp_loss,

@@ -79,8 +79,7 @@ class EMAPLLoss(RecordsObserved, BatchedLoss):
         z, s = self.check_inputs(logits, observed, index)
         assert index is not None
         pseudo, t = self.batch_state(s, index, z)
-        return torch.stack([em_apl_loss(hp, z[m], s[m if s.shape[0] > 1 else 0], pseudo[m], t[m]).mean()  # type: ignore[arg-type]
-                            for m, hp in enumerate(self.hparams)])
+        return self.per_config_means(em_apl_loss, z, s, pseudo, t)
 
     def counts(self, warmup_epoch: int, theta: float) -> list[int]:
         """Per-class number of new pseudo-labels per epoch: ``int(theta * U_c / (T - T_w))``."""

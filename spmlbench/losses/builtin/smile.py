@@ -117,8 +117,7 @@ class SMILELoss(BatchedLoss):
         z, s = self.check_inputs(logits, observed, index)
         assert index is not None
         d1 = rows_of(self.d1, index).to(z)
-        return torch.stack([smile_loss(hp, z[m], s[m if s.shape[0] > 1 else 0], d1[m]).mean()  # type: ignore[arg-type]
-                            for m, hp in enumerate(self.hparams)])
+        return self.per_config_means(smile_loss, z, s, d1)
 
 
 register_loss("smile", params=SMILEParams, formula=smile_loss, title="SMILE: label enhancement by a GCN over the kNN graph",

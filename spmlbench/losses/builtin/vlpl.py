@@ -76,8 +76,7 @@ class VLPLLoss(PseudoLabelLoss):
         z, s = self.check_inputs(logits, observed, index)
         assert index is not None
         pl = self.batch_pl(index, z)
-        return torch.stack([vlpl_loss(hp, z[m], s[m if s.shape[0] > 1 else 0], pl[m]).mean()  # type: ignore[arg-type]
-                            for m, hp in enumerate(self.hparams)])
+        return self.per_config_means(vlpl_loss, z, s, pl)
 
 
 register_loss("vlpl", params=VLPLParams, formula=vlpl_loss, title="Vision-language pseudo-labels (EM + CLIP positives)",

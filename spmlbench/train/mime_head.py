@@ -1,0 +1,88 @@
+"""MIME's head (Liu et al., ICML 2023; palm-biaoliu/mime@62a0f66 ``LEModel_VIB``): a query transformer over the
+backbone's feature map with a variational information bottleneck per class.
+
+``F (B, D, h, w)`` + a sine positional encoding -> 1 encoder layer (4 heads, FFN 4D, dropout 0.1) -> 2 decoder
+layers without self-attention, whose C learned queries attend to the encoded map -> per class ``h_c`` ->
+``MLP(D -> D -> 2 z_dim)``: ``mu_c``, ``sigma_c = exp(clamp(s / 2, -6, 6))``; ``z_c`` is the mean of ``samples``
+reparameterised draws (also at evaluation, as released); ``logit_c = W_c . z_c + b_c`` (one linear map per
+class). ``penalty()`` is ``beta * KL``, ``KL = -1/2 mean(1 + 2 log sigma - mu^2 - sigma^2)``, of the last forward.
+Post-norm layers and DETR's positional encoding (added to queries and keys, not values) are our reading:
+the spec gives the sizes, not these details.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def sine_position(h: int, w: int, dim: int, device: torch.device) -> Tensor:
+    """DETR's normalised sine encoding ``(h w, dim)``: half the channels for y, half for x."""
+    half = dim // 2
+    ys = (torch.arange(1, h + 1, device=device, dtype=torch.float32) / h) * 2 * math.pi
+    xs = (torch.arange(1, w + 1, device=device, dtype=torch.float32) / w) * 2 * math.pi
+    freq = 10000 ** (2 * (torch.arange(half, device=device) // 2) / half)
+    py, px = ys[:, None] / freq, xs[:, None] / freq  # (h, half), (w, half)
+    py = torch.stack([py[:, 0::2].sin(), py[:, 1::2].cos()], dim=2).flatten(1)
+    px = torch.stack([px[:, 0::2].sin(), px[:, 1::2].cos()], dim=2).flatten(1)
+    pos = torch.cat([py[:, None, :].expand(h, w, half), px[None, :, :].expand(h, w, half)], dim=2)
+    return pos.reshape(h * w, 2 * half)
+
+
+class _Block(nn.Module):
+    """Attention (to ``memory``) + FFN, post-norm."""
+
+    def __init__(self, d: int, heads: int, ffn: int, dropout: float) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        self.ffn = nn.Sequential(nn.Linear(d, ffn), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn, d))
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, residual: Tensor) -> Tensor:
+        x = self.norm1(residual + self.drop(self.attn(q, k, v, need_weights=False)[0]))
+        return self.norm2(x + self.drop(self.ffn(x)))
+
+
+class MIMEHead(nn.Module):
+    """Feature map ``(B, D, h, w)`` -> logits ``(B, C)`` (see the module docstring)."""
+
+    def __init__(self, dim: int, num_classes: int, *, z_dim: int = 256, heads: int = 4, samples: int = 10,
+                 beta: float = 1e-4, dropout: float = 0.1) -> None:
+        super().__init__()
+        heads = heads if dim % heads == 0 else 1
+        self.encoder = _Block(dim, heads, 4 * dim, dropout)
+        self.decoders = nn.ModuleList([_Block(dim, heads, 4 * dim, dropout) for _ in range(2)])
+        self.queries = nn.Parameter(torch.empty(num_classes, dim))
+        self.proj = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 2 * z_dim))
+        self.weight = nn.Parameter(torch.empty(num_classes, z_dim))
+        self.bias = nn.Parameter(torch.zeros(num_classes))
+        self.samples, self.beta, self.z_dim = int(samples), float(beta), int(z_dim)
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+        self._kl: Tensor | None = None
+
+    def forward(self, fmap: Tensor) -> Tensor:
+        b, d, h, w = fmap.shape
+        src = fmap.flatten(2).transpose(1, 2)  # (B, hw, D)
+        pos = sine_position(h, w, d, fmap.device).to(src.dtype)[None]
+        mem = self.encoder(src + pos, src + pos, src, src)
+        q = self.queries[None].expand(b, -1, -1)
+        tgt = torch.zeros_like(q)
+        for layer in self.decoders:
+            tgt = layer(tgt + q, mem + pos, mem, tgt)
+        stats = self.proj(tgt)  # (B, C, 2 z)
+        mu, s = stats[..., : self.z_dim], stats[..., self.z_dim:]
+        sigma = torch.exp(torch.clamp(s / 2, -6, 6))
+        eps = torch.randn(self.samples, *mu.shape, device=mu.device, dtype=mu.dtype)
+        z = (mu + sigma * eps).mean(dim=0)
+        self._kl = -0.5 * torch.mean(1 + 2 * torch.log(sigma) - mu**2 - sigma**2)
+        return (z * self.weight).sum(dim=-1) + self.bias
+
+    def penalty(self) -> Tensor:
+        """``beta * KL`` of the last forward (added to the loss by the trainer)."""
+        assert self._kl is not None, "forward first"
+        return self.beta * self._kl

@@ -1,0 +1,101 @@
+"""MIME (Liu et al., ICML 2023): the class prior, the ignore rule and the loss by hand, the variational
+query head, and end-to-end training on a tiny image set (stem and batch norms frozen, as released)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from spmlbench.experiments.jobs import JobSpec
+from spmlbench.losses.builtin.mime import MIMEParams, class_prior, ignore_counts, mime_loss, pseudo_targets
+
+OBS = torch.tensor([[1, 0], [1, 0], [1, 0], [0, 1]], dtype=torch.bool)
+
+
+def test_class_prior_and_counts_by_hand() -> None:
+    # n_obs / N = [3/4, 1/4]; E = 1 / expected_num_pos = 1 / 1.5 -> pi = [1.125, 0.375]; n_c = int(4 pi)
+    prior = class_prior(OBS, 1 / 1.5)
+    assert prior.tolist() == pytest.approx([1.125, 0.375])
+    assert ignore_counts(prior, 4) == [4, 1]
+    # the released ground-truth statistic: |Y_i| = 1, 2, 1, 2 -> E = mean(1, 1/2, 1, 1/2) = 0.75
+    assert class_prior(OBS, 0.75).tolist() == pytest.approx([1.0, 1 / 3])
+
+
+def test_ignore_rule_takes_the_top_unlabelled_rows() -> None:
+    p = torch.tensor([[0.9, 0.2], [0.1, 0.7], [0.5, 0.7], [0.8, 0.1]])
+    # class 0: one free row (3) -> ignored, even though n_0 = 4; class 1: n_1 = 1 of rows 0-2, p 0.2, 0.7, 0.7:
+    # the tie goes to the lower row (1)
+    out = pseudo_targets(p, OBS, [4, 1])
+    assert out.tolist() == [[1, 0], [1, -1], [1, 0], [-1, 1]]
+
+
+def test_loss_by_hand() -> None:
+    z = torch.tensor([[0.0, 0.0, 0.0, 2.0]])
+    obs = torch.tensor([[False, False, False, True]])
+    target = torch.tensor([[1, 0, -1, 0]], dtype=torch.int8)  # an observed positive counts as 1 whatever t says
+    got = mime_loss(MIMEParams(expected_num_pos=1.5), z, obs, target)[0].tolist()
+    assert got == pytest.approx([math.log(2), math.log(2), 0.0, math.log(1 + math.exp(-2))])
+    t2 = mime_loss(MIMEParams(expected_num_pos=1.5, T=2.0), z, obs, target)[0, 3]
+    assert float(t2) == pytest.approx(math.log(1 + math.exp(-1)))  # p = sigmoid(z / T)
+
+
+def test_batched_loss_pseudo_labels_after_warmup() -> None:
+    from spmlbench.losses import build_batched_loss
+
+    loss = build_batched_loss("mime", [{"expected_num_pos": 1.5, "warmup_epoch": 2}], num_classes=2, num_train=4)
+    loss.init_state(OBS.float())
+    logits = torch.logit(torch.tensor([[[0.9, 0.2], [0.1, 0.7], [0.5, 0.7], [0.8, 0.1]]]))
+    loss.start_epoch(1, 3)
+    loss.end_epoch(lambda: logits)  # epoch 1 < warmup: still the observed labels
+    assert loss.target[0].tolist() == OBS.to(torch.int8).tolist()
+    loss.start_epoch(2, 3)
+    loss.end_epoch(lambda: logits)
+    assert loss.target[0].tolist() == [[1, 0], [1, -1], [1, 0], [-1, 1]]
+    gt = build_batched_loss("mime", [{"prior": "ground_truth", "warmup_epoch": 1}], num_classes=2, num_train=4)
+    gt.init_state(OBS.float())
+    gt.set_ground_truth(torch.tensor([[1, 0], [1, 1], [1, 0], [1, 1]]))  # E = 0.75: pi = [1, 1/3], n = [4, 1]
+    gt.end_epoch(lambda: logits)
+    assert gt.target[0].tolist() == [[1, 0], [1, -1], [1, 0], [-1, 1]]
+
+
+def test_head_shapes_and_its_kl_penalty() -> None:
+    from spmlbench.train.mime_head import MIMEHead
+
+    torch.manual_seed(0)
+    head = MIMEHead(16, 3, z_dim=4, samples=5, beta=0.5).eval()
+    fmap = torch.randn(2, 16, 3, 2)
+    assert head(fmap).shape == (2, 3)
+    assert float(head.penalty().detach()) > 0
+    with torch.no_grad():  # mu = 0, log sigma = 0: N(0, 1) itself, KL = 0
+        head.proj[-1].weight.zero_()
+        head.proj[-1].bias.zero_()
+    head(fmap)
+    assert float(head.penalty().detach()) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_e2e_trains_mime_with_its_stem_frozen(home: Path, tmp_path: Path) -> None:
+    from test_pseudo_labels import _dataset
+
+    from spmlbench.experiments.recipes import job_recipes
+    from spmlbench.train import e2e
+
+    _dataset(home, n=10)
+    job = JobSpec(dataset="tiny", loss="mime", hparams=(("expected_num_pos", 1.0), ("warmup_epoch", 1),
+                                                         ("z_dim", 8)),
+                  mode="e2e", seed=0, label_seed=1200, split_seed=1200, backbone="resnet18:none", epochs=2,
+                  batch_size=2, lr=1e-3, val="clean", early_stop="none")
+    recipe, _ = job_recipes(job, {"eval_batch_size": 4})
+    assert recipe.optimizer == "adamax" and recipe.head_lr_mult == 10.0
+    seen: dict[str, torch.Tensor] = {}
+    res = e2e.train_e2e(job, recipe=recipe, home=home, device="cpu", workdir=tmp_path / "w", workers=0, image_size=32,
+                        hooks=e2e.Hooks(on_start=lambda ctx: seen.update(
+                            stem=ctx.model.backbone[0].weight.detach().clone(),
+                            l2=ctx.model.backbone[5][0].conv1.weight.detach().clone())))
+    assert res.ok and res.epochs_run == 2 and res.settings["head"] == "mime", res.error
+    state = torch.load(tmp_path / "w" / "last.pt", weights_only=False)
+    assert torch.equal(state["model"]["backbone.0.weight"], seen["stem"])  # stem frozen
+    assert not torch.equal(state["model"]["backbone.5.0.conv1.weight"], seen["l2"])  # layer2 trained
+    assert (state["loss"]["batched.target"] == -1).any()  # pseudo-labelling ignored some entries
