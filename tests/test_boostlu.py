@@ -46,13 +46,16 @@ def _job(loss: str, mode: str = "e2e", **hp: float) -> JobSpec:
                    early_stop="none")
 
 
-def test_linear_mode_is_refused_before_anything_runs() -> None:
+def test_linear_mode_needs_the_map_cache_or_is_refused(tmp_path: Path) -> None:
+    from spmlbench.errors import DataError
     from spmlbench.experiments.plan import check_pseudo_caches
     from spmlbench.losses import default_losses
 
-    with pytest.raises(ConfigError, match="boostlu_ll_r: trains the boostlu head.*--mode e2e"):
-        check_pseudo_caches([_job("boostlu_ll_r", mode="linear")], None)
-    check_pseudo_caches([_job("boostlu_ll_r")], None)  # e2e: fine
+    with pytest.raises(DataError, match="boostlu_ll_r in linear mode.*--maps' or use --mode e2e"):
+        check_pseudo_caches([_job("boostlu_ll_r", mode="linear")], str(tmp_path))
+    with pytest.raises(ConfigError, match="mime: trains the mime head.*--mode e2e"):
+        check_pseudo_caches([_job("mime", mode="linear", expected_num_pos=1.0)], str(tmp_path))
+    check_pseudo_caches([_job("boostlu_ll_r")], str(tmp_path))  # e2e: fine
     assert not {"boostlu_ll_r", "boostlu_ll_ct", "boostlu_ll_cp"} & set(default_losses())
 
 
@@ -71,3 +74,69 @@ def test_e2e_trains_the_boostlu_head(loss: str, home: Path, tmp_path: Path) -> N
     assert res.ok and res.epochs_run == 2 and res.settings["head"] == "boostlu", res.error
     state = torch.load(tmp_path / loss / "last.pt", weights_only=False)["model"]
     assert state["head.weight"].shape == (3, 512) and "backbone.0.weight" in state  # the conv stem, no avgpool
+
+
+# --------------------------------------------------------------------------------------------- frozen variant
+def test_map_cache_round_trip_and_resume(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+    from test_pseudo_labels import _dataset
+
+    from spmlbench.features import maps as maps_mod
+    from spmlbench.features.backbones import feature_map, get_backbone
+
+    images = _dataset(home, n=7)
+    spec = get_backbone("resnet18")
+    real = spec.load_image
+    calls: list[str] = []
+    broken = [True]
+
+    def flaky(path, size=None):
+        calls.append(str(path))
+        if len(calls) == 4 and broken[0]:  # the second batch of 3, once
+            broken[0] = False
+            raise KeyboardInterrupt
+        return real(path, size)
+
+    monkeypatch.setattr(type(spec), "load_image", lambda self, path, size=None: flaky(path, size))
+    with pytest.raises(KeyboardInterrupt):
+        maps_mod.extract_maps("tiny", "resnet18", home=home, weights="none", image_size=32, batch_size=3)
+    assert not maps_mod.maps_path("tiny", "resnet18", home).exists()
+    calls.clear()
+    path = maps_mod.extract_maps("tiny", "resnet18", home=home, weights="none", image_size=32, batch_size=3)
+    assert len(calls) == 4  # rows 3-6 only: the first batch was kept
+    monkeypatch.undo()
+    maps = maps_mod.load_maps("tiny", "resnet18", home)
+    assert maps.shape == (7, 512, 1, 1) and maps.dtype == np.float16
+    net = feature_map(spec.build("none")).eval()
+    x = torch.from_numpy(np.stack([spec.load_image(home / "tiny" / "images" / i, 32) for i in images]))
+    with torch.no_grad():  # in the extractor's batches (a convolution's rounding may depend on the batch)
+        want = np.concatenate([net(spec.prepare(x[lo:lo + 3])).numpy().astype(np.float16) for lo in (0, 3, 6)])
+    assert np.array_equal(np.asarray(maps), want)  # exact: the float16 values the network gave
+    meta = __import__("json").loads(path.with_suffix(".json").read_text())
+    assert meta["bytes_per_image"] == 512 * 2 and len(meta["sha256"]) == 64
+
+
+def test_frozen_boostlu_with_alpha_one_is_the_linear_probe() -> None:
+    import numpy as np
+    from test_linear_support import synthetic_data
+
+    from spmlbench.train.boostlu_maps import train_boostlu_maps
+    from spmlbench.train.configs import LinearData, TrainConfig
+    from spmlbench.train.linear import train_linear
+
+    base = synthetic_data(d=12, c=4)
+    n = [base.x_train.shape[0], base.x_val.shape[0], base.x_test.shape[0]]
+    g = torch.Generator().manual_seed(0)
+    maps = (torch.randn(sum(n), 12, 2, 2, generator=g) + 0.5).half()
+    pooled = maps.float().mean(dim=(2, 3))
+    rows = {"train": np.arange(n[0]), "val": np.arange(n[0], n[0] + n[1]), "test": np.arange(n[0] + n[1], sum(n))}
+    data = LinearData(base.dataset, *(pooled[torch.as_tensor(rows[s])] for s in ("train", "val", "test")),
+                      base.y_train, base.s_train, base.y_val, base.s_val, base.y_test, maps=maps.numpy(),
+                      split_rows=rows)
+    common = dict(seed=2, lr=1e-2, batch_size=8, epochs=4)
+    boost = train_boostlu_maps(data, TrainConfig(loss="boostlu_ll_r", hparams=(("alpha", 1.0),), **common))
+    plain = train_linear(data, [TrainConfig(loss="ll_r", **common)])[0]
+    assert boost.val_map == pytest.approx(plain.val_map, abs=1e-3)  # float rounding only (autograd vs fused)
+    assert boost.test_map == pytest.approx(plain.test_map, abs=1e-3)
+    boosted = train_boostlu_maps(data, TrainConfig(loss="boostlu_ll_r", hparams=(("alpha", 5.0),), **common))
+    assert boosted.val_map != boost.val_map

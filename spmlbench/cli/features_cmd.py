@@ -34,6 +34,8 @@ def features(
                                           rich_help_panel=SELECTION),
     home: Optional[Path] = typer.Option(None, "--home", help="Data home.", show_default=HOME_DEFAULT, rich_help_panel=OUTPUT),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar.", rich_help_panel=OUTPUT),
+    maps: bool = typer.Option(False, "--maps", help="Also cache the layer4 feature maps (float16, memory-mapped; "
+                              "BoostLU in linear mode): <ds>/features/<backbone>-maps.npy.", rich_help_panel=OUTPUT),
 ) -> None:
     """Compute backbone features for every image of DATASET into <home>/<ds>/features/<backbone>.parquet."""
     from spmlbench.data.registry import get_adapter
@@ -63,3 +65,14 @@ def features(
             image_size=image_size,
         )
     console.print(str(path), markup=False, highlight=False, soft_wrap=True)
+    if maps:
+        from spmlbench.cli.progress_view import progress_sink
+        from spmlbench.features.maps import extract_maps
+        from spmlbench.runtime import resolve_device
+
+        from spmlbench.features.extract import default_backbone
+
+        bb = backbone or default_backbone(dataset)
+        out = extract_maps(dataset, bb, home=home, device=resolve_device(device), weights=weights,
+                           image_size=image_size, batch_size=batch_size or 16, progress=progress_sink(not quiet))
+        console.print(str(out), markup=False, highlight=False, soft_wrap=True)

@@ -8,6 +8,7 @@ lives in :mod:`spmlbench.experiments.ray_executor`, which calls the runner insid
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from functools import partial
@@ -55,17 +56,20 @@ class LocalExecutor:
                 raise ConfigError(f"--mode {job.mode}: not a linear job; the runner trains it with train_image_job")
         from spmlbench.losses import LOSSES
 
-        own = [i for i, j in enumerate(jobs) if LOSSES.get(j.loss).trainer]  # methods with their own trainer
+        from spmlbench.train.methods import linear_trainer
+
+        own = [i for i, j in enumerate(jobs) if linear_trainer(LOSSES.get(j.loss))]  # methods with their own trainer
         if own:
             out: list[Any] = [None] * len(jobs)
             rest = [i for i in range(len(jobs)) if i not in own]
-            if rest:
-                for i, r in zip(rest, self.train(data, [jobs[i] for i in rest], progress, on_val)):
+            if rest:  # the maps (a memory map) stay here: worker processes get the pooled features only
+                plain = dataclasses.replace(data, maps=None)
+                for i, r in zip(rest, self.train(plain, [jobs[i] for i in rest], progress, on_val)):
                     out[i] = r
             from spmlbench.train.methods import method_trainer
 
             for i in own:
-                fn = method_trainer(str(LOSSES.get(jobs[i].loss).trainer))
+                fn = method_trainer(str(linear_trainer(LOSSES.get(jobs[i].loss))))
                 out[i] = fn(data, jobs[i].train_config(), device=self.device, progress=progress)
             return out
         configs = [j.train_config() for j in jobs]

@@ -80,14 +80,20 @@ def plan_run(request: RunRequest, say: Say = lambda _msg: None) -> Plan:
 def check_pseudo_caches(jobs: list[JobSpec], home: str | None) -> None:
     """Before anything runs: DataError when a job's loss reads a CLIP pseudo-label cache that is missing,
     ConfigError when a loss with its own head (BoostLU) is asked for in linear mode."""
+    from spmlbench.features.maps import maps_path
     from spmlbench.features.pseudo import pseudo_path
     from spmlbench.losses import LOSSES
+    from spmlbench.train.methods import TRAINERS
 
     for j in jobs:
         head = LOSSES.get(j.loss).head
-        if head and j.mode == "linear":
+        if head and j.mode == "linear" and head not in TRAINERS:
             raise ConfigError(f"{j.loss}: trains the {head} head on the backbone's feature map, which linear mode's "
                               "pooled features do not have; run it with --mode e2e or --mode linear-init")
+        if head in TRAINERS and j.mode == "linear" and not maps_path(j.dataset, j.backbone, home).exists():
+            raise DataError(f"{maps_path(j.dataset, j.backbone, home)}: {j.loss} in linear mode trains its head on "
+                            f"cached layer4 maps; run 'spmlbench features {j.dataset} --backbone {j.backbone} --maps' "
+                            "or use --mode e2e")
         if LOSSES.get(j.loss).trainer and j.mode != "linear":
             raise ConfigError(f"{j.loss}: has its own model and trainer on cached features; run it with --mode linear")
         source = LOSSES.get(j.loss).pseudo

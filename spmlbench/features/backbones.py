@@ -117,6 +117,11 @@ class BackboneSpec:
         return model.eval()
 
 
+def feature_map(net: nn.Module) -> nn.Module:
+    """A built ResNet cut before its average pool: images -> the layer4 map ``(B, D, h, w)``."""
+    return nn.Sequential(*list(net.children())[:-2])
+
+
 def check_weights_choice(weights: str) -> None:
     """Raise ConfigError unless ``weights`` is ``"default"`` or ``"none"``."""
     if weights not in WEIGHT_CHOICES:

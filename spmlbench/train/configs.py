@@ -60,6 +60,9 @@ class LinearData:
     y_test: Tensor
     # CLIP pseudo-label caches of the training rows by source, (N, 2, V, C) (losses with ``pseudo``)
     pseudo: dict[str, Tensor] = dataclasses.field(default_factory=dict)
+    # cached layer4 maps of every labels row (memory map, float16) and the rows of each split (BoostLU frozen)
+    maps: Any = None
+    split_rows: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -73,8 +76,10 @@ class LinearData:
 
     def to(self, device: torch.device | str) -> LinearData:
         """The same data on ``device``."""
-        moved = {f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)[1:] if f.name != "pseudo"}
-        return LinearData(self.dataset, **moved, pseudo={k: v.to(device) for k, v in self.pseudo.items()})
+        kept = ("pseudo", "maps", "split_rows")
+        moved = {f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)[1:] if f.name not in kept}
+        return LinearData(self.dataset, **moved, pseudo={k: v.to(device) for k, v in self.pseudo.items()},
+                          maps=self.maps, split_rows=self.split_rows)
 
 
 def linear_data(dataset: str, features: np.ndarray, labels: Any) -> LinearData:
@@ -102,6 +107,7 @@ def linear_data(dataset: str, features: np.ndarray, labels: Any) -> LinearData:
         y_val=mat("labels", "val"),
         s_val=mat("observed", "val"),
         y_test=mat("labels", "test"),
+        split_rows={name: np.flatnonzero(split == name) for name in ("train", "val", "test")},
     )
 
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from spmlbench.errors import ConfigError
+from spmlbench.features.backbones import feature_map
 
 HEADS = ("linear", "boostlu", "mime")
 
@@ -72,11 +73,6 @@ class E2EModel(nn.Module):
         """
         for p in self._trainable:
             p.requires_grad_(not frozen)
-
-
-def feature_map(net: nn.Module) -> nn.Module:
-    """A torchvision ResNet cut before its average pool: images -> the layer4 map ``(B, D, h, w)``."""
-    return nn.Sequential(*list(net.children())[:-2])
 
 
 def mime_backbone(net: nn.Module) -> nn.Module:

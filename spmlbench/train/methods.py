@@ -1,5 +1,5 @@
-"""Methods with their own model and trainer on cached features (a loss registered with ``trainer=<name>``):
-the name -> trainer table the executors dispatch through."""
+"""Methods with their own model and trainer on cached features (a loss registered with ``trainer=<name>``, or a
+head's frozen variant in linear mode, ``head=<name>``): the name -> trainer table the executors dispatch through."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ from typing import Any
 
 from spmlbench.errors import ConfigError
 
-TRAINERS = {"smile": "spmlbench.train.smile:train_smile"}
+TRAINERS = {
+    "smile": "spmlbench.train.smile:train_smile",
+    "boostlu": "spmlbench.train.boostlu_maps:train_boostlu_maps",  # BoostLU's head on cached maps (linear mode)
+}
 
 
 def method_trainer(name: str) -> Callable[..., Any]:
@@ -18,3 +21,11 @@ def method_trainer(name: str) -> Callable[..., Any]:
         raise ConfigError(f"trainer {name!r}: unknown; choose one of: {', '.join(TRAINERS)}")
     module, _, attr = TRAINERS[name].partition(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def linear_trainer(loss: Any) -> str | None:
+    """The trainer a registered loss (its ``LossDef``) uses in linear mode: its own (``trainer``), its head's
+    frozen variant when there is one (``head`` in :data:`TRAINERS`), else None (the batched linear trainer)."""
+    if loss.trainer:
+        return str(loss.trainer)
+    return str(loss.head) if loss.head in TRAINERS else None

@@ -1,0 +1,111 @@
+"""Cached layer4 feature maps (float16) for heads that need the map, not the pooled vector (BoostLU's frozen
+variant): ``<home>/<ds>/features/<backbone>-maps.npy``, a memory-mapped ``(N, D, h, w)`` array in the rows of
+labels.parquet, with ``<backbone>-maps.json`` (backbone, weights, image size, shape, images, sha256).
+
+Size per image: ``D h w x 2`` bytes: ResNet-50 at 448 px 2048 x 14 x 14 x 2 = 802,816 bytes (0.8 MB; VOC's
+11,540 images 9.3 GB), ResNet-18 at 32 px 512 x 1 x 1 x 2 = 1 KB. Resumable: rows are written into
+``.partial`` files with the count of finished rows beside them; a rerun continues after the last finished batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from spmlbench.atomic import atomic_write_text
+from spmlbench.errors import DataError
+from spmlbench.features.backbones import feature_map, get_backbone
+from spmlbench.paths import dataset_dir
+from spmlbench.progress import Reporter, Sink
+
+FORMAT = 1
+
+
+def maps_path(dataset: str, backbone: str, home: Any = None) -> Path:
+    """``<home>/<ds>/features/<backbone>-maps.npy`` (its metadata: the ``.json`` beside it)."""
+    return dataset_dir(dataset, home) / "features" / f"{backbone}-maps.npy"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def extract_maps(dataset: str, backbone: str, *, home: Any = None, device: str | torch.device = "cpu",
+                 weights: str = "default", image_size: int | None = None, batch_size: int = 16,
+                 progress: Sink | None = None) -> Path:
+    """Write (or resume, or reuse) the layer4 maps of every labels.parquet row."""
+    from spmlbench.data.registry import image_root
+    from spmlbench.data.store import load_labels
+    from spmlbench.features.extract import make_forward
+
+    spec = get_backbone(backbone)
+    size = int(image_size or spec.image_size)
+    images = load_labels(dataset, home)["image"].astype(str).tolist()
+    path, meta_path = maps_path(dataset, backbone, home), maps_path(dataset, backbone, home).with_suffix(".json")
+    dev = torch.device(device)
+    net = feature_map(spec.build(weights)).eval()
+    with torch.no_grad():
+        probe = net(torch.zeros(1, 3, size, size))
+    shape = (len(images), *probe.shape[1:])
+    want = {"format": FORMAT, "backbone": backbone, "weights": spec.weights_label(weights), "image_size": size,
+            "shape": list(shape), "dtype": "float16", "images": images}
+    report = Reporter(progress)
+    if path.exists() and meta_path.exists():
+        have = json.loads(meta_path.read_text())
+        if {k: have.get(k) for k in want} == want:
+            report.note(f"{path}: up to date, reused")
+            return path
+    partial, done_file = path.with_suffix(".npy.partial"), path.with_suffix(".done.partial")
+    fingerprint = json.dumps(want, sort_keys=True)
+    done = 0
+    if partial.exists() and done_file.exists():
+        state = json.loads(done_file.read_text())
+        if state.get("fingerprint") == fingerprint:
+            done = int(state["rows"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = np.lib.format.open_memmap(partial, mode="r+" if done else "w+", dtype=np.float16, shape=shape)
+    submit = make_forward(spec, net, dev, fast=False)
+    root = image_root(dataset, home)
+    with report.task(f"{dataset}: {backbone} layer4 maps", len(images), unit="images", completed=done) as advance:
+        for lo in range(done, len(images), batch_size):
+            rows = images[lo:lo + batch_size]
+            batch = torch.from_numpy(np.stack([spec.load_image(root / r, size) for r in rows]))
+            out[lo:lo + len(rows)] = submit(batch)().astype(np.float16)
+            out.flush()
+            atomic_write_text(done_file, json.dumps({"fingerprint": fingerprint, "rows": lo + len(rows)}))
+            advance(len(rows))
+    del out
+    os.replace(partial, path)
+    atomic_write_text(meta_path, json.dumps({**want, "sha256": _sha256(path),
+                                             "bytes_per_image": int(np.prod(shape[1:])) * 2}, sort_keys=True))
+    done_file.unlink(missing_ok=True)
+    return path
+
+
+def load_maps(dataset: str, backbone: str, home: Any = None) -> np.ndarray:
+    """The maps as a read-only memory map ``(N, D, h, w)`` float16, checked against labels.parquet's rows
+    (DataError naming the command that rebuilds them)."""
+    from spmlbench.data.store import load_labels
+
+    path = maps_path(dataset, backbone, home)
+    fix = f"run 'spmlbench features {dataset} --backbone {backbone} --maps'"
+    meta_path = path.with_suffix(".json")
+    if not path.exists() or not meta_path.exists():
+        raise DataError(f"{path}: layer4 map cache missing; {fix}")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("images") != load_labels(dataset, home)["image"].astype(str).tolist():
+        raise DataError(f"{path}: rows do not match labels.parquet (re-prepared?); {fix}")
+    maps = np.load(path, mmap_mode="r")
+    if list(maps.shape) != meta["shape"] or maps.dtype != np.float16:
+        raise DataError(f"{path}: shape {maps.shape} / {maps.dtype} differ from its metadata; {fix}")
+    return maps
