@@ -9,7 +9,6 @@ Size per image: ``D h w x 2`` bytes: ResNet-50 at 448 px 2048 x 14 x 14 x 2 = 80
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from spmlbench.atomic import atomic_write_text
+from spmlbench.data.acquire import sha256_file
 from spmlbench.errors import DataError
 from spmlbench.features.backbones import feature_map, get_backbone
 from spmlbench.paths import dataset_dir
@@ -30,14 +30,6 @@ FORMAT = 1
 def maps_path(dataset: str, backbone: str, home: Any = None) -> Path:
     """``<home>/<ds>/features/<backbone>-maps.npy`` (its metadata: the ``.json`` beside it)."""
     return dataset_dir(dataset, home) / "features" / f"{backbone}-maps.npy"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def extract_maps(dataset: str, backbone: str, *, home: Any = None, device: str | torch.device = "cpu",
@@ -86,7 +78,7 @@ def extract_maps(dataset: str, backbone: str, *, home: Any = None, device: str |
             advance(len(rows))
     del out
     os.replace(partial, path)
-    atomic_write_text(meta_path, json.dumps({**want, "sha256": _sha256(path),
+    atomic_write_text(meta_path, json.dumps({**want, "sha256": sha256_file(path),
                                              "bytes_per_image": int(np.prod(shape[1:])) * 2}, sort_keys=True))
     done_file.unlink(missing_ok=True)
     return path

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from spmlbench.atomic import atomic_path
+from spmlbench.data.acquire import sha256_file
 from spmlbench.errors import ConfigError, DataError
 from spmlbench.features.clip import image_embeddings, load_clip, text_embeddings
 from spmlbench.features.store import read_features, read_metadata, write_features
@@ -131,7 +132,7 @@ def build_pseudo(dataset: str, source: str, *, home: Any = None, device: str | t
     relation = dataset_dir(dataset, home) / "pseudo" / "relation.npy"
     gcn = "off (no relation.npy)"
     if source == "damp" and relation.exists():
-        gcn = f"seed {cfg['gcn_seed']}, sparse_topk {cfg['sparse_topk']}, relation.npy sha256 {_sha(relation)}"
+        gcn = f"seed {cfg['gcn_seed']}, sparse_topk {cfg['sparse_topk']}, relation.npy sha256 {sha256_file(relation)}"
     grid = int(cfg["grid"]) if source == "damp" else 0
     want = {"format": FORMAT, "source": source, "model": cfg["model"], "pretrained": cfg["pretrained"],
             "template": cfg["template"], "transform": cfg["transform"], "grid": grid, "gcn": gcn,
@@ -188,12 +189,6 @@ def _scores(clip: Any, root: Path, rows: list[str], source: str, grid: int, text
         e = image_embeddings(clip, x.flatten(0, 2).to(dev)).cpu()
         out.append((e @ text.t()).view(b, f * v * text.shape[0]))
     return torch.cat(out).numpy().astype(np.float32)
-
-
-def _sha(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _versions() -> dict[str, str]:

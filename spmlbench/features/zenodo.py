@@ -11,13 +11,13 @@ row's image is checked against the labels' image column (paths may differ by a l
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from spmlbench.data.acquire import sha256_file
 from spmlbench.errors import DataError
 from spmlbench.features.store import write_features
 from spmlbench.paths import features_path
@@ -49,15 +49,6 @@ def _load_npy(path: Path) -> np.ndarray:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: not a readable plain .npy array ({exc}); download it again") from None
-
-
-def _sha256(path: Path) -> str:
-    """sha256 of a file, read in blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _norm(path: Any) -> str:
@@ -108,11 +99,11 @@ def import_zenodo_features(dataset: str, source: str | os.PathLike[str], *, home
         if arr.ndim != 2 or arr.shape != (want, ZENODO_DIM):
             raise DataError(f"{fpath}: shape {arr.shape}, expected ({want}, {ZENODO_DIM}) from labels.parquet; "
                             f"these are not the {dataset} features of record {ZENODO_RECORD}")
-        files[fpath.name] = _sha256(fpath)
+        files[fpath.name] = sha256_file(fpath)
         ipath = folder / IMAGES_FILE.format(phase=phase)
         if ipath.is_file():
             _check_images(ipath, _load_npy(ipath), images[rows])
-            files[ipath.name] = _sha256(ipath)
+            files[ipath.name] = sha256_file(ipath)
             alignment.append(f"{phase}: every image checked")
         else:
             alignment.append(f"{phase}: row count only ({ipath.name} absent)")
