@@ -120,7 +120,7 @@ def test_frozen_boostlu_with_alpha_one_is_the_linear_probe() -> None:
     import numpy as np
     from test_linear_support import synthetic_data
 
-    from spmlbench.train.boostlu_maps import train_boostlu_maps
+    from spmlbench.train.cached_heads import train_boostlu_maps
     from spmlbench.train.configs import LinearData, TrainConfig
     from spmlbench.train.linear import train_linear
 

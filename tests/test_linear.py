@@ -18,7 +18,8 @@ from spmlbench.train.reference import train_reference
 from test_linear_support import synthetic_data
 
 HP = {"epr": {"expected_num_pos": 1.6}, "role": {"expected_num_pos": 1.6},
-      "em_apl": {"warmup_epoch": 2, "alpha": 0.1, "beta": 0.3}, "mime": {"expected_num_pos": 1.6, "warmup_epoch": 1}}
+      "em_apl": {"warmup_epoch": 2, "alpha": 0.1, "beta": 0.3}, "mime": {"expected_num_pos": 1.6, "warmup_epoch": 1},
+      "mime_vib": {"expected_num_pos": 1.6, "warmup_epoch": 1}}
 
 
 def cfg(loss: str, seed: int = 0, **kw) -> TrainConfig:

@@ -21,7 +21,7 @@ def test_registry_names_and_info() -> None:
         info = loss_info(name)
         assert info.name == name and info.paper and info.citation and 2017 <= info.year <= 2025
         assert info.uses_clean_labels == (name == "bce")
-        assert info.stateful == (name in {"role", "ll_cp", "em_apl", "vlpl", "aevlp", "boostlu_ll_cp", "smile", "mime"})
+        assert info.stateful == (name in {"role", "ll_cp", "em_apl", "vlpl", "aevlp", "boostlu_ll_cp", "smile", "mime", "mime_vib"})
         assert (LOSSES.get(name).pseudo is not None) == (name in {"vlpl", "aevlp"})
     assert loss_info("gr").defaults["beta"] == (0.0, 2.0, -2.0, -2.0)
     assert loss_info("gr").defaults["eps"] == 1e-7 and loss_info("an").defaults["eps"] == 1e-5
@@ -89,6 +89,7 @@ CONFIGS: dict[str, list[dict[str, Any]]] = {
     "gr": [{}, {"q2": 0.5, "q3": 1.5, "lag": False, "linear_init": 1}, {"use_k": False, "use_v": False, "schedule": False}],
     "vlpl": [{}, {"alpha": 0.5, "threshold": 0.1}, {"partial": 0.4, "beta_pos": 0.3}],
     "mime": [{"expected_num_pos": 1.5}, {"expected_num_pos": 2.0, "warmup_epoch": 1}, {"expected_num_pos": 1.0, "T": 2.0}],
+    "mime_vib": [{"expected_num_pos": 1.5}, {"expected_num_pos": 2.0, "warmup_epoch": 1}, {"expected_num_pos": 1.0}],
     "aevlp": [{}, {"negatives": True, "top_k": 2, "threshold": 0.2}, {"reg": 0.0, "lam": [0.9, 0.1], "q3": 1.5}],
 }
 
@@ -113,7 +114,7 @@ def test_batched_equals_per_config(name: str) -> None:
     m = len(configs)
     batched = build_batched_loss(name, configs, num_classes=C, num_train=N_TRAIN)
     singles = [build_loss(name, num_classes=C, num_train=N_TRAIN, **cfg) for cfg in configs]
-    if name in ("role", "vlpl", "aevlp", "mime"):
+    if name in ("role", "vlpl", "aevlp", "mime", "mime_vib"):
         batched.init_state(obs, seed=5)
         for s in singles:
             s.init_state(obs, seed=5)

@@ -24,6 +24,7 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
     "epr": [{"expected_num_pos": 1.5}, {"expected_num_pos": 3.0}, {"expected_num_pos": 0.5}],
     "role": [{"expected_num_pos": 1.5}, {"expected_num_pos": 3.0}, {"expected_num_pos": 0.5}],
     "mime": [{"expected_num_pos": 1.5}, {"expected_num_pos": 3.0, "warmup_epoch": 1}, {"expected_num_pos": 0.5, "T": 2.0}],
+    "mime_vib": [{"expected_num_pos": 1.5}, {"expected_num_pos": 3.0, "warmup_epoch": 1}, {"expected_num_pos": 0.5}],
     "ll_r": [{"delta_rel": 5.0}, {"delta_rel": 10.0}, {"delta_rel": 20.0}],
     "ll_ct": [{"delta_rel": 5.0}, {"delta_rel": 10.0}, {"delta_rel": 20.0}],
     "ll_cp": [{"delta_rel": 5.0}, {"delta_rel": 10.0}, {"delta_rel": 20.0}],

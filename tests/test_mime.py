@@ -99,3 +99,40 @@ def test_e2e_trains_mime_with_its_stem_frozen(home: Path, tmp_path: Path) -> Non
     assert torch.equal(state["model"]["backbone.0.weight"], seen["stem"])  # stem frozen
     assert not torch.equal(state["model"]["backbone.5.0.conv1.weight"], seen["l2"])  # layer2 trained
     assert (state["loss"]["batched.target"] == -1).any()  # pseudo-labelling ignored some entries
+
+
+def test_mime_vib_linear_variant_is_seeded_pseudo_labels_and_dispatched() -> None:
+    from test_linear_support import synthetic_data
+
+    from spmlbench.experiments.executors import LocalExecutor
+    from spmlbench.train.cached_heads import train_mime_vib
+    from spmlbench.train.configs import TrainConfig
+    from spmlbench.train.mime_head import VIBHead
+
+    head = VIBHead(6, 3, z_dim=2, samples=4, beta=0.5)
+    assert head(torch.randn(5, 6)).shape == (5, 3) and float(head.penalty().detach()) > 0
+    data = synthetic_data()
+    hp = (("expected_num_pos", 1.5), ("warmup_epoch", 1), ("z_dim", 8))
+    cfg = TrainConfig(loss="mime_vib", hparams=hp, seed=1, lr=1e-2, batch_size=16, epochs=3)
+    a, b = train_mime_vib(data, cfg), train_mime_vib(data, cfg)
+    assert a.ok and a.epochs_run == 3 and a.val_map == b.val_map and a.test_ap == b.test_ap
+    job = JobSpec(dataset=data.dataset, loss="mime_vib", hparams=hp, mode="linear", seed=1, label_seed=1200,
+                  split_seed=1200, backbone="pixels", epochs=3, batch_size=16, lr=1e-2, val="clean", early_stop="none")
+    (r,) = LocalExecutor(torch.device("cpu")).train(data, [job])
+    assert r.val_map == a.val_map  # the executor dispatched it to its trainer
+
+
+def test_mime_modes_are_checked_before_anything_runs(tmp_path: Path) -> None:
+    from spmlbench.errors import ConfigError
+    from spmlbench.experiments.plan import check_pseudo_caches
+
+    def job(loss: str, mode: str) -> JobSpec:
+        return JobSpec(dataset="tiny", loss=loss, hparams=(("expected_num_pos", 1.0),), mode=mode, seed=0,
+                       label_seed=1200, split_seed=1200, backbone="resnet18", epochs=1, batch_size=2, lr=1e-3,
+                       val="clean", early_stop="none")
+
+    with pytest.raises(ConfigError, match="mime: LinearInit's linear head does not load into the mime head"):
+        check_pseudo_caches([job("mime", "linear-init")], str(tmp_path))
+    with pytest.raises(ConfigError, match="mime_vib: has its own model and trainer on cached features"):
+        check_pseudo_caches([job("mime_vib", "e2e")], str(tmp_path))
+    check_pseudo_caches([job("mime", "e2e"), job("mime_vib", "linear")], str(tmp_path))

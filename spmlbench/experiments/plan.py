@@ -83,10 +83,14 @@ def check_pseudo_caches(jobs: list[JobSpec], home: str | None) -> None:
     from spmlbench.features.maps import maps_path
     from spmlbench.features.pseudo import pseudo_path
     from spmlbench.losses import LOSSES
+    from spmlbench.train.e2e_model import LINEAR_INIT_HEADS
     from spmlbench.train.methods import TRAINERS
 
     for j in jobs:
         head = LOSSES.get(j.loss).head
+        if head and j.mode == "linear-init" and head not in LINEAR_INIT_HEADS:
+            raise ConfigError(f"{j.loss}: LinearInit's linear head does not load into the {head} head; "
+                              "run it with --mode e2e")
         if head and j.mode == "linear" and head not in TRAINERS:
             raise ConfigError(f"{j.loss}: trains the {head} head on the backbone's feature map, which linear mode's "
                               "pooled features do not have; run it with --mode e2e or --mode linear-init")

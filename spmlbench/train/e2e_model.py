@@ -12,6 +12,7 @@ from spmlbench.errors import ConfigError
 from spmlbench.features.backbones import feature_map
 
 HEADS = ("linear", "boostlu", "mime")
+LINEAR_INIT_HEADS = ("linear", "boostlu")  # heads a linear head loads into (LinearInit's hand-over)
 
 
 class BoostLUHead(nn.Module):

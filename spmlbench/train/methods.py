@@ -11,7 +11,8 @@ from spmlbench.errors import ConfigError
 
 TRAINERS = {
     "smile": "spmlbench.train.smile:train_smile",
-    "boostlu": "spmlbench.train.boostlu_maps:train_boostlu_maps",  # BoostLU's head on cached maps (linear mode)
+    "boostlu": "spmlbench.train.cached_heads:train_boostlu_maps",  # BoostLU's head on cached maps (linear mode)
+    "mime_vib": "spmlbench.train.cached_heads:train_mime_vib",  # MIME's pooled-feature variant (loss mime_vib)
 }
 
 

@@ -74,15 +74,41 @@ class MIMEHead(nn.Module):
         tgt = torch.zeros_like(q)
         for layer in self.decoders:
             tgt = layer(tgt + q, mem + pos, mem, tgt)
-        stats = self.proj(tgt)  # (B, C, 2 z)
-        mu, s = stats[..., : self.z_dim], stats[..., self.z_dim:]
-        sigma = torch.exp(torch.clamp(s / 2, -6, 6))
-        eps = torch.randn(self.samples, *mu.shape, device=mu.device, dtype=mu.dtype)
-        z = (mu + sigma * eps).mean(dim=0)
-        self._kl = -0.5 * torch.mean(1 + 2 * torch.log(sigma) - mu**2 - sigma**2)
+        z, self._kl = vib_sample(self.proj(tgt), self.z_dim, self.samples)  # (B, C, 2 z) -> (B, C, z)
         return (z * self.weight).sum(dim=-1) + self.bias
 
     def penalty(self) -> Tensor:
         """``beta * KL`` of the last forward (added to the loss by the trainer)."""
+        assert self._kl is not None, "forward first"
+        return self.beta * self._kl
+
+
+def vib_sample(stats: Tensor, z_dim: int, samples: int) -> tuple[Tensor, Tensor]:
+    """``(z, KL)`` from ``stats (..., 2 z_dim)``: ``mu``, ``sigma = exp(clamp(s / 2, -6, 6))``, ``z`` the mean of
+    ``samples`` reparameterised draws, ``KL = -1/2 mean(1 + 2 log sigma - mu^2 - sigma^2)``."""
+    mu, s = stats[..., :z_dim], stats[..., z_dim:]
+    sigma = torch.exp(torch.clamp(s / 2, -6, 6))
+    eps = torch.randn(samples, *mu.shape, device=mu.device, dtype=mu.dtype)
+    return (mu + sigma * eps).mean(dim=0), -0.5 * torch.mean(1 + 2 * torch.log(sigma) - mu**2 - sigma**2)
+
+
+class VIBHead(nn.Module):
+    """MIME's bottleneck on pooled features ``(B, D)`` (loss ``mime_vib``, linear mode; a re-design): one
+    ``MLP(D -> D -> C 2 z_dim)`` gives every class its ``mu_c``, ``sigma_c``; then as :class:`MIMEHead`."""
+
+    def __init__(self, dim: int, num_classes: int, *, z_dim: int = 256, samples: int = 10, beta: float = 1e-4) -> None:
+        super().__init__()
+        self.proj = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, num_classes * 2 * z_dim))
+        self.weight = nn.Parameter(nn.init.xavier_uniform_(torch.empty(num_classes, z_dim)))
+        self.bias = nn.Parameter(torch.zeros(num_classes))
+        self.c, self.z_dim, self.samples, self.beta = num_classes, int(z_dim), int(samples), float(beta)
+        self._kl: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        z, self._kl = vib_sample(self.proj(x).view(x.shape[0], self.c, 2 * self.z_dim), self.z_dim, self.samples)
+        return (z * self.weight).sum(dim=-1) + self.bias
+
+    def penalty(self) -> Tensor:
+        """``beta * KL`` of the last forward."""
         assert self._kl is not None, "forward first"
         return self.beta * self._kl

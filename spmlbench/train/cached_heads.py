@@ -1,0 +1,136 @@
+"""Heads other than the linear probe trained on cached inputs (linear mode), one config at a time:
+
+* BoostLU's frozen variant (:func:`train_boostlu_maps`): the BoostLU head (:class:`~spmlbench.train.e2e_model.
+  BoostLUHead`) on the cached layer4 maps (:mod:`spmlbench.features.maps`); with ``alpha = 1`` it trains the
+  plain linear probe on the average-pooled maps;
+* MIME's pooled-feature variant (:func:`train_mime_vib`, loss ``mime_vib``): a re-design, since the released
+  query transformer attends over the spatial map: a variational bottleneck head on the pooled features
+  (:class:`~spmlbench.train.mime_head.VIBHead`) with MIME's loss and pseudo-labelling.
+
+Matched seeds as in the linear trainer: the head's init and every epoch's minibatches come from the seed.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from spmlbench.errors import ConfigError
+from spmlbench.train.configs import EpochProgress, LinearData, ProgressFn, TrainConfig, uses_clean_labels
+from spmlbench.train.early_stop import EarlyStop
+from spmlbench.train.evaluate import average_precision, mean_ap
+from spmlbench.train.result import TrainResult
+from spmlbench.train.seeding import epoch_orders, head_init
+
+EVAL_ROWS = 256
+Rows = Callable[[str, np.ndarray], torch.Tensor]  # (split, positions in the split) -> float32 inputs
+
+
+def _map_rows(data: LinearData, device: torch.device) -> Rows:
+    def rows(split: str, idx: np.ndarray) -> torch.Tensor:
+        glob = data.split_rows[split][idx]
+        order = np.argsort(glob)  # memory-map reads in increasing row order
+        block = np.asarray(data.maps[glob[order]], dtype=np.float32)
+        out = np.empty_like(block)
+        out[order] = block
+        return torch.from_numpy(out).to(device)
+
+    return rows
+
+
+def _pooled_rows(data: LinearData, device: torch.device) -> Rows:
+    split_x = {"train": data.x_train, "val": data.x_val, "test": data.x_test}
+    return lambda split, idx: split_x[split][torch.as_tensor(idx, dtype=torch.long)].to(device)
+
+
+@torch.no_grad()
+def _scores(head: nn.Module, rows: Rows, n: int, split: str, c: int, device: torch.device) -> torch.Tensor:
+    parts = [torch.sigmoid(head(rows(split, np.arange(lo, min(lo + EVAL_ROWS, n))))) for lo in range(0, n, EVAL_ROWS)]
+    return torch.cat(parts) if parts else torch.zeros(0, c, device=device)
+
+
+def train_head(data: LinearData, config: TrainConfig, head: nn.Module, rows: Rows, *, device: torch.device,
+               progress: ProgressFn | None = None) -> TrainResult:
+    """Train ``head`` on ``rows`` with the config's loss (Adam, the config's lr; a head's ``penalty()`` is added)."""
+    from spmlbench.losses import build_batched_loss, resolve_hparams
+
+    hp = resolve_hparams(config.loss, data.dataset, **config.hparams_dict())
+    n, c = data.x_train.shape[0], data.num_classes
+    sizes = {"train": n, "val": data.x_val.shape[0], "test": data.x_test.shape[0]}
+    loss = build_batched_loss(config.loss, [hp], num_classes=c, num_train=n).to(device)
+    target = (data.y_train if uses_clean_labels(config.loss) else data.s_train).to(device) > 0.5
+    loss.init_state(target.float(), [config.seed])
+    groups = [{"params": list(head.parameters()), "lr": config.lr}]
+    groups += [{**g, "lr": config.lr * float(g["lr"])} for g in loss.param_groups(1.0)]
+    opt = torch.optim.Adam(groups, lr=config.lr)
+    penalty = getattr(head, "penalty", lambda: 0.0)
+    val_labels = (data.y_val if config.val == "clean" else data.s_val).to(device)
+    result, rule = TrainResult(), EarlyStop(config.early_stop)
+    best = copy.deepcopy(head.state_dict())
+    for epoch, order in enumerate(epoch_orders(config.seed, n, config.epochs, data.dim, c), start=1):
+        loss.start_epoch(epoch, config.epochs)
+        head.train()
+        total, steps = 0.0, 0
+        for idx in torch.split(order, config.batch_size):
+            dev_idx = idx.to(device)
+            value = loss(head(rows("train", idx.numpy())).unsqueeze(0), target[dev_idx], dev_idx)[0] + penalty()
+            opt.zero_grad()
+            value.backward()
+            opt.step()
+            total, steps = total + float(value.detach()), steps + 1
+        head.eval()
+        loss.end_epoch(lambda: _scores(head, rows, n, "train", c, device).logit().unsqueeze(0))
+        val = float(mean_ap(_scores(head, rows, sizes["val"], "val", c, device), val_labels))
+        result.val_map.append(val)
+        result.train_loss.append(total / max(steps, 1))
+        result.epochs_run = epoch
+        if rule.update(epoch, val):
+            result.best_epoch = epoch
+            best = copy.deepcopy(head.state_dict())
+        if progress is not None:
+            progress(EpochProgress(epoch, config.epochs, 1, rule.best))
+        if rule.stopped:
+            break
+    head.load_state_dict(best)
+    ap = average_precision(_scores(head, rows, sizes["test"], "test", c, device), data.y_test.to(device)).cpu()
+    result.test_ap = [float(a) for a in ap * 100.0]
+    result.test_map = float(ap.mean() * 100.0)
+    return result
+
+
+def train_boostlu_maps(data: LinearData, config: TrainConfig, *, device: str | torch.device = "cpu",
+                       progress: ProgressFn | None = None) -> TrainResult:
+    """One BoostLU config on the cached layer4 maps (the seed's linear-head init in the 1x1 conv)."""
+    from spmlbench.losses import resolve_hparams
+    from spmlbench.train.e2e_model import BoostLUHead
+
+    if data.maps is None:
+        raise ConfigError(f"{config.loss}: linear mode trains the BoostLU head on cached layer4 maps; run "
+                          f"'spmlbench features {data.dataset} --maps' first")
+    dev = torch.device(device)
+    hp = resolve_hparams(config.loss, data.dataset, **config.hparams_dict())
+    d, c = int(data.maps.shape[1]), data.num_classes
+    head = BoostLUHead(d, c, float(getattr(hp, "alpha", 1.0))).to(dev)
+    w, b = head_init(config.seed, d, c)
+    with torch.no_grad():
+        head.weight.copy_(w)
+        head.bias.copy_(b)
+    return train_head(data, config, head, _map_rows(data, dev), device=dev, progress=progress)
+
+
+def train_mime_vib(data: LinearData, config: TrainConfig, *, device: str | torch.device = "cpu",
+                   progress: ProgressFn | None = None) -> TrainResult:
+    """One ``mime_vib`` config: MIME's loss and pseudo-labelling with a VIB head on the pooled features."""
+    from spmlbench.losses import resolve_hparams
+    from spmlbench.train.mime_head import VIBHead
+
+    dev = torch.device(device)
+    hp = resolve_hparams(config.loss, data.dataset, **config.hparams_dict())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        head = VIBHead(data.dim, data.num_classes, z_dim=hp.z_dim, samples=hp.samples, beta=hp.beta).to(dev)
+        return train_head(data, config, head, _pooled_rows(data, dev), device=dev, progress=progress)
