@@ -140,3 +140,22 @@ def test_frozen_boostlu_with_alpha_one_is_the_linear_probe() -> None:
     assert boost.test_map == pytest.approx(plain.test_map, abs=1e-3)
     boosted = train_boostlu_maps(data, TrainConfig(loss="boostlu_ll_r", hparams=(("alpha", 5.0),), **common))
     assert boosted.val_map != boost.val_map
+
+
+def test_linear_init_hands_the_linear_head_to_the_boostlu_head(home: Path, tmp_path: Path) -> None:
+    from test_pseudo_labels import _dataset
+
+    from spmlbench.experiments.recipes import job_recipes
+    from spmlbench.train import e2e, linear_init
+
+    _dataset(home, n=10)
+    job = _job("boostlu_ll_r", mode="linear-init", alpha=5.0)
+    recipe, linear_recipe = job_recipes(job, {"eval_batch_size": 4}, {"epochs": 2})
+    start: dict[str, torch.Tensor] = {}
+    res = linear_init.train_linear_init(
+        job, recipe=recipe, linear_recipe=linear_recipe, home=home, device="cpu", workdir=tmp_path / "w", workers=0,
+        image_size=32, features=torch.randn(10, 512, generator=torch.Generator().manual_seed(0)),
+        hooks=e2e.Hooks(on_start=lambda ctx: start.update(W=ctx.model.head.weight.detach().clone())))
+    assert res.ok and res.settings["head"] == "boostlu", res.error
+    linear = torch.load(tmp_path / "w" / "linear.pt", weights_only=False)
+    assert torch.equal(start["W"], linear["head"]["weight"])  # the linear phase's best head is the CAM's start
