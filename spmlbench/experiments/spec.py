@@ -23,6 +23,7 @@ A spec lives in ``data_manifests/experiments/<name>.toml`` (or any path ending i
     datasets = ["voc"]                   # optional restriction of the experiment's datasets
     dump_predictions = true              # optional: per-epoch val prediction dumps
     baseline = true                      # optional: the reference row of an ablation table
+    preview = false                      # optional: not run on the optional datasets (e.g. the digits preview)
     axes = [ { name = "wT", param = "beta", index = 1, values = [0.0, 2.0] } ]   # optional grid
 
 A grid group runs the Cartesian product of its axes; an axis with ``index`` sets one element of
@@ -57,7 +58,8 @@ OVERRIDE_FIELDS = (
 )
 _TOP_KEYS = {"version", "name", "description", "mode", "datasets", "optional_datasets", "seeds", "report", "groups",
              "overrides"}
-_GROUP_KEYS = {"name", "description", "losses", "hparams", "overrides", "datasets", "dump_predictions", "baseline", "axes"}
+_GROUP_KEYS = {"name", "description", "losses", "hparams", "overrides", "datasets", "dump_predictions", "baseline", "axes",
+               "preview"}
 _AXIS_KEYS = {"name", "param", "index", "values"}
 
 
@@ -95,6 +97,7 @@ class Group:
     dump_predictions: bool = False
     baseline: bool = False
     axes: tuple[Axis, ...] = ()
+    preview: bool = True  # False: left out on the optional datasets
 
     def points(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         """Grid points as (coordinates by axis name, hparams); one point for a group without axes."""
@@ -141,10 +144,13 @@ class Experiment:
     path: Path | None = None
 
     def group_datasets(self, group: Group) -> list[str]:
-        """Datasets a group runs on: the experiment's, narrowed by the group's list (optional ones pass)."""
+        """Datasets a group runs on: the experiment's, narrowed by the group's list (optional ones pass, unless the
+        group says ``preview = false``)."""
         if group.datasets is None:
-            return list(self.datasets)
-        return [d for d in self.datasets if d in group.datasets or d in self.optional_datasets]
+            out = list(self.datasets)
+        else:
+            out = [d for d in self.datasets if d in group.datasets or d in self.optional_datasets]
+        return out if group.preview else [d for d in out if d not in self.optional_datasets]
 
     def cells(self) -> list[Cell]:
         """Every job with its group and grid coordinates, in spec order (group, dataset, point, loss, seed)."""
@@ -256,7 +262,7 @@ def _parse_group(path: Path, raw: Any, i: int) -> Group:
     datasets = raw.get("datasets")
     if datasets is not None:
         datasets = _str_list(path, f"group {gname!r} datasets", datasets)
-    for flag in ("dump_predictions", "baseline"):
+    for flag in ("dump_predictions", "baseline", "preview"):
         if not isinstance(raw.get(flag, False), bool):
             raise _fail(path, f"group {gname!r}: {flag} must be true or false")
     axes_raw = raw.get("axes", [])
@@ -273,6 +279,7 @@ def _parse_group(path: Path, raw: Any, i: int) -> Group:
         dump_predictions=bool(raw.get("dump_predictions", False)),
         baseline=bool(raw.get("baseline", False)),
         axes=axes,
+        preview=bool(raw.get("preview", True)),
     )
 
 
