@@ -48,14 +48,14 @@ def _job(loss: str, mode: str = "e2e", **hp: float) -> JobSpec:
 
 def test_linear_mode_needs_the_map_cache_or_is_refused(tmp_path: Path) -> None:
     from spmlbench.errors import DataError
-    from spmlbench.experiments.plan import check_pseudo_caches
+    from spmlbench.experiments.plan import check_requirements
     from spmlbench.losses import default_losses
 
     with pytest.raises(DataError, match="boostlu_ll_r in linear mode.*--maps' or use --mode e2e"):
-        check_pseudo_caches([_job("boostlu_ll_r", mode="linear")], str(tmp_path))
+        check_requirements([_job("boostlu_ll_r", mode="linear")], str(tmp_path))
     with pytest.raises(ConfigError, match="mime: trains the mime head.*--mode e2e"):
-        check_pseudo_caches([_job("mime", mode="linear", expected_num_pos=1.0)], str(tmp_path))
-    check_pseudo_caches([_job("boostlu_ll_r")], str(tmp_path))  # e2e: fine
+        check_requirements([_job("mime", mode="linear", expected_num_pos=1.0)], str(tmp_path))
+    check_requirements([_job("boostlu_ll_r")], str(tmp_path))  # e2e: fine
     assert not {"boostlu_ll_r", "boostlu_ll_ct", "boostlu_ll_cp"} & set(default_losses())
 
 

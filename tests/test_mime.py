@@ -124,7 +124,7 @@ def test_mime_vib_linear_variant_is_seeded_pseudo_labels_and_dispatched() -> Non
 
 def test_mime_modes_are_checked_before_anything_runs(tmp_path: Path) -> None:
     from spmlbench.errors import ConfigError
-    from spmlbench.experiments.plan import check_pseudo_caches
+    from spmlbench.experiments.plan import check_requirements
 
     def job(loss: str, mode: str) -> JobSpec:
         return JobSpec(dataset="tiny", loss=loss, hparams=(("expected_num_pos", 1.0),), mode=mode, seed=0,
@@ -132,7 +132,7 @@ def test_mime_modes_are_checked_before_anything_runs(tmp_path: Path) -> None:
                        val="clean", early_stop="none")
 
     with pytest.raises(ConfigError, match="mime: LinearInit's linear head does not load into the mime head"):
-        check_pseudo_caches([job("mime", "linear-init")], str(tmp_path))
+        check_requirements([job("mime", "linear-init")], str(tmp_path))
     with pytest.raises(ConfigError, match="mime_vib: has its own model and trainer on cached features"):
-        check_pseudo_caches([job("mime_vib", "e2e")], str(tmp_path))
-    check_pseudo_caches([job("mime", "e2e"), job("mime_vib", "linear")], str(tmp_path))
+        check_requirements([job("mime_vib", "e2e")], str(tmp_path))
+    check_requirements([job("mime", "e2e"), job("mime_vib", "linear")], str(tmp_path))

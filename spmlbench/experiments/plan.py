@@ -62,7 +62,7 @@ def plan_run(request: RunRequest, say: Say = lambda _msg: None) -> Plan:
         if request.grids:
             raise ConfigError("--grid: not combined with --experiment (the spec holds its grids); drop one of them")
         name, jobs, dumps = _experiment_jobs(request, say)
-        check_pseudo_caches(jobs, request.home)
+        check_requirements(jobs, request.home)
         return Plan(jobs, name, dumps)
     mode = request.mode or "linear"
     jobs: list[JobSpec] = []
@@ -73,13 +73,14 @@ def plan_run(request: RunRequest, say: Say = lambda _msg: None) -> Plan:
                             lr=request.lr, val=request.val, early_stop=request.early_stop, sets=request.sets,
                             grids=request.grids, weights=request.weights, image_size=request.image_size,
                             exact=request.exact, **_recipe_kwargs(request, mode))
-    check_pseudo_caches(jobs, request.home)
+    check_requirements(jobs, request.home)
     return Plan(jobs)
 
 
-def check_pseudo_caches(jobs: list[JobSpec], home: str | None) -> None:
-    """Before anything runs: DataError when a job's loss reads a CLIP pseudo-label cache that is missing,
-    ConfigError when a loss with its own head (BoostLU) is asked for in linear mode."""
+def check_requirements(jobs: list[JobSpec], home: str | None) -> None:
+    """Before anything runs, what each job's loss needs: its CLIP pseudo-label cache, its layer4 map cache
+    (a head's frozen variant in linear mode), and a mode its head or trainer supports (DataError / ConfigError
+    naming the fix)."""
     from spmlbench.features.maps import maps_path
     from spmlbench.features.pseudo import pseudo_path
     from spmlbench.losses import LOSSES

@@ -25,6 +25,7 @@ from PIL import Image
 from spmlbench.atomic import atomic_path
 from spmlbench.data.acquire import sha256_file
 from spmlbench.errors import ConfigError, DataError
+from spmlbench.features.backbones import IMAGENET_MEAN, IMAGENET_STD
 from spmlbench.features.clip import image_embeddings, load_clip, text_embeddings
 from spmlbench.features.store import read_features, read_metadata, write_features
 from spmlbench.paths import dataset_dir
@@ -34,8 +35,8 @@ SOURCES = ("vlpl", "damp")
 FORMAT = 1
 MANIFEST = Path(__file__).resolve().parents[2] / "data_manifests" / "pseudo_labels.toml"
 PART_ROWS = 256
-IMAGENET_MEAN = torch.tensor((0.485, 0.456, 0.406)).view(3, 1, 1)
-IMAGENET_STD = torch.tensor((0.229, 0.224, 0.225)).view(3, 1, 1)
+_MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+_STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 PROVENANCE_KEYS = ("source", "model", "pretrained", "template", "transform", "grid", "gcn", "class_names")
 
 
@@ -63,7 +64,7 @@ def tiles(width: int, height: int, grid: int) -> list[tuple[int, int, int, int]]
 
 def _tensor(img: Image.Image, size: int) -> torch.Tensor:
     arr = np.asarray(img.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
-    return (torch.from_numpy(arr).permute(2, 0, 1) - IMAGENET_MEAN) / IMAGENET_STD
+    return (torch.from_numpy(arr).permute(2, 0, 1) - _MEAN) / _STD
 
 
 def views(path: Path, source: str, size: int, grid: int) -> torch.Tensor:

@@ -145,14 +145,14 @@ def check_config(c: TrainConfig) -> None:
 
 def attach_pseudo(loss: Any, pseudo: Mapping[str, Tensor]) -> None:
     """Give a pseudo-label loss (``pseudo_source`` set) the cache it reads; other losses are left alone."""
-    source = getattr(loss, "pseudo_source", "") or getattr(getattr(loss, "batched", None), "pseudo_source", "")
+    batched = getattr(loss, "batched", loss)  # a SingleLoss wraps its batched form
+    source = getattr(batched, "pseudo_source", "")
     if not source:
         return
     if source not in pseudo:
-        name = getattr(loss, "hparams_cls", getattr(getattr(loss, "batched", None), "hparams_cls", None))
-        raise ConfigError(f"{getattr(name, 'loss', 'loss')}: needs the {source} pseudo-label cache; run "
+        raise ConfigError(f"{batched.hparams_cls.loss}: needs the {source} pseudo-label cache; run "
                           f"'spmlbench pseudo-labels <dataset> --source {source}' first")
-    (loss.batched if hasattr(loss, "batched") else loss).attach_pseudo(pseudo[source])
+    batched.attach_pseudo(pseudo[source])
 
 
 def pseudo_sources(losses: Any) -> list[str]:

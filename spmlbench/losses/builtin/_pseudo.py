@@ -112,7 +112,9 @@ class PseudoLabelLoss(BatchedLoss):
                               f"pseudo-labels <dataset> --source {self.pseudo_source}' first")
         n, _, v, _ = self.cos.shape
         dev = self.pl.device
-        cos = self.cos.to(dev)
+        if self.cos.device != dev:
+            self.cos = self.cos.to(dev)  # once: the table is re-read every epoch
+        cos = self.cos
         for m, hp in enumerate(self.hparams):
             flips = torch.from_numpy(view_flips(self.seeds[m], epoch, np.arange(n), v).astype(np.int64)).to(dev)
             for lo in range(0, n, CHUNK):

@@ -130,7 +130,7 @@ class MIMELoss(BatchedLoss):
             else:
                 e = 1.0 / float(hp.expected_num_pos)  # type: ignore[attr-defined]
             counts = ignore_counts(class_prior(self.observed, e), n)
-            self.target[m] = pseudo_targets(p[m] / 1.0, self.observed, counts)
+            self.target[m] = pseudo_targets(p[m], self.observed, counts)
 
     def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
         """Per-config values (M,) of :func:`mime_loss` (autograd; the head adds its KL term)."""
