@@ -85,21 +85,22 @@ def check_requirements(jobs: list[JobSpec], home: str | None) -> None:
     from spmlbench.features.pseudo import pseudo_path
     from spmlbench.losses import LOSSES
     from spmlbench.train.e2e_model import LINEAR_INIT_HEADS
-    from spmlbench.train.methods import TRAINERS
+    from spmlbench.train.methods import TRAINERS, reads_maps
 
     for j in jobs:
-        head = LOSSES.get(j.loss).head
+        spec = LOSSES.get(j.loss)
+        head = spec.head
         if head and j.mode == "linear-init" and head not in LINEAR_INIT_HEADS:
             raise ConfigError(f"{j.loss}: LinearInit's linear head does not load into the {head} head; "
-                              "run it with --mode e2e")
-        if head and j.mode == "linear" and head not in TRAINERS:
+                              f"run it with --mode e2e{' or --mode linear' if spec.trainer else ''}")
+        if head and not spec.trainer and j.mode == "linear" and head not in TRAINERS:
             raise ConfigError(f"{j.loss}: trains the {head} head on the backbone's feature map, which linear mode's "
                               "pooled features do not have; run it with --mode e2e or --mode linear-init")
-        if head in TRAINERS and j.mode == "linear" and not maps_path(j.dataset, j.backbone, home).exists():
+        if reads_maps(spec) and j.mode == "linear" and not maps_path(j.dataset, j.backbone, home).exists():
             raise DataError(f"{maps_path(j.dataset, j.backbone, home)}: {j.loss} in linear mode trains its head on "
                             f"cached layer4 maps; run 'spmlbench features {j.dataset} --backbone {j.backbone} --maps' "
                             "or use --mode e2e")
-        if LOSSES.get(j.loss).trainer and j.mode != "linear":
+        if spec.trainer and not head and j.mode != "linear":
             raise ConfigError(f"{j.loss}: has its own model and trainer on cached features; run it with --mode linear")
         source = LOSSES.get(j.loss).pseudo
         if source and not pseudo_path(j.dataset, source, home).exists():

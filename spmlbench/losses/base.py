@@ -74,6 +74,7 @@ class BatchedLoss(nn.Module):
 
     hparams_cls: ClassVar[type[HParams]]
     needs_rows: ClassVar[bool] = False  # keeps per-training-row state (needs num_train)
+    needs_features: ClassVar[bool] = False  # e2e passes the batch's pooled features (SMILE's label enhancement)
     # forward goes through entry_mean exactly once (or value_and_grad is overridden): the trainer
     # may take values and logit gradients from value_and_grad, without autograd
     fused_grad: ClassVar[bool] = False
@@ -153,8 +154,9 @@ class BatchedLoss(nn.Module):
     def init_state(self, observed_train: Tensor, seed: int | torch.Generator = 0) -> None:
         """Give the (N, C) training observed matrix up front (ROLE needs it; LL-Cp/EM-APL optional)."""
 
-    def param_groups(self, lr: float) -> list[dict[str, Any]]:
-        """Extra optimizer groups for learnable loss state (ROLE's label logits); none by default."""
+    def param_groups(self, lr: float, head_lr: float | None = None) -> list[dict[str, Any]]:
+        """Extra optimizer groups for learnable loss state (ROLE's label logits at ``lr_mult x lr``, SMILE's
+        label-enhancement model at the classifier's ``head_lr``); none by default."""
         return []
 
     def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
@@ -367,9 +369,13 @@ class SingleLoss(nn.Module):
         """Apply schedules before 1-based ``epoch`` of ``num_epochs``."""
         self.batched.start_epoch(epoch, num_epochs)
 
-    def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
-        """Scalar loss of logits (B, C) against observed (B, C) for training rows ``index`` (B,)."""
-        return self.batched(logits.unsqueeze(0), observed, index)[0]
+    def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None,
+                features: Tensor | None = None) -> Tensor:
+        """Scalar loss of logits (B, C) against observed (B, C) for training rows ``index`` (B,) (``features``:
+        the batch's pooled features, for a loss with ``needs_features``)."""
+        if features is None:
+            return self.batched(logits.unsqueeze(0), observed, index)[0]
+        return self.batched(logits.unsqueeze(0), observed, index, features=features)[0]
 
     def end_epoch(self, predict_train: PredictFn | None = None) -> None:
         """After an epoch; ``predict_train()`` -> (N, C) train-set logits (only EM-APL calls it)."""
@@ -380,7 +386,7 @@ class SingleLoss(nn.Module):
         """Give the (N, C) training observed matrix (and ROLE's init seed) before training."""
         self.batched.init_state(observed_train, seed)
 
-    def param_groups(self, lr: float) -> list[dict[str, Any]]:
-        """Extra optimizer groups (ROLE: its label logits at ``lr_mult * lr``)."""
-        return self.batched.param_groups(lr)
+    def param_groups(self, lr: float, head_lr: float | None = None) -> list[dict[str, Any]]:
+        """Extra optimizer groups (ROLE: its label logits at ``lr_mult * lr``; SMILE: its model at ``head_lr``)."""
+        return self.batched.param_groups(lr, head_lr)
 

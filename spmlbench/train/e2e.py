@@ -4,14 +4,17 @@
 One job = one backbone + linear head trained with one loss under a resolved recipe
 (:class:`~spmlbench.train.e2e_recipe.E2ERecipe`: the loss's paper recipe with the job's settings on
 top, resolved by :func:`spmlbench.experiments.recipes.job_recipes`). Per epoch: ``loss.start_epoch``,
-one pass over the training images (protocol transform with flips), ``loss.end_epoch`` (EM-APL's pseudo-labelling pass over the training
+one pass over the training images (protocol transform with flips; SMILE first refreshes its feature
+graph), ``loss.end_epoch`` (EM-APL's pseudo-labelling pass over the training
 images, eval transform), val mAP, checkpoint. The reported epoch is the best val epoch; its
 model is scored on the test split at the end.
 
 Matched seeds: the head init and every epoch's minibatch order come from
 :mod:`spmlbench.train.seeding` (the seed only, as in the linear mode); flip decisions from
 :func:`spmlbench.train.images.flip_mask` (seed, epoch, row); ROLE's label-matrix init from the
-seed. Every loss trained with seed ``s`` sees the same init, batches and augmentations.
+seed; the global RNG (MIME's dropout and samples, SMILE's Beta draws) seeded with the job's seed for the
+run, the caller's state restored after. Every loss trained with seed ``s`` sees the same init, batches and
+augmentations.
 
 Speed (CUDA): bf16 autocast for the backbone (the head and the loss run in float32), channels-last,
 uint8 images pinned and copied ``non_blocking`` (normalised on the device), persistent decode
@@ -89,9 +92,10 @@ class _Run:
     target_dev: torch.Tensor
     linear_init_epochs: int
     progress: StepFn | None
+    feature_loss: bool = False  # the loss reads the batch's pooled features (SMILE)
 
 
-HEAD_OPTIONS = {"linear": (), "boostlu": ("alpha",), "mime": ("z_dim", "samples", "beta")}
+HEAD_OPTIONS = {"linear": (), "boostlu": ("alpha",), "mime": ("z_dim", "samples", "beta"), "smile": ()}
 
 
 def model_head(job: Any) -> tuple[str, dict[str, Any]]:
@@ -118,8 +122,13 @@ def _train_epoch(run: _Run, epoch: int) -> torch.Tensor:
     num_steps = len(run.train_sampler)
     for x, rows in run.train_loader:
         rows = rows.to(run.device, non_blocking=True)
-        logits = run.model(_input(run, x), run.amp_dtype)
-        value = run.loss(logits, run.target_dev.index_select(0, rows), rows) + run.model.penalty()
+        target = run.target_dev.index_select(0, rows)
+        if run.feature_loss:
+            feats = run.model.features(_input(run, x), run.amp_dtype)
+            value = run.loss(run.model.head(feats), target, rows, features=feats)
+        else:
+            value = run.loss(run.model(_input(run, x), run.amp_dtype), target, rows)
+        value = value + run.model.penalty()
         run.optimizer.zero_grad(set_to_none=True)
         value.backward()
         run.optimizer.step()
@@ -131,11 +140,13 @@ def _train_epoch(run: _Run, epoch: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _predict(run: _Run, rows: np.ndarray) -> torch.Tensor:
-    """Float32 logits (len(rows), C) on the device for global rows (eval transform, every row)."""
+def _predict(run: _Run, rows: np.ndarray, features: bool = False) -> torch.Tensor:
+    """Float32 logits (len(rows), C) on the device for global rows (eval transform, every row); with
+    ``features``, the head's inputs instead."""
     run.model.eval()
     run.eval_sampler.set_rows(rows)
-    out = [run.model(_input(run, x), run.amp_dtype) for x, _ in run.eval_loader]
+    fn = run.model.features if features else run.model
+    out = [fn(_input(run, x), run.amp_dtype) for x, _ in run.eval_loader]
     if not out:
         return torch.zeros(0, run.data.num_classes, device=run.device)
     return torch.cat(out)
@@ -161,7 +172,7 @@ def _optimizer(model: E2EModel, loss: nn.Module, recipe: E2ERecipe, device: torc
         {"params": list(model.head.parameters()), "lr": recipe.lr * recipe.head_lr_mult},
     ]
     if hasattr(loss, "param_groups"):
-        groups += list(loss.param_groups(recipe.lr))
+        groups += list(loss.param_groups(recipe.lr, recipe.lr * recipe.head_lr_mult))
     if recipe.optimizer == "adamax":  # MIME
         return torch.optim.Adamax(groups, lr=recipe.lr)
     fused = device.type == "cuda" and not exact
@@ -231,7 +242,8 @@ def train_e2e(
     history: dict[str, Any] = {"val_map": [], "train_loss": [], "train_s": [], "best_epoch": 0, "stopped": False,
                                "wall_s": 0.0}
     try:
-        with backend_flags(dev, exact):
+        with backend_flags(dev, exact), torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(int(getattr(job, "seed", 0) or 0))  # MIME's dropout and draws, SMILE's Beta draws
             result = _train(
                 job, home=home, dev=dev, workdir=workdir, exact=exact, workers=workers, progress=progress,
                 init_head=init_head, init_loss_state=init_loss_state, recipe=recipe, backbone=backbone,
@@ -269,6 +281,9 @@ def _train(
     if init_head is not None:
         model.head.load_state_dict(dict(init_head))
     loss = build_job_loss(job, data, seed)
+    feature_loss = bool(getattr(getattr(loss, "batched", None), "needs_features", False))
+    if feature_loss:
+        loss.batched.attach_model(spec.dim, seed)  # SMILE's label-enhancement model on the pooled features
     if init_loss_state is not None:
         loss.load_state_dict(dict(init_loss_state))
     channels_last = dev.type == "cuda"
@@ -307,7 +322,7 @@ def _train(
         train_loader=eval_loader(train_ds, train_sampler, n_workers, dev), train_sampler=train_sampler,
         eval_loader=eval_loader(eval_ds, eval_sampler, n_workers, dev), eval_sampler=eval_sampler,
         target_dev=data.train_target.to(dev), linear_init_epochs=linear_init_epochs,
-        progress=progress or None,
+        progress=progress or None, feature_loss=feature_loss,
     )
     val_labels = data.val_labels.to(dev)
     ctx = TrainContext(model=model, loss=loss, optimizer=optimizer, history=history, device=dev)
@@ -317,6 +332,8 @@ def _train(
     while epoch <= recipe.epochs and not history["stopped"]:
         te = time.perf_counter()
         loss.start_epoch(epoch, recipe.epochs)
+        if feature_loss:  # SMILE: the feature bank (filled once) and its k-NN graph, rebuilt every epoch
+            loss.batched.build_graph(lambda: _predict(run, data.train_rows, features=True))
         mean_loss = _train_epoch(run, epoch)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)  # epoch boundary: make the train time honest

@@ -1,5 +1,5 @@
-"""The end-to-end model: a registered backbone and its head (linear, or BoostLU's boosted CAM), initialised
-from the job's seed."""
+"""The end-to-end model: a registered backbone and its head (linear; BoostLU's boosted CAM; MIME's query head;
+SMILE's MLP classifier), initialised from the job's seed."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import nn
 from spmlbench.errors import ConfigError
 from spmlbench.features.backbones import feature_map
 
-HEADS = ("linear", "boostlu", "mime")
+HEADS = ("linear", "boostlu", "mime", "smile")
 LINEAR_INIT_HEADS = ("linear", "boostlu")  # heads a linear head loads into (LinearInit's hand-over)
 
 
@@ -42,24 +42,29 @@ class BoostLUHead(nn.Module):
 
 
 class E2EModel(nn.Module):
-    """Backbone (B, 3, H, W) -> (B, D) (or the map (B, D, h, w) for a spatial head) plus the head; the backbone
-    may run under autocast, the head always in float32 (fp32 logits: no bf16 ties in the sigmoid scores)."""
+    """Backbone (B, 3, H, W) -> (B, D) (or the map (B, D, h, w) for a ``spatial`` head) plus the head; the
+    backbone may run under autocast, the head always in float32 (fp32 logits: no bf16 ties in the sigmoid scores)."""
 
-    def __init__(self, backbone: nn.Module, dim: int, num_classes: int, head: nn.Module | None = None) -> None:
+    def __init__(self, backbone: nn.Module, dim: int, num_classes: int, head: nn.Module | None = None,
+                 spatial: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head if head is not None else nn.Linear(dim, num_classes)
-        self.spatial = not isinstance(self.head, nn.Linear)
+        self.spatial = spatial
         self._trainable = [p for p in backbone.parameters() if p.requires_grad]  # MIME keeps its stem frozen
 
-    def forward(self, x: torch.Tensor, amp_dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Logits (B, C) float32."""
+    def features(self, x: torch.Tensor, amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The head's input, float32: pooled features (B, D), or the map (B, D, h, w) for a spatial head."""
         if amp_dtype is not None:
             with torch.autocast(device_type=x.device.type, dtype=amp_dtype):
                 feats = self.backbone(x)
         else:
             feats = self.backbone(x)
-        return self.head(feats.float() if self.spatial else feats.float().flatten(1))
+        return feats.float() if self.spatial else feats.float().flatten(1)
+
+    def forward(self, x: torch.Tensor, amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Logits (B, C) float32."""
+        return self.head(self.features(x, amp_dtype))
 
     def penalty(self) -> torch.Tensor | float:
         """A head's own term of the training objective (MIME's ``beta * KL``), 0 for the others."""
@@ -102,8 +107,8 @@ def mime_backbone(net: nn.Module) -> nn.Module:
 def build_model(backbone: str, weights: str, num_classes: int, seed: int, head: str = "linear",
                 options: dict[str, Any] | None = None) -> tuple[E2EModel, Any]:
     """The job's model: registry backbone (``weights`` default|none), the head (``linear``; ``boostlu`` with
-    ``alpha``; ``mime`` with ``z_dim``, ``samples``, ``beta``) and its init from the seed (the linear head's
-    for linear and boostlu; MIME's xavier init drawn under the seed)."""
+    ``alpha``; ``mime`` with ``z_dim``, ``samples``, ``beta``; ``smile``: the released MLP classifier) and its
+    init from the seed (the linear head's for linear and boostlu; MIME's and SMILE's drawn under the seed)."""
     from spmlbench.features.backbones import get_backbone
     from spmlbench.train.seeding import head_init
 
@@ -120,10 +125,14 @@ def build_model(backbone: str, weights: str, num_classes: int, seed: int, head: 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             mime = MIMEHead(spec.dim, num_classes, **opts)
-        return E2EModel(mime_backbone(net), spec.dim, num_classes, mime), spec
+        return E2EModel(mime_backbone(net), spec.dim, num_classes, mime, spatial=True), spec
+    if head == "smile":
+        from spmlbench.losses.builtin._smile_model import seeded_models
+
+        return E2EModel(net, spec.dim, num_classes, seeded_models(spec.dim, num_classes, seed)[0]), spec
     if head == "boostlu":
         model = E2EModel(feature_map(net), spec.dim, num_classes,
-                         BoostLUHead(spec.dim, num_classes, float(opts.get("alpha", 1.0))))
+                         BoostLUHead(spec.dim, num_classes, float(opts.get("alpha", 1.0))), spatial=True)
     else:
         model = E2EModel(net, spec.dim, num_classes)
     w, b = head_init(seed, spec.dim, num_classes)

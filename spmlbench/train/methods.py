@@ -29,4 +29,9 @@ def linear_trainer(loss: Any) -> str | None:
     frozen variant when there is one (``head`` in :data:`TRAINERS`), else None (the batched linear trainer)."""
     if loss.trainer:
         return str(loss.trainer)
-    return str(loss.head) if loss.head in TRAINERS else None
+    return str(loss.head) if reads_maps(loss) else None
+
+
+def reads_maps(loss: Any) -> bool:
+    """Whether a registered loss in linear mode trains its head's frozen variant on cached layer4 maps (BoostLU)."""
+    return not loss.trainer and loss.head in TRAINERS

@@ -106,7 +106,7 @@ class ROLELoss(BatchedLoss):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self.ready = bool(self.initialised)  # one host read at load time, none per step
 
-    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+    def param_groups(self, lr: float, head_lr: float | None = None) -> list[dict[str, Any]]:
         mults = set(self.values("lr_mult"))
         if len(mults) != 1:
             raise ConfigError(f"role.lr_mult: the configs of one batched ROLE loss use {sorted(mults)}; "

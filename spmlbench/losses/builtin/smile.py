@@ -12,17 +12,23 @@ with ``y = sigmoid(f(x) / T)``, ``nlog(x) = -log(x + 1e-5)``, means over entries
 ``spmlbench.train.smile``). ``KL`` as released is ``mean[lgamma(a) + lgamma(b) + (a - 1) psi(a) + (b - 1)
 psi(b)]`` at ``a = D1 + 1e-6``, ``b = 1 - D1 + 1e-6`` (not a Beta KL); ``kl = "beta"`` uses the Beta KL to
 Beta(1, 1) instead: ``lgamma(a + b) - lgamma(a) - lgamma(b) + (a - 1) psi(a) + (b - 1) psi(b) - (a + b - 2)
-psi(a + b)``. The official code is tabular only; here it runs on the cached image features (linear mode).
+psi(a + b)``. The official code is tabular only; here the GCN reads a bank of image features: the cached
+features in linear mode (:mod:`spmlbench.train.smile`), the backbone's pooled features in e2e (each row's refreshed
+as its batch trains, the graph rebuilt every epoch; the classifier is the e2e model's head).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from spmlbench.errors import ConfigError
 from spmlbench.losses.base import BatchedLoss, rows_of
+from spmlbench.losses.builtin._smile_model import LabelEnhancer, seeded_models
 from spmlbench.losses.hparams import HParams
 from spmlbench.losses.registry import register_loss
 
@@ -100,28 +106,65 @@ def inference_loss(hp: SMILEParams, x: Tensor, observed: Tensor, d1: Tensor, adj
 
 
 class SMILELoss(BatchedLoss):
-    """[smile] The classifier's loss for M configs, with each config's inferred distribution ``d1`` (M, N, C)
-    (the trainer writes the batch's rows before each step; ``p`` everywhere until then)."""
+    """[smile] The classifier's loss for M configs against each config's inferred distribution ``d1`` (M, N, C).
+
+    With the label-enhancement model attached (:meth:`attach_model`, one config) and the batch's features
+    passed (``features (B, d)``), one call is SMILE's whole step: the bank takes the batch's features, the GCN
+    infers ``D1`` for the batch, and the value is the classifier's loss (``D1`` detached) plus the inference
+    loss. The two released Adam optimisers cover disjoint parameters at one lr and neither loss reaches the
+    other's parameters, so one Adam over both (:meth:`param_groups`) takes the released steps.
+    """
 
     hparams_cls = SMILEParams
     needs_rows = True
+    needs_features = True  # e2e: the trainer attaches the model and passes each batch's pooled features
 
     def __init__(self, hparams: object, num_classes: int, num_train: int | None = None) -> None:
         super().__init__(hparams, num_classes, num_train)  # type: ignore[arg-type]
         assert num_train is not None
         start = torch.tensor([h.p for h in self.hparams]).view(-1, 1, 1)  # type: ignore[attr-defined]
         self.register_buffer("d1", start.expand(self.num_configs, num_train, num_classes).clone())
+        self.enhancer: LabelEnhancer | None = None
 
-    def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
-        """Per-config values (M,) of :func:`smile_loss` (autograd)."""
+    def attach_model(self, dim: int, seed: int) -> None:
+        """Build the label-enhancement model for ``dim``-wide features, drawn under ``seed`` after the classifier
+        (:func:`seeded_models`; call before ``.to(device)``)."""
+        if self.num_configs != 1:
+            raise ConfigError(f"smile: its label-enhancement model trains one config at a time, got {self.num_configs}")
+        self.enhancer = seeded_models(dim, self.num_classes, seed, int(self.d1.shape[1]))[1]
+
+    def build_graph(self, features: Callable[[], Tensor]) -> None:
+        """Before each epoch: the bank (from ``features()`` the first time) and its k-NN graph."""
+        assert self.enhancer is not None, "attach_model first"
+        self.enhancer.build_graph(features, self.hparams[0].k)  # type: ignore[attr-defined]
+
+    def param_groups(self, lr: float, head_lr: float | None = None) -> list[dict[str, Any]]:
+        """The label-enhancement model at the classifier's lr (``head_lr``; the released optimisers share one)."""
+        if self.enhancer is None:
+            return []
+        return [{"params": list(self.enhancer.parameters()), "lr": lr if head_lr is None else head_lr}]
+
+    def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None,
+                features: Tensor | None = None) -> Tensor:
+        """Per-config values (M,) of :func:`smile_loss` (autograd); with ``features``, plus the inference loss."""
         z, s = self.check_inputs(logits, observed, index)
         assert index is not None
-        d1 = rows_of(self.d1, index).to(z)
-        return self.per_config_means(smile_loss, z, s, d1)
+        if features is None:
+            return self.per_config_means(smile_loss, z, s, rows_of(self.d1, index).to(z))
+        enh, hp = self.enhancer, self.hparams[0]
+        assert enh is not None and index.dim() == 1, "attach_model first; one config"
+        rows = index.to(enh.bank.device)
+        x = features.detach().float()
+        enh.bank[rows] = x
+        d1 = torch.sigmoid(enh.gcn(rows) / hp.T)  # type: ignore[attr-defined]
+        self.d1[0, rows] = d1.detach()
+        x_rec, y_rec = enh.reconstruct(x, d1)
+        inference = inference_loss(hp, x, s[0], d1, enh.batch_adjacency(rows), x_rec, y_rec)  # type: ignore[arg-type]
+        return self.per_config_means(smile_loss, z, s, d1.detach().unsqueeze(0)) + inference
 
 
 register_loss("smile", params=SMILEParams, formula=smile_loss, title="SMILE: label enhancement by a GCN over the kNN graph",
               paper="Xu et al., NeurIPS", year=2022,
               citation="Xu et al. One Positive Label is Sufficient: Single-Positive Multi-Label Learning with Label "
                        "Enhancement (SMILE). NeurIPS 2022. Code: github.com/palm-ml/smile (8feb9b8).",
-              stateful=True, batched=SMILELoss, trainer="smile", step_cost=3.0, order=95)
+              stateful=True, batched=SMILELoss, trainer="smile", head="smile", step_cost=3.0, order=95)
