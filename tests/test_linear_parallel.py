@@ -97,6 +97,10 @@ def test_a_worker_pool_serves_several_calls_with_the_same_workers() -> None:
         b = train_linear_parallel(data, second, threads=2, processes=2, pool=pool)
         assert set(pool._pool._processes) == workers and len(workers) == 2  # type: ignore[union-attr]
     assert pool._pool is None  # closed on leaving the block
+    assert len(pool._models) == 2  # the cost model: measured once per problem, not per call
+    parts = pool.last_parts  # the latest call's parts: the cost model's prediction beside the measurement
+    assert sorted(i for p in parts for i in p.configs) == list(range(4))
+    assert all(p.predicted_s > 0 and p.wall_s > 0 and p.cpu_s > 0 for p in parts)
     for configs, got in ((first, a), (second, b)):
         want = train_linear(data, configs, threads=1)
         assert [dataclasses.asdict(r) for r in got] == [dataclasses.asdict(r) for r in want]

@@ -24,7 +24,8 @@ are computed once per epoch. Val mAP
 (one matmul, vectorised AP) is computed for every config at the end of every epoch; early
 stopping freezes a config's results after its stop epoch (equivalent to stopping it). Non-finite
 loss or logits mark that config failed (epoch, step, which) and the others continue.
-``train_linear(threads=n)`` runs the training with ``n`` intra-op threads (scoped, restored);
+``train_linear(threads=n)`` runs the training with ``n`` intra-op threads (scoped, restored), on a CPU with
+denormal floats flushed to zero (:func:`spmlbench.runtime.flush_denormals`: Adam's decaying moments);
 ``spmlbench.train.parallel.train_linear_parallel(processes=n)`` splits the configs over n CPU processes.
 """
 
@@ -37,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from spmlbench.runtime import intra_op_threads
+from spmlbench.runtime import flush_denormals, intra_op_threads
 from spmlbench.train.configs import (
     EpochProgress,
     LinearData,
@@ -85,7 +86,7 @@ def train_linear(
     for i, c in enumerate(configs):
         cohorts.setdefault((c.batch_size, c.epochs), []).append(i)
     dev = torch.device(device)
-    with intra_op_threads(threads):
+    with intra_op_threads(threads), flush_denormals(dev):
         on_dev = data.to(dev)
         for members in cohorts.values():
             hook = None if on_val is None else (
@@ -165,12 +166,13 @@ class _Cohort:
         self.y_mask = data.y_train > 0.5
 
     # -- one epoch ---------------------------------------------------------------------------
-    def _train_epoch(self, epoch: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Train one epoch; returns per-config (mean loss, first bad step or -1, bad kind 1 logits / 2 loss)."""
+    def _train_epoch(self, epoch: int, max_steps: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Train one epoch (its first ``max_steps`` steps: the cost model times a few); returns per-config
+        (mean loss, first bad step or -1, bad kind 1 logits / 2 loss)."""
         x_train = self.data.x_train
         n = x_train.shape[0]
         bsz = self.batch_size
-        steps = num_steps(n, bsz)
+        steps = num_steps(n, bsz) if max_steps is None else min(num_steps(n, bsz), max_steps)
         m_total = self.heads.num_configs
         heads = self.heads
         # per step, written in place and checked once at the end of the epoch (no host sync, few ops):

@@ -3,11 +3,13 @@ head's frozen variant in linear mode, ``head=<name>``): the name -> trainer tabl
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
 from typing import Any
 
 from spmlbench.errors import ConfigError
+from spmlbench.runtime import flush_denormals
 
 TRAINERS = {
     "smile": "spmlbench.train.smile:train_smile",
@@ -17,11 +19,19 @@ TRAINERS = {
 
 
 def method_trainer(name: str) -> Callable[..., Any]:
-    """``train(data, config, *, device, progress) -> TrainResult`` of method ``name``."""
+    """``train(data, config, *, device, progress) -> TrainResult`` of method ``name`` (on a CPU with denormals
+    flushed, as every trainer: :func:`spmlbench.runtime.flush_denormals`)."""
     if name not in TRAINERS:
         raise ConfigError(f"trainer {name!r}: unknown; choose one of: {', '.join(TRAINERS)}")
     module, _, attr = TRAINERS[name].partition(":")
-    return getattr(importlib.import_module(module), attr)
+    fn = getattr(importlib.import_module(module), attr)
+
+    @functools.wraps(fn)
+    def train(*args: Any, **kwargs: Any) -> Any:
+        with flush_denormals(kwargs.get("device", "cpu")):
+            return fn(*args, **kwargs)
+
+    return train
 
 
 def linear_trainer(loss: Any) -> str | None:

@@ -20,6 +20,7 @@ more than one process needs the ``if __name__ == "__main__":`` guard; a notebook
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import os
 import queue as queue_mod
 import signal
@@ -36,6 +37,7 @@ from spmlbench.errors import ConfigError
 from spmlbench.runtime import available_cpus
 
 from spmlbench.train.configs import EpochProgress, LinearData, ProgressFn, TrainConfig, ValHook
+from spmlbench.train.cost_model import CostModel
 from spmlbench.train.result import TrainResult
 from spmlbench.train.linear import call_key, train_linear
 from spmlbench.train.seeding import num_steps
@@ -53,35 +55,77 @@ def loss_call_cost(loss: str) -> float:
     return float(LOSSES.get(loss).step_cost)
 
 
-def split_configs(configs: Sequence[TrainConfig], parts: int) -> list[list[int]]:
-    """Config indices in up to ``parts`` groups, balanced by estimated step cost.
+def split_configs(configs: Sequence[TrainConfig], parts: int, model: CostModel | None = None) -> list[list[int]]:
+    """Config indices in up to ``parts`` groups, balanced by estimated cost.
 
-    Items are loss calls (configs sharing one batched loss module and cohort); while there are
-    fewer items than parts, the largest call is halved (a config's numbers do not depend on which
-    configs share its call). Items go largest first onto the lightest group; empty groups are dropped.
+    Items are loss calls (configs sharing one batched loss module and cohort). With a cost ``model`` (measured
+    for the run's problem, :mod:`spmlbench.train.cost_model`) an item costs its whole run, and an item dearer
+    than a fair share (total / parts) is halved until none is (each half pays the call's own cost again);
+    without one, the registry's per-call ``step_cost`` plus ``HEAD_COST`` per config. While there are fewer
+    items than parts the largest call is halved too (a config's numbers do not depend on which configs share
+    its call). Items go largest first onto the lightest group (LPT); with a model, configs then move from the
+    dearest group to the cheapest while that lowers the dearest's prediction. Empty groups are dropped.
     """
     calls: dict[tuple[Any, ...], list[int]] = {}
     for i, c in enumerate(configs):
         calls.setdefault((c.batch_size, c.epochs, *call_key(c)), []).append(i)
     items = list(calls.values())
+
+    def cost(members: list[int]) -> float:
+        if model is not None:
+            return model.run_s(configs[members[0]], len(members))
+        return loss_call_cost(configs[members[0]].loss) + HEAD_COST * len(members)
+
+    def halve(k: int) -> None:
+        members = items.pop(k)
+        half = (len(members) + 1) // 2
+        items[k:k] = [members[:half], members[half:]]
+
     while len(items) < parts:
         big = max(range(len(items)), key=lambda k: (len(items[k]), -k))
         if len(items[big]) < 2:
             break
-        members = items.pop(big)
-        half = (len(members) + 1) // 2
-        items[big:big] = [members[:half], members[half:]]
-
-    def cost(members: list[int]) -> float:
-        return loss_call_cost(configs[members[0]].loss) + HEAD_COST * len(members)
-
+        halve(big)
+    if model is not None and parts > 1:
+        while True:
+            costs = [cost(m) for m in items]
+            big = max(range(len(items)), key=lambda k: (costs[k], -k))
+            if costs[big] <= sum(costs) / parts or len(items[big]) < 2:
+                break
+            halve(big)
     groups: list[list[int]] = [[] for _ in range(max(1, parts))]
     loads = [0.0] * len(groups)
     for members in sorted(items, key=lambda m: (-cost(m), m[0])):
         k = min(range(len(groups)), key=lambda g: (loads[g], g))
         groups[k].extend(members)
         loads[k] += cost(members)
+    if model is not None:
+        _even_out(configs, groups, model)
     return [sorted(g) for g in groups if g]
+
+
+def _even_out(configs: Sequence[TrainConfig], groups: list[list[int]], model: CostModel, rounds: int = 64) -> None:
+    """Move configs from the dearest group to the cheapest while that lowers the dearest's predicted time
+    (whole calls are coarse: a call is a few seconds of a VOC sweep); a config moved to a group without its call
+    makes that group pay the call's own cost too, as the model predicts."""
+    for _ in range(rounds):
+        loads = [model.part_s([configs[i] for i in g]) for g in groups]
+        hi, lo = max(range(len(groups)), key=lambda g: loads[g]), min(range(len(groups)), key=lambda g: loads[g])
+        best: tuple[float, list[int]] | None = None
+        keys: dict[tuple[Any, ...], list[int]] = {}
+        for i in groups[hi]:
+            keys.setdefault((configs[i].batch_size, configs[i].epochs, *call_key(configs[i])), []).append(i)
+        for members in keys.values():
+            for k in range(1, len(members) + 1):
+                moved = members[:k]
+                a = model.part_s([configs[i] for i in groups[hi] if i not in moved])
+                b = model.part_s([configs[i] for i in groups[lo] + moved])
+                if max(a, b) < loads[hi] - 1e-9 and (best is None or max(a, b) < best[0]):
+                    best = (max(a, b), moved)
+        if best is None:
+            return
+        groups[hi] = [i for i in groups[hi] if i not in best[1]]
+        groups[lo] = groups[lo] + best[1]
 
 
 def auto_processes(configs: Sequence[TrainConfig], num_train: int, device: str | torch.device) -> int:
@@ -134,7 +178,20 @@ def _train_part(call: int, part: int, data: LinearData, configs: list[TrainConfi
     def on_val(epoch: int, idx: list[int], probs: torch.Tensor) -> None:
         events.put((call, "val", part, (epoch, idx, probs.detach().cpu().clone())))
 
-    return train_linear(data, configs, device=device, progress=progress, on_val=on_val if want_val else None)
+    wall, cpu = time.perf_counter(), time.process_time()
+    results = train_linear(data, configs, device=device, progress=progress, on_val=on_val if want_val else None)
+    return results, time.perf_counter() - wall, time.process_time() - cpu
+
+
+@dataclasses.dataclass(frozen=True)
+class PartTiming:
+    """One process's share of a split call: its configs (input indices), the cost model's predicted seconds,
+    and the measured wall and CPU seconds of its training."""
+
+    configs: list[int]
+    predicted_s: float
+    wall_s: float
+    cpu_s: float
 
 
 class WorkerPool:
@@ -152,6 +209,8 @@ class WorkerPool:
         self._pool: cf.ProcessPoolExecutor | None = None
         self._events: Any = None
         self._calls = 0
+        self._models: dict[tuple[Any, ...], CostModel] = {}  # measured once per problem
+        self.last_parts: list[PartTiming] = []  # the latest split call's parts: predicted vs measured
 
     def __enter__(self) -> WorkerPool:
         return self
@@ -176,11 +235,17 @@ class WorkerPool:
         on_val: ValHook | None = None,
         threads: int | None = None,
     ) -> list[TrainResult]:
-        """Train ``configs`` split into up to ``min(processes, size)`` parts; results in input order."""
-        groups = split_configs(configs, min(processes, self.size))
-        if len(groups) <= 1 or torch.device(device).type != "cpu":
+        """Train ``configs`` split into up to ``min(processes, size)`` parts, balanced by the cost model measured
+        for this problem (once per pool); results in input order."""
+        parts = min(processes, self.size)
+        if parts <= 1 or torch.device(device).type != "cpu" or len(configs) < 2:
             return train_linear(data, configs, device=device, progress=progress, on_val=on_val, threads=threads)
         total = threads if threads is not None else torch.get_num_threads()
+        each = max(1, int(total) // parts)
+        model = self.cost_model(data, configs, each)
+        groups = split_configs(configs, parts, model)
+        if len(groups) <= 1:
+            return train_linear(data, configs, device=device, progress=progress, on_val=on_val, threads=threads)
         each = max(1, int(total) // len(groups))
         if self._pool is None:
             ctx = tmp.get_context("spawn")
@@ -195,6 +260,8 @@ class WorkerPool:
         plugins = sources_for({c.loss for c in configs})
         futures = {self._pool.submit(_train_part, call, k, data, [configs[i] for i in g], str(device), each,
                                      on_val is not None, plugins): k for k, g in enumerate(groups)}
+        predicted = [model.part_s([configs[i] for i in g]) for g in groups]
+        timings: list[PartTiming | None] = [None] * len(groups)
         try:
             pending = set(futures)
             while pending:
@@ -210,13 +277,27 @@ class WorkerPool:
                             "memory, or a script that starts spmlbench without an 'if __name__ == \"__main__\":' "
                             "guard, which spawned workers re-run); guard the entry point or use processes=1"
                         ) from None
-                    for i, r in zip(groups[futures[fut]], part):
+                    k = futures[fut]
+                    part_results, wall_s, cpu_s = part
+                    timings[k] = PartTiming(groups[k], predicted[k], wall_s, cpu_s)
+                    for i, r in zip(groups[k], part_results):
                         results[i] = r
             _drain(self._events, call, groups, progress, on_val, timeout=0.0)
+            self.last_parts = [t for t in timings if t is not None]
         except BaseException:
             self._terminate()  # do not leave workers training a cohort whose caller gave up
             raise
         return [r for r in results if r is not None]
+
+    def cost_model(self, data: LinearData, configs: Sequence[TrainConfig], threads: int) -> CostModel:
+        """The cost model for ``data`` and ``configs`` (measured once per pool and problem)."""
+        from spmlbench.train.linear import call_key
+
+        key = (int(data.x_train.shape[0]), data.dim, data.num_classes, threads,
+               tuple(sorted({(c.batch_size, *map(str, call_key(c))) for c in configs})))
+        if key not in self._models:
+            self._models[key] = CostModel.for_data(data, configs, threads)
+        return self._models[key]
 
     def _terminate(self) -> None:
         """Stop the workers now, mid-task (after an error or an interrupt in the caller)."""

@@ -34,15 +34,23 @@ def train_reference(
     *,
     device: str | torch.device = "cpu",
     progress: ProgressFn | None = None,
+    max_steps: int | None = None,
 ) -> list[TrainResult]:
-    """Train each config on its own with the reference loop; one :class:`TrainResult` per config."""
-    return [train_one(data, c, device=device, progress=progress) for c in configs]
+    """Train each config on its own with the reference loop; one :class:`TrainResult` per config (on a CPU with
+    denormals flushed, as the batched trainer: :func:`spmlbench.runtime.flush_denormals`). ``max_steps``:
+    end each epoch after that many steps (benchmarks time a sample of steps and scale it)."""
+    from spmlbench.runtime import flush_denormals
+
+    with flush_denormals(device):
+        return [train_one(data, c, device=device, progress=progress, max_steps=max_steps) for c in configs]
 
 
 def train_one(
-    data: LinearData, config: TrainConfig, *, device: str | torch.device = "cpu", progress: ProgressFn | None = None
+    data: LinearData, config: TrainConfig, *, device: str | torch.device = "cpu", progress: ProgressFn | None = None,
+    max_steps: int | None = None,
 ) -> TrainResult:
-    """Train one config: DataLoader + nn.Linear + torch.optim.Adam + the per-config loss."""
+    """Train one config: DataLoader + nn.Linear + torch.optim.Adam + the per-config loss (``max_steps``: per
+    epoch, at most)."""
     from spmlbench.losses import build_loss
 
     check_config(config)
@@ -85,6 +93,8 @@ def train_one(
             optimizer.step()
             total += float(value.detach())
             steps += 1
+            if max_steps is not None and steps >= max_steps:
+                break
         if failure is not None:
             result.status, result.error = "failed", failure
             break
