@@ -20,6 +20,7 @@ loss's own ops per call, measured once per loss by ``benchmarks/loss_step.py``) 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
 
@@ -31,7 +32,6 @@ from spmlbench.train.seeding import num_steps
 
 HEADS_MEASURED = 24  # configs in the per-config measurement (a sweep's heads do not fit in cache; neither do these)
 STEPS_MEASURED = 32  # training steps per cohort timing of the units
-CALL_STEPS = 16  # training steps per loss timing
 SEEDS = (0, 1, 2)  # the cohorts timed have three seeds per call, as a sweep's
 STATE_MEASURED = 1 << 23  # default entries in the Adam measurement (8M floats: out of cache)
 STATE_MAX = 1 << 24  # at most this many (a COCO ROLE call of three configs: 15.8M)
@@ -106,15 +106,32 @@ def measure_units(data: LinearData, batch_size: int, threads: int = 1, state: in
                      adam_s=adam_s, eval_s=eval_s)
 
 
+def call_groups(configs: Sequence[TrainConfig]) -> dict[tuple[object, ...], list[int]]:
+    """Config indices by the batched loss call that trains them: one cohort (batch size, epochs) and one
+    :func:`spmlbench.train.linear.call_key`."""
+    from spmlbench.train.linear import call_key
+
+    calls: dict[tuple[object, ...], list[int]] = {}
+    for i, c in enumerate(configs):
+        calls.setdefault((c.batch_size, c.epochs, *call_key(c)), []).append(i)
+    return calls
+
+
 def state_entries(config: TrainConfig, num_train: int, num_classes: int, dataset: str | None = None) -> int:
     """Entries of one config's learnable loss state (its optimizer groups: ROLE's N x C label logits; 0 for
-    most), counted on the meta device (nothing allocated)."""
+    most), counted on the meta device (nothing allocated; once per loss, hyperparameters and size)."""
+    return _state_entries(config.loss, config.hparams, num_train, num_classes, dataset)
+
+
+@functools.lru_cache(maxsize=256)
+def _state_entries(loss: str, hparams: tuple[tuple[str, object], ...], num_train: int, num_classes: int,
+                   dataset: str | None) -> int:
     from spmlbench.losses import build_batched_loss
 
     try:
         with torch.device("meta"):
-            built = build_batched_loss(config.loss, [config.hparams_dict()], num_classes=num_classes,
-                                       num_train=num_train, dataset=dataset)
+            built = build_batched_loss(loss, [dict(hparams)], num_classes=num_classes, num_train=num_train,
+                                       dataset=dataset)
             return sum(int(p.numel()) for g in built.param_groups(1.0) for p in g["params"])
     except Exception:  # noqa: BLE001 - a plugin that cannot build on the meta device: its registry cost only
         return 0
@@ -151,27 +168,17 @@ class CostModel:
     def part_s(self, configs: Sequence[TrainConfig]) -> float:
         """Seconds for one process training ``configs``: per cohort (equal batch size and epochs) its loss calls
         as :func:`spmlbench.train.linear.call_key` groups them, plus the step's own work."""
-        from spmlbench.train.linear import call_key
-
-        calls: dict[tuple[object, ...], list[TrainConfig]] = {}
-        cohorts: set[tuple[int, int]] = set()
-        for c in configs:
-            calls.setdefault((c.batch_size, c.epochs, *call_key(c)), []).append(c)
-            cohorts.add((c.batch_size, c.epochs))
+        cohorts = {(c.batch_size, c.epochs) for c in configs}
         own = sum(self.units.fixed_s * num_steps(self.num_train, b) * e for b, e in cohorts)
-        return own + sum(self.run_s(members[0], len(members)) for members in calls.values())
+        return own + sum(self.run_s(configs[m[0]], len(m)) for m in call_groups(configs).values())
 
     @classmethod
     def for_data(cls, data: LinearData, configs: Sequence[TrainConfig], threads: int = 1) -> CostModel:
         """Measure the units for ``data``'s sizes at the configs' batch size (:func:`measure_units`; the Adam
         constant at the size of their largest learnable loss state, a call's configs together)."""
         n, c = int(data.x_train.shape[0]), data.num_classes
-        from spmlbench.train.linear import call_key
-
-        calls: dict[tuple[object, ...], list[TrainConfig]] = {}
-        for cfg in configs:
-            calls.setdefault((cfg.batch_size, cfg.epochs, *call_key(cfg)), []).append(cfg)
-        state = max([len(m) * state_entries(m[0], n, c, data.dataset) for m in calls.values()] + [0])
+        calls = call_groups(configs).values()
+        state = max([len(m) * state_entries(configs[m[0]], n, c, data.dataset) for m in calls] + [0])
         units = measure_units(data, max(cfg.batch_size for cfg in configs), threads,
                               min(state, STATE_MAX) if state else STATE_MEASURED)
         return cls(units, n, c, int(data.x_val.shape[0]), int(data.x_test.shape[0]), data.dataset)

@@ -37,7 +37,7 @@ from spmlbench.errors import ConfigError
 from spmlbench.runtime import available_cpus
 
 from spmlbench.train.configs import EpochProgress, LinearData, ProgressFn, TrainConfig, ValHook
-from spmlbench.train.cost_model import CostModel
+from spmlbench.train.cost_model import CostModel, call_groups
 from spmlbench.train.result import TrainResult
 from spmlbench.train.linear import call_key, train_linear
 from spmlbench.train.seeding import num_steps
@@ -66,10 +66,7 @@ def split_configs(configs: Sequence[TrainConfig], parts: int, model: CostModel |
     its call). Items go largest first onto the lightest group (LPT); with a model, configs then move from the
     dearest group to the cheapest while that lowers the dearest's prediction. Empty groups are dropped.
     """
-    calls: dict[tuple[Any, ...], list[int]] = {}
-    for i, c in enumerate(configs):
-        calls.setdefault((c.batch_size, c.epochs, *call_key(c)), []).append(i)
-    items = list(calls.values())
+    items = list(call_groups(configs).values())
 
     def cost(members: list[int]) -> float:
         if model is not None:
@@ -112,10 +109,8 @@ def _even_out(configs: Sequence[TrainConfig], groups: list[list[int]], model: Co
         loads = [model.part_s([configs[i] for i in g]) for g in groups]
         hi, lo = max(range(len(groups)), key=lambda g: loads[g]), min(range(len(groups)), key=lambda g: loads[g])
         best: tuple[float, list[int]] | None = None
-        keys: dict[tuple[Any, ...], list[int]] = {}
-        for i in groups[hi]:
-            keys.setdefault((configs[i].batch_size, configs[i].epochs, *call_key(configs[i])), []).append(i)
-        for members in keys.values():
+        for local in call_groups([configs[i] for i in groups[hi]]).values():
+            members = [groups[hi][j] for j in local]
             for k in range(1, len(members) + 1):
                 moved = members[:k]
                 a = model.part_s([configs[i] for i in groups[hi] if i not in moved])
@@ -291,8 +286,6 @@ class WorkerPool:
 
     def cost_model(self, data: LinearData, configs: Sequence[TrainConfig], threads: int) -> CostModel:
         """The cost model for ``data`` and ``configs`` (measured once per pool and problem)."""
-        from spmlbench.train.linear import call_key
-
         key = (int(data.x_train.shape[0]), data.dim, data.num_classes, threads,
                tuple(sorted({(c.batch_size, *map(str, call_key(c))) for c in configs})))
         if key not in self._models:
