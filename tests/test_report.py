@@ -99,6 +99,19 @@ def test_published_numbers_and_difference(results) -> None:
     assert np.isnan(df[(df["method"] == "gr") & (df["dataset"] == "digits")]["published"].iloc[0])
 
 
+def test_published_columns_only_where_numbers_are_published(results) -> None:
+    out, vals = results
+    md = render_text(build_report(out), "md")
+    header = next(line for line in md.splitlines() if line.startswith("| Method |"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    assert cols == ["Method", "VOC", "VOC pub.", "Δ", "digits"]  # digits has no published numbers
+    gr = next(line for line in md.splitlines() if line.startswith("| GR Loss |"))
+    cells = [c.strip() for c in gr.strip("|").split("|")]
+    assert len(cells) == 5 and cells[2] == "89.83"
+    mean = statistics.mean(vals[("digits", "gr", s)] for s in SEEDS)
+    assert cells[4].startswith(f"{mean:.2f}")
+
+
 def test_best_per_column_excludes_upper_bound(results) -> None:
     out, vals = results
     df = main_csv(build_report(out))

@@ -180,4 +180,7 @@ def test_run_then_report_mark_and_show_the_selected_points(tmp_path: Path) -> No
     assert rep.exit_code == 0, rep.output
     assert "Selected training point" in rep.output and "Every (lr, batch) grid point" in rep.output
     gr = df[(df["loss"] == "gr") & df["selected"].astype(bool)].iloc[0]
-    assert f"| gr | {gr['lr']:g} / 16 |" in rep.output
+    an = df[(df["loss"] == "an") & df["selected"].astype(bool)].iloc[0]
+    table = rep.output.split("Selected training point", 1)[1]
+    # rows in the main table's method order, with its labels
+    assert table.index(f"| AN | {an['lr']:g} / 16 |") < table.index(f"| GR Loss | {gr['lr']:g} / 16 |")

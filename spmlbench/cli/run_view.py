@@ -87,7 +87,7 @@ def result_table(jobs: Sequence[JobSpec], records: Any) -> Table:
     datasets = list(dict.fromkeys(j.dataset for j in jobs))
     title = "test mAP at the best val epoch"
     caption = "mean ± std over seeds; @lr/batch: selected on val"
-    table = Table(title=title, caption=caption, min_width=len(title) + 4)
+    table = Table(title=title, caption=caption, min_width=max(len(title), len(caption)) + 4)
     table.add_column("loss")
     for ds in datasets:
         table.add_column(ds, justify="right")

@@ -91,14 +91,16 @@ def build_tables(records: pd.DataFrame, exp: Experiment | None, reference: pd.Da
     return out, runs, missing
 
 
-def _selection_tables(every: pd.DataFrame, runs: pd.DataFrame, grid_points: bool) -> list[T.Table]:
+def _selection_tables(
+    every: pd.DataFrame, runs: pd.DataFrame, grid_points: bool, reference: pd.DataFrame, settings: dict[str, Any]
+) -> list[T.Table]:
     """The selected points (and with ``grid_points`` every point) of the groups the report's runs belong to."""
     from spmlbench.report.selection_tables import grid_points_table, selected_points_table
 
     if every.empty or runs.empty:
         return []
     mine = every[every["group"].isin(set(every.loc[every["job_id"].isin(set(runs["job_id"])), "group"]))]
-    tables = [selected_points_table(mine)] + ([grid_points_table(mine)] if grid_points else [])
+    tables = [selected_points_table(mine, reference, settings)] + ([grid_points_table(mine)] if grid_points else [])
     return [t for t in tables if t is not None]
 
 
@@ -127,7 +129,7 @@ def build_report(
     reference = load_reference()
     settings = report_settings(exp)
     tables, runs, missing = build_tables(records, exp, reference, settings)
-    tables += _selection_tables(every, runs, grid_points)
+    tables += _selection_tables(every, runs, grid_points, reference, settings)
     title = f"spmlbench report: {exp.name}" if exp else "spmlbench report"
     desc = exp.description if exp else "All result records."
     report = Report(title, desc, tables, provenance_lines(provenance(every, runs, missing, str(results_dir))))

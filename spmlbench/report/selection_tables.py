@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import pandas as pd
 
-from spmlbench.report.tables import MISSING, Cell, Table, fmt
+from spmlbench.report.tables import MISSING, Cell, Table, dataset_label, fmt, order_datasets, row_label
 
 
 def _grid_groups(records: pd.DataFrame) -> pd.DataFrame:
@@ -31,17 +32,27 @@ def _point_text(sub: pd.DataFrame) -> str:
     return f"{pts[0][0]:g} / {pts[0][1]}"
 
 
-def selected_points_table(records: pd.DataFrame) -> Table | None:
-    """lr / batch selected on val per loss (rows) and dataset (columns), with the rule; None without a grid."""
+def selected_points_table(
+    records: pd.DataFrame, reference: pd.DataFrame | None = None, settings: dict[str, Any] | None = None
+) -> Table | None:
+    """lr / batch selected on val per loss (rows) and dataset (columns), with the rule; None without a grid.
+
+    With the report's ``settings`` (and ``reference``) rows follow the main table's method order and
+    labels, columns its dataset order and names."""
     grid = _grid_groups(records)
     if grid.empty:
         return None
+    settings = settings or {}
+    reference = reference if reference is not None else pd.DataFrame(columns=["method", "label"])
     sel = grid[grid["selected"]]
-    datasets = list(dict.fromkeys(grid["dataset"]))
+    datasets = order_datasets(list(grid["dataset"]), settings)
+    pos = {m: i for i, m in enumerate(settings.get("order", []))}
+    groups = sorted(sel.groupby(["loss", "mode"], sort=False), key=lambda kv: (pos.get(kv[0][0], len(pos)), kv[0]))
     rows, data = [], []
     rules = set()
-    for (loss, mode), sub in sel.groupby(["loss", "mode"], sort=False):
-        cells = [Cell(f"{loss} ({mode})" if mode != "linear" else str(loss))]
+    for (loss, mode), sub in groups:
+        label = row_label(str(loss), reference, settings)
+        cells = [Cell(f"{label} ({mode})" if mode != "linear" else label)]
         for ds in datasets:
             part = sub[sub["dataset"] == ds]
             cells.append(Cell(_point_text(part) if not part.empty else MISSING))
@@ -53,7 +64,8 @@ def selected_points_table(records: pd.DataFrame) -> Table | None:
         rows.append(cells)
     notes = [f"(lr / batch) selected per loss and dataset on val mAP (rule: {', '.join(sorted(rules))}); "
              "Cole et al. 2021's linear protocol. `spmlbench report --grid-points` shows every point."]
-    return Table("selected_points", "Selected training point (lr / batch)", ["loss", *datasets], rows, notes,
+    header = ["Method", *(dataset_label(d, settings) for d in datasets)]
+    return Table("selected_points", "Selected training point (lr / batch)", header, rows, notes,
                  pd.DataFrame(data))
 
 

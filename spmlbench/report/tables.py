@@ -135,10 +135,11 @@ def main_table(
                  if not only and base_loss(r) not in upper and (r, ds) in stat]
         if means:
             best[ds] = max(means)
+    with_pub = set(reference.loc[reference["setting"] == setting, "dataset"])  # no published column elsewhere
     header = ["Method"]
     for ds in datasets:
         name = dataset_label(ds, settings)
-        header += [name, f"{name} pub.", "Δ"]
+        header += [name, f"{name} pub.", "Δ"] if ds in with_pub else [name]
     table_rows, data = [], []
     partial = False
     for row, only in all_rows:
@@ -148,7 +149,7 @@ def main_table(
             pub_text = fmt(pub["map"], pub["std"]) if pub else MISSING
             st = stat.get((row, ds))
             if only:
-                cells += [Cell(NOT_RUN), Cell(pub_text), Cell(MISSING)]
+                cells += [Cell(NOT_RUN), Cell(pub_text), Cell(MISSING)] if ds in with_pub else [Cell(NOT_RUN)]
                 continue
             mean = float(st["mean"]) if st is not None else np.nan
             std = float(st["std"]) if st is not None else np.nan
@@ -159,7 +160,7 @@ def main_table(
                 partial = True
             is_best = bool(n) and ds in best and base_loss(row) not in upper and math.isclose(mean, best[ds])
             diff = mean - pub["map"] if (pub and n) else np.nan
-            cells += [Cell(text, bold=is_best), Cell(pub_text), Cell(fmt_diff(diff))]
+            cells += [Cell(text, bold=is_best)] + ([Cell(pub_text), Cell(fmt_diff(diff))] if ds in with_pub else [])
             data.append(
                 {
                     "method": row, "label": cells[0].text, "dataset": ds, "mode": mode, "n": n,

@@ -42,6 +42,7 @@ class JobData:
 
 
 def job_dict(job: Any) -> dict[str, Any]:
+    """A job (dataclass, mapping or plain object) as a plain dict of its fields."""
     if dataclasses.is_dataclass(job):
         return {f.name: getattr(job, f.name) for f in dataclasses.fields(job)}
     if isinstance(job, Mapping):
@@ -50,6 +51,7 @@ def job_dict(job: Any) -> dict[str, Any]:
 
 
 def job_hparams(job: Any) -> dict[str, Any]:
+    """The job's hyperparameters as a dict (records store them as a JSON string)."""
     raw = getattr(job, "hparams", None) or {}
     if isinstance(raw, str):
         raw = json.loads(raw)
@@ -139,6 +141,7 @@ class RowBatchSampler(Sampler[list[int]]):
 
 
 def eval_loader(dataset: Any, batch_sampler: Sampler, workers: int, device: torch.device) -> DataLoader:
+    """A loader over fixed batches of rows for scoring (pinned memory on CUDA, persistent workers)."""
     kw: dict[str, Any] = {}
     if workers > 0:
         kw.update(persistent_workers=True)  # default prefetch (2 batches per worker): bounded shared memory
