@@ -165,7 +165,7 @@ def test_enhanced_step_writes_the_bank_and_d1_and_adds_the_inference_loss() -> N
     assert torch.allclose(loss.batched.d1[0, rows], d1)
     expected = smile_loss(SMILEParams(), z, obs, d1).mean() + torch.where(
         obs, -torch.log(d1 + 1e-5), -torch.log(1 - d1 + 1e-5)).mean()  # gamma = delta = 0: AN(D1) only
-    assert float(value.detach()) == pytest.approx(float(expected), rel=1e-6)
+    assert float(value.detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
 
 
 def test_e2e_smile_resumes_to_identical_numbers_and_checks_its_modes(tmp_path, monkeypatch) -> None:
