@@ -171,7 +171,7 @@ def test_an_edited_plugin_re_runs_its_jobs_only(cli, home: Path, tmp_path: Path)
     path.write_text(path.read_text().replace("scale: float = 0.5", "scale: float = 0.75"))
     r = cli(*args)
     assert r.code == 0, r.err
-    assert "1 finished jobs skipped" in r.out  # the built-in AN job
+    assert "1 finished job skipped" in r.out  # the built-in AN job
     recs = load_records(out)
     assert len(recs) == 3 and len(set(recs["job_id"]) - first) == 1
     assert recs.set_index("loss").loc["edited", "loss_source"].nunique() == 2

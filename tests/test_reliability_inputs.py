@@ -75,7 +75,7 @@ def test_an_unreadable_record_is_run_again(cli, home: Path, tmp_path: Path) -> N
     broken.write_bytes(b"PAR1 truncated")
     res = cli(*args)
     assert res.code == 0, res.err
-    assert "1 finished jobs skipped" in res.out and "1 jobs run" in res.out  # only the unreadable one
+    assert "1 finished job skipped" in res.out and "1 job run" in res.out  # only the unreadable one
     assert len(load_records(out)) == 2 and broken.read_bytes()[:4] == b"PAR1" and broken.stat().st_size > 100
 
 

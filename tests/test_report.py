@@ -219,6 +219,33 @@ def test_ablation_and_grid_tables(tmp_path: Path) -> None:
     assert grid_csv["mean"].notna().sum() == 5 and len(grid_csv) == 25
 
 
+def test_fixed_point_experiment_finds_its_runs_beside_a_selected_grid(tmp_path: Path) -> None:
+    """The default run selects (lr, batch) for GR on a grid; ablation-gr fixes lr 1e-4, batch 8. Its
+    baseline cells must use the 1e-4/8 records, the plain report the selected point."""
+    def at(rec: dict[str, Any], lr: float, bs: int, val: float) -> dict[str, Any]:
+        spec = json.dumps([rec["job_id"], lr, bs])
+        return {**rec, "lr": lr, "batch_size": bs, "val_map": [val - 5, val],
+                "job_id": hashlib.sha256(spec.encode()).hexdigest()[:16]}
+
+    grid = [at(record("digits", "gr", 0, 80.0), 1e-2, 16, 90.0), at(record("digits", "gr", 0, 70.0), 1e-4, 8, 60.0)]
+    grid += [at(record("digits", "gr", s, 80.0 + s), 1e-2, 16, 90.0) for s in (1, 2)]
+    fixed = {s: 70.0 + 0.5 * s for s in SEEDS}  # seed 0's 1e-4/8 run is shared with the grid
+    abl = [at(record("digits", "gr", s, fixed[s], experiment="ablation-gr"), 1e-4, 8, 60.0) for s in (1, 2)]
+    nok = [at(record("digits", "gr", s, 50.0 + s, {"use_k": False}, experiment="ablation-gr"), 1e-4, 8, 55.0)
+           for s in SEEDS]
+    out = write_records(tmp_path / "res", grid + abl + nok)
+    rep = build_report(out, "ablation-gr")
+    table = pd.read_csv(io.StringIO(to_csv(rep)["ablation"]))
+    gr = table[(table["group"] == "gr") & (table["dataset"] == "digits")].iloc[0]
+    assert gr["n"] == 3 and gr["mean"] == pytest.approx(statistics.mean(fixed.values()))
+    no_k = table[(table["group"] == "no-k") & (table["dataset"] == "digits")].iloc[0]
+    assert no_k["diff_vs_baseline"] == pytest.approx(51.0 - statistics.mean(fixed.values()))
+    assert "selected_points" not in to_csv(rep)  # the experiment selected nothing
+    plain = main_csv(build_report(out))
+    row = plain[(plain["method"] == "gr") & (plain["dataset"] == "digits")].iloc[0]
+    assert row["n"] == 3 and row["mean"] == pytest.approx(81.0)  # the selected point, 1e-2/16
+
+
 def test_reference_file_shape() -> None:
     from spmlbench.report.load import load_reference
 

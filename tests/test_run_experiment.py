@@ -83,7 +83,7 @@ def test_experiment_runs_resumes_and_dumps(cli, home: Path, tmp_path: Path) -> N
     for f in dump_dir(out, gr0).glob("epoch_*.npz"):
         f.unlink()
     r = cli("run", "--recipe", "paper", "--experiment", spec, "--epochs", "3", "--out", str(out))
-    assert r.code == 0 and "3 finished jobs skipped" in r.out and "1 jobs run" in r.out
+    assert r.code == 0 and "3 finished jobs skipped" in r.out and "1 job run" in r.out
     assert len(list(dump_dir(out, gr0).glob("epoch_*.npz"))) == df.set_index("job_id").loc[gr0, "epochs_run"]
 
 
@@ -100,7 +100,7 @@ def test_experiment_overrides_from_the_cli(cli, home: Path, tmp_path: Path) -> N
     assert df.loc["an", "lr"] == 1e-4  # the an group has no override: its recipe
     r = cli("run", "--recipe", "paper", "--experiment", spec, "--seeds", "1", "--lr", "0.01", "--epochs", "1", "--out", str(out),
             "--losses", "an")
-    assert r.code == 0 and "1 jobs run" in r.out
+    assert r.code == 0 and "1 job run" in r.out
     assert sorted(load_records(out)["lr"]) == [1e-4, 0.002, 0.01]
 
 

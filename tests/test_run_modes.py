@@ -58,7 +58,7 @@ def test_e2e_mode_records_skip_resume_force(cli, home: Path, tmp_path: Path, mic
     args = E2E
     r = cli("run", *args, "--mode", "e2e", "--out", str(out))
     assert r.code == 0, r.err
-    assert "1 jobs run" in r.out
+    assert "1 job run" in r.out
     df = load_records(out)
     assert len(df) == 1
     row = df.iloc[0]
@@ -73,17 +73,17 @@ def test_e2e_mode_records_skip_resume_force(cli, home: Path, tmp_path: Path, mic
     stamp = rec.stat().st_mtime_ns
 
     r = cli("run", *args, "--mode", "e2e", "--out", str(out))
-    assert r.code == 0 and "1 finished jobs skipped" in r.out and "0 jobs run" in r.out
+    assert r.code == 0 and "1 finished job skipped" in r.out and "0 jobs run" in r.out
     assert rec.stat().st_mtime_ns == stamp
 
     rec.unlink()  # killed after training, before the record: the work folder finishes it
     r = cli("run", *args, "--mode", "e2e", "--out", str(out))
-    assert r.code == 0 and "1 jobs run" in r.out
+    assert r.code == 0 and "1 job run" in r.out
     again = load_records(out).iloc[0]
     assert list(again["val_map"]) == list(row["val_map"]) and again["test_map"] == row["test_map"]
 
     r = cli("run", *args, "--mode", "e2e", "--out", str(out), "--force", "--drop-checkpoints")
-    assert r.code == 0 and "1 jobs run" in r.out
+    assert r.code == 0 and "1 job run" in r.out
     forced = load_records(out).iloc[0]
     assert forced["val_map"] == pytest.approx(list(row["val_map"]), abs=1e-4)  # retrained: same seed, same numbers
     assert not work.exists()
@@ -100,7 +100,7 @@ def test_linear_init_mode(cli, home: Path, tmp_path: Path, micro: str) -> None:
     phase = json.loads(row["settings"])["linear_phase"]
     assert phase["features"] == "extracted" and 1 <= phase["best_epoch"] <= len(phase["val_map"])
     r = cli("run", *args, "--mode", "e2e", "--out", str(out))
-    assert r.code == 0 and "1 jobs run" in r.out  # another mode is another job
+    assert r.code == 0 and "1 job run" in r.out  # another mode is another job
     df = load_records(out)
     assert sorted(df["mode"]) == ["e2e", "linear-init"] and row["job_id"] in set(df["job_id"])
 

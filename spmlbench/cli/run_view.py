@@ -76,6 +76,11 @@ def _point(grp: Any) -> str:
     return f" @{pts[0][0]:g}/{pts[0][1]}"
 
 
+def _jobs(n: int, noun: str = "job") -> str:
+    """``1 job``, ``2 jobs``."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def result_table(jobs: Sequence[JobSpec], records: Any) -> Table:
     """Test mAP per loss (rows) and dataset (columns): mean ± std over seeds of this run's jobs
     (``records``: the results folder's records, :func:`~spmlbench.experiments.records.load_records`)."""
@@ -122,11 +127,11 @@ def report_run(summary: RunSummary, jobs: Sequence[JobSpec], out: Path) -> None:
     if summary.skipped:
         failed = int((df[df["job_id"].isin(summary.skipped)]["status"] != "ok").sum()) if not df.empty else 0
         note = f", {failed} of them failed (same seeds: a re-run fails the same way)" if failed else ""
-        console.print(f"{len(summary.skipped)} finished jobs skipped{note} (records in {out / 'records'}); "
+        console.print(f"{_jobs(len(summary.skipped), 'finished job')} skipped{note} (records in {out / 'records'}); "
                       "use --force to re-run them", highlight=False)
     if summary.by_others:
-        console.print(f"{len(summary.by_others)} jobs were run by another process on {out}", highlight=False)
-    console.print(f"{len(summary.ran)} jobs run; records in {out / 'records'}", highlight=False)
+        console.print(f"{_jobs(len(summary.by_others))} run by another process on {out}", highlight=False)
+    console.print(f"{_jobs(len(summary.ran))} run; records in {out / 'records'}", highlight=False)
     console.print(result_table(jobs, df))
     shown = {j.job_id for j in jobs}
     unselected = [f for f in summary.failed if f not in shown]

@@ -64,7 +64,7 @@ def build_tables(records: pd.DataFrame, exp: Experiment | None, reference: pd.Da
                  settings: dict[str, Any]) -> tuple[list[T.Table], pd.DataFrame, pd.DataFrame]:
     """The report's tables, the runs they use and the missing cells."""
     if exp is None:
-        runs, missing = runs_without_experiment(records)
+        runs, missing = runs_without_experiment(records[records["selected"]] if "selected" in records else records)
         if runs.empty:
             return [], runs, missing
         modes = list(dict.fromkeys(runs["mode"]))
@@ -99,6 +99,8 @@ def _selection_tables(
 
     if every.empty or runs.empty:
         return []
+    if "selected" in runs:  # a cell at an experiment's fixed point selected nothing
+        runs = runs[runs["selected"].astype(bool)]
     mine = every[every["group"].isin(set(every.loc[every["job_id"].isin(set(runs["job_id"])), "group"]))]
     tables = [selected_points_table(mine, reference, settings)] + ([grid_points_table(mine)] if grid_points else [])
     return [t for t in tables if t is not None]
@@ -119,16 +121,16 @@ def build_report(
     exp = load_experiment(experiment) if experiment else None
     every = load_results(results_dir)
     records = every[every["selected"]] if not every.empty else every
-    if exp is not None and not records.empty:
+    if exp is not None and not every.empty:
         # optional datasets (the digits preview) join the report when they have records
-        extra = [d for d in exp.optional_datasets if d in set(records["dataset"]) and d not in exp.datasets]
+        extra = [d for d in exp.optional_datasets if d in set(every["dataset"]) and d not in exp.datasets]
         if extra:
             exp = load_experiment(experiment, datasets=[*exp.datasets, *extra])
     if records.empty and exp is None:
         raise DataError(f"{results_dir}: no result records found; run 'spmlbench run' first or pass --results DIR")
     reference = load_reference()
     settings = report_settings(exp)
-    tables, runs, missing = build_tables(records, exp, reference, settings)
+    tables, runs, missing = build_tables(every, exp, reference, settings)
     tables += _selection_tables(every, runs, grid_points, reference, settings)
     title = f"spmlbench report: {exp.name}" if exp else "spmlbench report"
     desc = exp.description if exp else "All result records."

@@ -120,24 +120,54 @@ def _job_matches(job: dict[str, Any], rec: Mapping[str, Any], defaults: dict[str
     return True
 
 
+_POINT_KEYS = ("lr", "batch_size")
+
+
+def _fixed_point(job: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """The (lr, batch) keys a cell fixes (an experiment's ``overrides``)."""
+    return tuple((k, job[k]) for k in _POINT_KEYS if k in job)
+
+
+def _eligible(records: pd.DataFrame, fixed: tuple[tuple[str, Any], ...]) -> list[bool]:
+    """Which records a cell fixing ``fixed`` may use: without a fixed key the records' own (lr, batch)
+    selection (column ``selected``); with one, the selection made again among the records at that point
+    (so a fixed-point experiment finds its runs next to a selected grid of the same loss)."""
+    if "selected" not in records.columns:
+        return [True] * len(records)
+    if not fixed:
+        return records["selected"].astype(bool).tolist()
+    at = [all(k in rec and values_equal(rec[k], v) for k, v in fixed) for rec in records.to_dict("records")]
+    sub = records[at].drop(columns=["group", "score", "selected", "selection"], errors="ignore")
+    if sub.empty:
+        return at
+    chosen = set(sub.index[with_selection(sub)["selected"].astype(bool)])
+    return [i in chosen for i in records.index]
+
+
 def match_experiment(records: pd.DataFrame, exp: Experiment) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Assign ok records to the experiment's cells.
 
     Returns ``(runs, missing)``: ``runs`` has one row per matched cell (record columns plus
     ``group``, ``coords``, ``row``), ``missing`` lists cells without an ok record (group,
-    dataset, loss, seed, coords). A record matching several cells goes to the most specific one
-    (most explicit hparams); several records for one cell: the one from this experiment, then
-    the newest.
+    dataset, loss, seed, coords). With a ``selected`` column (:func:`with_selection`), a cell uses
+    the selected (lr, batch) point, or the point it fixes (:func:`_eligible`). A record matching
+    several cells goes to the most specific one (most explicit hparams); several records for one
+    cell: the one from this experiment, then the newest.
     """
     cells = exp.cells()
-    ok = records[records["status"] == "ok"] if not records.empty else records
+    records = records.reset_index(drop=True)
+    allowed = {f: _eligible(records, f) for f in {_fixed_point(c.job) for c in cells}}
+    ok_mask = (records["status"] == "ok").tolist() if not records.empty else []
+    ok = records[ok_mask] if not records.empty else records
+    positions = [i for i, keep in enumerate(ok_mask) if keep]
     recs = ok.to_dict("records") if not ok.empty else []
     # A cell wants its explicit hparams and the registry defaults for the rest (so a no-k record
     # never fills the plain GR cell); without the registry, explicit hparams only.
     defaults = {loss: loss_defaults(loss) for loss in {c.job["loss"] for c in cells}}
     candidates: dict[int, list[int]] = {}
     for ri, rec in enumerate(recs):
-        hits = [ci for ci, c in enumerate(cells) if _job_matches(c.job, rec, defaults[c.job["loss"]])]
+        hits = [ci for ci, c in enumerate(cells) if allowed[_fixed_point(c.job)][positions[ri]]
+                and _job_matches(c.job, rec, defaults[c.job["loss"]])]
         if not hits:
             continue
         best = max(len(cells[ci].job["hparams"]) for ci in hits)
