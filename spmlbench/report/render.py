@@ -132,7 +132,8 @@ def to_console(report: Report, console: Console) -> None:
     if report.description:
         console.print(report.description, markup=False)
     for t in report.tables:
-        rt = RichTable(title=t.title, title_justify="left")
+        console.print(f"[bold]{_rich_escape(t.title)}[/bold]")  # on its own line: a table's title wraps to its width
+        rt = RichTable()
         for i, h in enumerate(t.header):
             rt.add_column(h, justify="left" if i == 0 else "right", no_wrap=True)
         for row in t.rows:

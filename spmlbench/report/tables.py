@@ -180,7 +180,8 @@ def main_table(
                      "AEVLP code's are not: an unseeded random GCN and fresh flips every step).")
     return Table(
         key="main",
-        title=f"Test mAP (%) by method and dataset, mode {mode} (published: {setting})",
+        title=f"Test mAP (%) by method and dataset, mode {mode}"
+        + (f" (published: {setting})" if with_pub & set(datasets) else ""),
         header=header,
         rows=table_rows,
         notes=notes,
