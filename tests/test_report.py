@@ -246,6 +246,29 @@ def test_fixed_point_experiment_finds_its_runs_beside_a_selected_grid(tmp_path: 
     assert row["n"] == 3 and row["mean"] == pytest.approx(81.0)  # the selected point, 1e-2/16
 
 
+def test_cells_match_the_dataset_defaults_of_gr() -> None:
+    """GR's beta is set per dataset (losses.md: [0, 10, -2, -8] on COCO): a cell at the defaults takes a
+    record at its dataset's beta only, and a wT-bT grid record never fills the q2-q3 grid's default point."""
+    from spmlbench.experiments.spec import load_experiment
+    from spmlbench.report.load import match_experiment, with_selection
+
+    base = {"q2": 0.01, "q3": 1.0, "use_k": True, "use_v": True, "schedule": True, "lag": True}
+    coco = [record("coco", "gr", s, 40.0 + s, {**base, "beta": [0.0, 10.0, -2.0, -8.0]}, experiment="ablation-gr")
+            for s in SEEDS]
+    wrong = {**record("coco", "gr", 0, 10.0, {**base, "beta": [0.0, 2.0, -2.0, -2.0]}, experiment="ablation-gr"),
+             "created": "2026-06-01T00:00:00"}  # newer, and VOC's beta
+    voc = record("voc", "gr", 0, 55.0, {**base, "beta": [0.0, 4.0, -2.0, 0.0]}, experiment="grid-gr")
+    recs = pd.DataFrame([*coco, wrong, voc])
+    recs["hp"] = [json.loads(h) for h in recs["hparams"]]
+    recs = with_selection(recs)
+    runs, _ = match_experiment(recs, load_experiment("ablation-gr"))
+    gr = runs[(runs["group"] == "gr") & (runs["dataset"] == "coco")]
+    assert sorted(gr["test_map"]) == [40.0, 41.0, 42.0]
+    runs, _ = match_experiment(recs, load_experiment("grid-gr"))
+    cells = {(g, tuple(sorted(c.items()))) for g, c in zip(runs["group"], runs["coords"])}
+    assert cells == {("wT-bT", (("bT", 0.0), ("wT", 4.0)))}
+
+
 def test_reference_file_shape() -> None:
     from spmlbench.report.load import load_reference
 

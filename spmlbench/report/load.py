@@ -82,24 +82,24 @@ def values_equal(a: Any, b: Any) -> bool:
     return a == b
 
 
-def loss_defaults(loss: str) -> dict[str, Any]:
-    """Checkable hyperparameter defaults of a loss from the registry; empty if unavailable.
+def loss_defaults(loss: str, dataset: str | None = None) -> dict[str, Any]:
+    """Checkable hyperparameter defaults of a loss on ``dataset``: the paper's, with the dataset's own where the
+    manifest sets them (GR's beta on COCO, EM's alpha, ...), as the trainer resolves them; empty if unavailable.
 
-    Defaults that are None or set per dataset (EM alpha, EPR expected positives, ...) are left
-    out: the trainer may resolve them to dataset values, so a record is not compared on them.
+    Defaults that stay None (EPR's expected positives on a dataset without a published value, resolved
+    from the labels) are left out: a record is not compared on them.
     """
-    from spmlbench.losses import loss_info
+    from spmlbench.losses import dataset_defaults, loss_info
 
     try:
         info = loss_info(loss)
+        per_ds = dataset_defaults(loss, dataset)
     except Exception:  # unknown loss or registry not ready: match on explicit hparams only
         return {}
     raw = info.get("defaults") if isinstance(info, Mapping) else getattr(info, "defaults", None)
-    per_ds = info.get("per_dataset") if isinstance(info, Mapping) else getattr(info, "per_dataset", None)
     if not isinstance(raw, Mapping):
         return {}
-    varying = {k for table in (per_ds or {}).values() for k in table}
-    return {k: v for k, v in raw.items() if v is not None and k not in varying}
+    return {k: v for k, v in {**raw, **per_ds}.items() if v is not None}
 
 
 def _job_matches(job: dict[str, Any], rec: Mapping[str, Any], defaults: dict[str, Any]) -> bool:
@@ -161,13 +161,13 @@ def match_experiment(records: pd.DataFrame, exp: Experiment) -> tuple[pd.DataFra
     ok = records[ok_mask] if not records.empty else records
     positions = [i for i, keep in enumerate(ok_mask) if keep]
     recs = ok.to_dict("records") if not ok.empty else []
-    # A cell wants its explicit hparams and the registry defaults for the rest (so a no-k record
+    # A cell wants its explicit hparams and the defaults of its dataset for the rest (so a no-k record
     # never fills the plain GR cell); without the registry, explicit hparams only.
-    defaults = {loss: loss_defaults(loss) for loss in {c.job["loss"] for c in cells}}
+    defaults = {key: loss_defaults(*key) for key in {(c.job["loss"], c.job["dataset"]) for c in cells}}
     candidates: dict[int, list[int]] = {}
     for ri, rec in enumerate(recs):
         hits = [ci for ci, c in enumerate(cells) if allowed[_fixed_point(c.job)][positions[ri]]
-                and _job_matches(c.job, rec, defaults[c.job["loss"]])]
+                and _job_matches(c.job, rec, defaults[c.job["loss"], c.job["dataset"]])]
         if not hits:
             continue
         best = max(len(cells[ci].job["hparams"]) for ci in hits)
