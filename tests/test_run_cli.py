@@ -46,6 +46,7 @@ def test_skip_and_force(cli, home: Path, tmp_path: Path) -> None:
     r = cli(*args)
     assert r.code == 0, r.err
     assert "6 jobs run" in r.out and "gr (q3=1.5)" in r.out and "an" in r.out
+    assert "mean ± std over seeds" in r.out and "selected on val" not in r.out  # --recipe paper: one point
     r = cli(*args)
     assert r.code == 0 and "6 finished jobs skipped" in r.out and "0 jobs run" in r.out
     r = cli(*args, "--force")

@@ -116,6 +116,8 @@ def result_table(jobs: Sequence[JobSpec], records: Any) -> Table:
             rows.setdefault(str(label), {})[str(ds)] = text + _point(grp)
     for label, cells in rows.items():
         table.add_row(label, *(cells.get(ds, "") for ds in datasets))
+    if not any("@" in text for cells in rows.values() for text in cells.values()):
+        table.caption = "mean ± std over seeds"  # nothing was selected (one point, or an end-to-end recipe)
     return table
 
 
