@@ -148,8 +148,16 @@ def test_text_formats_render(results, fmt: str) -> None:
     if fmt == "latex":
         assert "\\begin{tabular}" in text and "\\end{tabular}" in text and "$\\pm$" in text
         assert "±" not in text and "—" not in text
+        assert all(ord(ch) < 128 for ch in text), sorted({ch for ch in text if ord(ch) >= 128})  # pdflatex-safe
     if fmt == "html":
         assert "<table>" in text and "<td>GR Loss</td>" in text
+
+
+def test_latex_escape_of_the_report_symbols() -> None:
+    from spmlbench.report.render import latex_escape
+
+    assert latex_escape("p <0.001; χ² = 4 × 2; 0.1–0.5 ≤ 5% of a_b; Demšar") == (
+        r"p $<$0.001; $\chi$$^2$ = 4 $\times$ 2; 0.1--0.5 $\leq$ 5\% of a\_b; Dem\v{s}ar")
 
 
 def test_csv_parses_back_to_the_same_numbers(results) -> None:

@@ -58,7 +58,9 @@ def to_markdown(report: Report) -> str:
 
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
           "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-          "±": r"$\pm$", "—": "---", "−": "$-$", "Δ": r"$\Delta$", "†": r"$^\dagger$", "≥": r"$\geq$"}
+          "±": r"$\pm$", "—": "---", "−": "$-$", "Δ": r"$\Delta$", "†": r"$^\dagger$", "≥": r"$\geq$",
+          "≤": r"$\leq$", "<": "$<$", ">": "$>$", "–": "--", "×": r"$\times$", "·": r"$\cdot$", "√": r"$\surd$",
+          "∞": r"$\infty$", "χ": r"$\chi$", "²": r"$^2$", "α": r"$\alpha$", "š": r"\v{s}"}
 
 
 def latex_escape(text: str) -> str:
