@@ -35,7 +35,8 @@ def test_registry_names_and_info() -> None:
     ("gr", {"q3": -1}, "gr.q3=-1: must be >= 0"),
     ("gr", {"q2": -0.5}, "gr.q2=-0.5: must be >= 0"),
     ("gr", {"alpha": [0.5, 0.0, 0.8, 0.5]}, "gr.alpha=[0.5, 0, 0.8, 0.5]: must be"),
-    ("gr", {"beta": [0, 1]}, "gr.beta=[0, 1]: must be a list of 4 numbers"),
+    ("gr", {"beta": [0, 1]}, "gr.beta=[0, 1]: must be a list of 4 numbers, written [a,b,...]"),
+    ("gr", {"beta": "0,10,-2,-8"}, "gr.beta=0,10,-2,-8: must be a list of 4 numbers, written [a,b,...]"),
     ("gr", {"use_k": "maybe"}, "gr.use_k=maybe: must be true or false"),
     ("gr", {"linear_init": -1}, "gr.linear_init=-1: must be >= 0"),
     ("gr", {"foo": 1}, "gr.foo: unknown hyperparameter; known: beta, alpha"),
@@ -67,6 +68,23 @@ def test_overrides_dataset_defaults_and_string_coercion() -> None:
     assert (hp.q3, hp.beta, hp.use_v, hp.linear_init) == (1.5, (0.0, 10.0, -2.0, -8.0), False, 2)
     with pytest.raises(ConfigError, match="num_train"):
         build_loss("ll_cp", num_classes=4)
+
+
+def test_a_bare_tuple_field_takes_a_list_of_numbers() -> None:
+    """A plugin may annotate a list hyperparameter as plain ``tuple``: coerced like ``tuple[float, ...]``."""
+    import dataclasses
+
+    from spmlbench.losses import HParams
+    from spmlbench.losses.hparams import make_hparams
+
+    @dataclasses.dataclass(frozen=True)
+    class P(HParams):
+        ks: tuple = (1.0, 2.0)
+
+    P.loss = "mine"
+    assert make_hparams(P, {}, {"ks": "[1, 2, 3]"}).ks == (1.0, 2.0, 3.0)
+    with pytest.raises(ConfigError, match=r"^mine.ks=1,2: must be a list of numbers, written \[a,b,...\]"):
+        make_hparams(P, {}, {"ks": "1,2"})
 
 
 # Per loss: three different configs for the batched/per-config comparison.

@@ -124,7 +124,7 @@ def _coerce(loss: str, name: str, kind: Any, value: Any, length: int | None) -> 
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
         return float(value)
-    if origin is tuple:
+    if origin is tuple or kind is tuple:
         if not isinstance(value, (list, tuple)) or (length is not None and len(value) != length):
             raise bad
         return tuple(_coerce(loss, name, float, v, None) for v in value)
@@ -138,8 +138,8 @@ def _kind_word(kind: Any, length: int | None) -> str:
         return "an integer"
     if kind is float:
         return "a number"
-    if typing.get_origin(kind) is tuple:
-        return f"a list of {length} numbers" if length else "a list of numbers"
+    if typing.get_origin(kind) is tuple or kind is tuple:
+        return (f"a list of {length} numbers" if length else "a list of numbers") + ", written [a,b,...]"
     return "a valid value"
 
 
