@@ -328,3 +328,19 @@ def test_per_dataset_defaults_stay_one_row(tmp_path: Path) -> None:
     other = df[df["method"].str.startswith("em (")]
     assert other["method"].tolist() and (other["method"].str.contains("epochs=2")).all()
     assert other.set_index("dataset").loc["voc", "mean"] == pytest.approx(10.0)
+
+
+def test_the_config_at_the_defaults_keeps_the_plain_name(tmp_path: Path) -> None:
+    """A grid beside the default run never takes the loss's plain name (nor its place in the paired test),
+    even when one grid point has more records than the defaults."""
+    recs = [record("digits", "gr", s, 86.0 + s, {"q2": 0.01, "q3": 1.0}) for s in SEEDS]
+    recs += [record("digits", "gr", s, 70.0 + s, {"q2": 0.1, "q3": 1.0}) for s in [*SEEDS, 3]]
+    recs += [record("digits", "an", s, 72.0 + s) for s in SEEDS]
+    rep = build_report(write_records(tmp_path / "res", recs))
+    df = main_csv(rep)
+    gr = df[df["method"] == "gr"].iloc[0]
+    assert gr["n"] == 3 and gr["mean"] == pytest.approx(87.0)
+    assert df[df["method"] == "gr (q2=0.1)"].iloc[0]["mean"] == pytest.approx(71.5)
+    paired = pd.read_csv(io.StringIO(to_csv(rep)["paired"]))
+    an = paired[paired["other"] == "an"].iloc[0]
+    assert an["diff"] == pytest.approx(14.0)

@@ -223,9 +223,11 @@ def runs_without_experiment(records: pd.DataFrame) -> tuple[pd.DataFrame, pd.Dat
     """All ok records as runs; a loss run with several configs gets one row per config.
 
     A config is the hyperparameters plus the training settings (epochs, val, early stop, backbone,
-    ...; lr and batch size are the selected point). Per (loss, mode, dataset) the most frequent config
+    ...; lr and batch size are the selected point). Per (loss, mode, dataset) the config at the loss's
+    defaults on that dataset (:func:`loss_defaults`; among several, or without one, the most frequent)
     keeps the plain loss name, so a loss whose defaults differ by dataset (EM's alpha, EPR's expected
-    positives) is one row; other configs are labelled ``loss (key=value, ...)`` with
+    positives) is one row and a grid beside it never takes its name; other configs are labelled
+    ``loss (key=value, ...)`` with
     the keys that differ. ``missing`` holds the (dataset, loss, seed) combinations of the seen
     datasets x rows x seeds without an ok record.
     """
@@ -236,7 +238,13 @@ def runs_without_experiment(records: pd.DataFrame) -> tuple[pd.DataFrame, pd.Dat
     labels: dict[tuple[str, str, str, str], str] = {}
     for (loss, mode, dataset), sub in ok.groupby(["loss", "mode", "dataset"], sort=False):
         counts = sub["canon"].value_counts(sort=False)
-        main_canon = max(counts.index, key=lambda c: (counts[c], -list(counts.index).index(c)))
+        defaults = loss_defaults(str(loss), str(dataset))
+
+        def at_defaults(canon: str) -> bool:
+            cfg = json.loads(canon)
+            return all(k not in cfg or values_equal(cfg[k], v) for k, v in defaults.items())
+
+        main_canon = max(counts.index, key=lambda c: (at_defaults(c), counts[c], -list(counts.index).index(c)))
         main = json.loads(main_canon)
         for canon in counts.index:
             cfg = json.loads(canon)
