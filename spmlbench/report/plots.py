@@ -298,8 +298,8 @@ def make_plots(out: Path, *, results_dir: Path, records: pd.DataFrame, runs: pd.
 
     dumped = _dumped_jobs(results_dir, runs)
     if dumped.empty:
-        notes.append("FN/(FN+TN) and score distributions: skipped (no prediction dumps; run "
-                     "'spmlbench run --experiment figures')")
+        notes.append("FN/(FN+TN) and score distributions: skipped (no prediction dumps among this report's runs; "
+                     "run 'spmlbench run --experiment figures', then 'spmlbench report --experiment figures --plots')")
     for (ds, loss), sub in dumped.groupby(["dataset", "loss"], sort=True) if not dumped.empty else []:
         def fig5(ds: str = ds, loss: str = loss, sub: pd.DataFrame = sub) -> list[Path]:
             first, last = {}, {}
