@@ -144,6 +144,23 @@ def _eligible(records: pd.DataFrame, fixed: tuple[tuple[str, Any], ...]) -> list
     return [i in chosen for i in records.index]
 
 
+def _one_settings_per_row(cells: list[Any], recs: list[dict[str, Any]], candidates: dict[int, list[int]],
+                          experiment: str) -> None:
+    """Narrow each cell's candidate records to the one settings key of its row (:mod:`.cell_settings`)."""
+    from spmlbench.report.cell_settings import choose_settings, expected, settings_key
+
+    rows: dict[tuple[str, str, str, str], list[int]] = {}
+    for ci, cell in enumerate(cells):
+        key = (cell.group, cell.job["dataset"], cell.job["loss"], json.dumps(cell.coords, sort_keys=True, default=str))
+        rows.setdefault(key, []).append(ci)
+    for cis in rows.values():
+        options = [ri for ci in cis for ri in candidates.get(ci, [])]
+        chosen = choose_settings(recs, options, expected(cells[cis[0]].job), experiment)
+        for ci in cis:
+            if ci in candidates:
+                candidates[ci] = [ri for ri in candidates[ci] if settings_key(recs[ri]) == chosen]
+
+
 def match_experiment(records: pd.DataFrame, exp: Experiment) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Assign ok records to the experiment's cells.
 
@@ -151,8 +168,10 @@ def match_experiment(records: pd.DataFrame, exp: Experiment) -> tuple[pd.DataFra
     ``group``, ``coords``, ``row``), ``missing`` lists cells without an ok record (group,
     dataset, loss, seed, coords). With a ``selected`` column (:func:`with_selection`), a cell uses
     the selected (lr, batch) point, or the point it fixes (:func:`_eligible`). A record matching
-    several cells goes to the most specific one (most explicit hparams); several records for one
-    cell: the one from this experiment, then the newest.
+    several cells goes to the most specific one (most explicit hparams). A row's seeds share one set of
+    training settings (:func:`spmlbench.report.cell_settings.choose_settings`: the experiment's own
+    epochs, early stop and val first); several records for one cell: the one from this experiment,
+    then the newest.
     """
     cells = exp.cells()
     records = records.reset_index(drop=True)
@@ -174,6 +193,7 @@ def match_experiment(records: pd.DataFrame, exp: Experiment) -> tuple[pd.DataFra
         for ci in hits:
             if len(cells[ci].job["hparams"]) == best:
                 candidates.setdefault(ci, []).append(ri)
+    _one_settings_per_row(cells, recs, candidates, exp.name)
     rows, missing = [], []
     for ci, cell in enumerate(cells):
         options = candidates.get(ci)
@@ -203,20 +223,12 @@ def _canon(hp: dict[str, Any]) -> str:
     return json.dumps(hp, sort_keys=True, default=str)
 
 
-# training settings that change a result besides the hyperparameters (a run with other values is another row)
-# (lr and batch size are not among them: they are selected per loss and dataset, see experiments/selection.py)
-_SETTING_KEYS = ("backbone", "epochs", "val", "early_stop", "weights", "image_size", "exact")
-
-
 def _config(rec: Mapping[str, Any]) -> dict[str, Any]:
-    """A record's hyperparameters plus the training settings that change its result."""
-    out = dict(rec["hp"])
-    for key in _SETTING_KEYS:
-        value = rec.get(key)
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            continue
-        out[key] = value.item() if hasattr(value, "item") else value
-    return out
+    """A record's hyperparameters plus the training settings that change its result (a run with other
+    values is another row)."""
+    from spmlbench.report.cell_settings import settings
+
+    return {**rec["hp"], **settings(rec)}
 
 
 def runs_without_experiment(records: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
