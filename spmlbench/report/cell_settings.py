@@ -64,9 +64,10 @@ def expected(job: Mapping[str, Any]) -> dict[str, Any] | None:
     return dict(got) if got is not None else None
 
 
-def choose_settings(recs: Sequence[Mapping[str, Any]], options: Sequence[int], want: dict[str, Any] | None,
-                    experiment: str) -> str | None:
-    """The settings key one row uses among the records ``options`` (indices into ``recs``).
+def choose_settings(recs: Sequence[Mapping[str, Any]], keys: Sequence[str], options: Sequence[int],
+                    want: dict[str, Any] | None, experiment: str) -> str | None:
+    """The settings key one row uses among the records ``options`` (indices into ``recs``, whose
+    :func:`settings_key` are ``keys``).
 
     Preferred, in order: the expected settings ``want``; the most seeds run by ``experiment``; the most
     seeds; the newest record; the key itself (ties never depend on record order).
@@ -75,7 +76,7 @@ def choose_settings(recs: Sequence[Mapping[str, Any]], options: Sequence[int], w
         return None
     by_key: dict[str, list[Mapping[str, Any]]] = {}
     for ri in options:
-        by_key.setdefault(settings_key(recs[ri]), []).append(recs[ri])
+        by_key.setdefault(keys[ri], []).append(recs[ri])
 
     def rank(key: str) -> tuple[Any, ...]:
         mine = by_key[key]

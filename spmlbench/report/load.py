@@ -102,16 +102,21 @@ def loss_defaults(loss: str, dataset: str | None = None) -> dict[str, Any]:
     return {k: v for k, v in {**raw, **per_ds}.items() if v is not None}
 
 
+def at_defaults(hp: Mapping[str, Any], defaults: Mapping[str, Any]) -> bool:
+    """Whether the hyperparameters ``hp`` hold ``defaults`` (:func:`loss_defaults`) wherever they name them."""
+    return all(k not in hp or values_equal(hp[k], v) for k, v in defaults.items())
+
+
 def _job_matches(job: dict[str, Any], rec: Mapping[str, Any], defaults: dict[str, Any]) -> bool:
     if rec["dataset"] != job["dataset"] or rec["loss"] != job["loss"]:
         return False
     if int(rec["seed"]) != int(job["seed"]) or normalise_mode(rec["mode"]) != normalise_mode(job["mode"]):
         return False
-    hp = rec["hp"]
-    wanted = {**{k: v for k, v in defaults.items() if k in hp}, **job["hparams"]}
-    for key, value in wanted.items():
-        if key not in hp or not values_equal(hp[key], value):
-            return False
+    hp, explicit = rec["hp"], job["hparams"]
+    if any(k not in hp or not values_equal(hp[k], v) for k, v in explicit.items()):
+        return False
+    if not at_defaults(hp, {k: v for k, v in defaults.items() if k not in explicit}):
+        return False
     for key, value in job.items():
         if key in _JOB_KEYS:
             continue
@@ -153,12 +158,13 @@ def _one_settings_per_row(cells: list[Any], recs: list[dict[str, Any]], candidat
     for ci, cell in enumerate(cells):
         key = (cell.group, cell.job["dataset"], cell.job["loss"], json.dumps(cell.coords, sort_keys=True, default=str))
         rows.setdefault(key, []).append(ci)
+    keys = [settings_key(r) for r in recs]
     for cis in rows.values():
         options = [ri for ci in cis for ri in candidates.get(ci, [])]
-        chosen = choose_settings(recs, options, expected(cells[cis[0]].job), experiment)
+        chosen = choose_settings(recs, keys, options, expected(cells[cis[0]].job), experiment)
         for ci in cis:
             if ci in candidates:
-                candidates[ci] = [ri for ri in candidates[ci] if settings_key(recs[ri]) == chosen]
+                candidates[ci] = [ri for ri in candidates[ci] if keys[ri] == chosen]
 
 
 def match_experiment(records: pd.DataFrame, exp: Experiment) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -251,12 +257,8 @@ def runs_without_experiment(records: pd.DataFrame) -> tuple[pd.DataFrame, pd.Dat
     for (loss, mode, dataset), sub in ok.groupby(["loss", "mode", "dataset"], sort=False):
         counts = sub["canon"].value_counts(sort=False)
         defaults = loss_defaults(str(loss), str(dataset))
-
-        def at_defaults(canon: str) -> bool:
-            cfg = json.loads(canon)
-            return all(k not in cfg or values_equal(cfg[k], v) for k, v in defaults.items())
-
-        main_canon = max(counts.index, key=lambda c: (at_defaults(c), counts[c], -list(counts.index).index(c)))
+        main_canon = max(counts.index, key=lambda c: (at_defaults(json.loads(c), defaults), counts[c],
+                                                      -list(counts.index).index(c)))
         main = json.loads(main_canon)
         for canon in counts.index:
             cfg = json.loads(canon)
