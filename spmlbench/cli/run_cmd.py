@@ -21,6 +21,7 @@ from spmlbench.experiments.recipes import LINEAR_RECIPES, SELECT_RULES, check_ch
 from spmlbench.experiments.ray_executor import import_ray
 from spmlbench.experiments.runner import RunProgress, RunSummary, run_jobs
 from spmlbench.experiments.selection import run_selected
+from spmlbench.runtime import resolve_device
 
 DEFAULT_SEEDS_TEXT = ",".join(map(str, DEFAULT_SEEDS))
 EXECUTORS = ("local", "ray")
@@ -117,6 +118,7 @@ def run(
         check_image_options(mode or "linear", weights, image_size, exact)
     if workers is not None and workers < 0:
         raise ConfigError(f"--workers {workers}: must be >= 0")
+    resolve_device(device)  # before --out is made and any bar is drawn (a bad --device left both, before)
     n_processes = _parse_processes(processes)
     if n_processes is None and ray_opts is not None:
         n_processes = 1  # a ray task gets --cpus-per-job CPUs, not the whole node: split only when asked

@@ -22,6 +22,8 @@ from spmlbench.train.configs import TrainConfig, freeze_hparams
 
 MODES = ("linear", "e2e", "linear-init")
 VAL_MODES = ("clean", "observed")
+MAX_EPOCHS, MAX_BATCH = 10_000, 1_000_000  # beyond: a typo that would run for days, silently
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 4096
 E2E_FIELDS = ("weights", "image_size", "exact")
 _E2E_DEFAULTS: dict[str, Any] = {"weights": None, "image_size": None, "exact": False}
 _OPTIONAL = (*E2E_FIELDS, "loss_source")
@@ -194,8 +196,9 @@ def expand_jobs(
     check_image_options(mode, weights, image_size, exact)
     if weights is not None and weights not in ("default", "none"):
         raise ConfigError(f"--weights {weights!r}: unknown; choose default or none")
-    if image_size is not None and image_size < 1:
-        raise ConfigError(f"--image-size {image_size}: must be >= 1")
+    if image_size is not None and not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
+        raise ConfigError(f"--image-size {image_size}: must be a whole number in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}] "
+                          "(the backbones downsample by 32); e.g. --image-size 224")
     if mode not in MODES:
         raise ConfigError(f"--mode {mode!r}: unknown; choose one of: {', '.join(MODES)}")
     check_choice("recipe", recipe, LINEAR_RECIPES)
@@ -209,11 +212,11 @@ def expand_jobs(
             early_stop = canonical_rule(early_stop)
         except ConfigError:
             raise ConfigError(f"--early-stop {early_stop!r}: unknown; choose paper, none, no_improve or drop:<points>") from None
-    for name, value in (("epochs", epochs), ("batch-size", batch_size)):
-        if value is not None and value < 1:
-            raise ConfigError(f"--{name} {value}: must be >= 1")
+    for name, value, top in (("epochs", epochs, MAX_EPOCHS), ("batch-size", batch_size, MAX_BATCH)):
+        if value is not None and not 1 <= value <= top:
+            raise ConfigError(f"--{name} {value}: must be a whole number in [1, {top}]")
     if lr is not None and not (lr > 0 and math.isfinite(lr)):
-        raise ConfigError(f"--lr {lr}: must be > 0")
+        raise ConfigError(f"--lr {lr}: must be a finite number > 0 (e.g. 1e-3)")
     for loss in losses:
         LOSSES.get(loss)
     fixed: dict[str, dict[str, Any]] = {}

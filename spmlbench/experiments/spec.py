@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from spmlbench.errors import ConfigError
+from spmlbench.experiments.jobs import MAX_BATCH, MAX_EPOCHS
 
 SPEC_VERSION = 1
 MODES = ("linear", "e2e", "linear-init")
@@ -231,10 +232,11 @@ def _override_problem(key: str, value: Any) -> str | None:
     if key in ("label_seed", "split_seed"):
         return None if is_int and 0 <= value < SEED_LIMIT else f"must be a whole number in [0, {SEED_LIMIT})"
     if key in ("epochs", "batch_size"):
-        return None if is_int and value >= 1 else "must be a whole number >= 1"
+        top = MAX_EPOCHS if key == "epochs" else MAX_BATCH
+        return None if is_int and 1 <= value <= top else f"must be a whole number in [1, {top}]"
     if key == "lr":
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")
-        return None if ok else "must be a positive number"
+        return None if ok else "must be a finite positive number"
     return None if isinstance(value, str) and value else "must be a non-empty string"
 
 
@@ -313,6 +315,10 @@ def parse_experiment(path: Path, raw: dict[str, Any]) -> Experiment:
     common = raw.get("overrides", {})
     if not isinstance(common, dict) or set(common) - set(OVERRIDE_FIELDS):
         raise _fail(path, f"overrides must be a table of job fields ({', '.join(OVERRIDE_FIELDS)})")
+    for key, value in common.items():  # the top-level table, checked as a group's (blamed on --lr before)
+        problem = _override_problem(key, value)
+        if problem:
+            raise _fail(path, f"overrides {key} = {value!r}: {problem}")
     groups = tuple(dataclasses.replace(g, overrides={**common, **g.overrides}) for g in groups)
     names = [g.name for g in groups]
     if len(set(names)) != len(names):

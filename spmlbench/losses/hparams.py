@@ -49,6 +49,8 @@ class HParams:
         if ok:
             return
         value = getattr(self, name)
+        if isinstance(value, float) and not math.isfinite(value):
+            rule = f"a finite number {rule}"  # 1e400 reads as inf: "must be > 0" alone misleads
         default = _field_default(type(self), name)
         fix = f"use a value in range, e.g. the default {self.loss}.{name}={fmt(default)}"
         if default is None:
