@@ -25,6 +25,18 @@ class DataError(SpmlError):
     """A missing, corrupt or malformed data file (checksum, annotation, missing prepare step)."""
 
 
+class LossError(SpmlError):
+    """A loss's own code raised, or gave a value of the wrong shape: fails that loss's jobs only (the other
+    losses of the cohort train on). ``loss`` names it; the message names its file and line."""
+
+    def __init__(self, message: str, loss: str = "") -> None:
+        super().__init__(message)
+        self.loss = loss
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # keeps ``loss`` across worker processes
+        return type(self), (str(self), self.loss)
+
+
 class DownloadError(DataError):
     """A download that could not be completed from any mirror."""
 

@@ -36,6 +36,8 @@ def features(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar.", rich_help_panel=OUTPUT),
     maps: bool = typer.Option(False, "--maps", help="Also cache the layer4 feature maps (float16, memory-mapped; "
                               "BoostLU in linear mode): <ds>/features/<backbone>-maps.npy.", rich_help_panel=OUTPUT),
+    verify: bool = typer.Option(False, "--verify", help="Hash an existing maps cache whole before reusing it "
+                                "(by default: whole up to 1 GiB, sampled blocks above).", rich_help_panel=OUTPUT),
 ) -> None:
     """Compute backbone features for every image of DATASET into <home>/<ds>/features/<backbone>.parquet."""
     from spmlbench.data.registry import get_adapter
@@ -74,5 +76,6 @@ def features(
 
         bb = backbone or default_backbone(dataset)
         out = extract_maps(dataset, bb, home=home, device=resolve_device(device), weights=weights,
-                           image_size=image_size, batch_size=batch_size or 16, progress=progress_sink(not quiet))
+                           image_size=image_size, batch_size=batch_size or 16, progress=progress_sink(not quiet),
+                           force=force, verify=verify)
         console.print(str(out), markup=False, highlight=False, soft_wrap=True)

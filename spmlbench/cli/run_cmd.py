@@ -71,6 +71,8 @@ def run(
                                rich_help_panel=TRAINING),
     out: Path = typer.Option(Path("results"), "--out", help="results folder", rich_help_panel=OUTPUT),
     force: bool = typer.Option(False, "--force", help="re-run jobs that already have a record", rich_help_panel=OUTPUT),
+    verify: bool = typer.Option(False, "--verify", help="hash the layer4 map caches whole (default: whole up to 1 GiB, "
+                                                         "sampled blocks above)", rich_help_panel=OUTPUT),
     reference_loop: bool = typer.Option(False, "--reference-loop", help="one config at a time (slow reference path)",
                                         rich_help_panel=TRAINING),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="backbone",
@@ -141,7 +143,7 @@ def run(
     run_kwargs: dict[str, Any] = dict(home=home, device=device, force=force, reference_loop=reference_loop,
                                       experiment=exp_name, workers=workers, processes=n_processes,
                                       dumps=frozenset(dumps),
-                                      keep_checkpoints=keep_checkpoints)
+                                      keep_checkpoints=keep_checkpoints, verify=verify)
     writable_dir(out, "--out")  # before any training: records must be writable
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=False) as bar:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import torch
 
-from spmlbench.errors import ConfigError
+from spmlbench.errors import ConfigError, LossError
 from spmlbench.experiments.jobs import JobSpec
 from spmlbench.train.configs import EpochProgress, LinearData, ProgressFn, ValHook
 from spmlbench.train.linear import train_linear
@@ -50,7 +50,32 @@ class LocalExecutor:
 
     def train(self, data: LinearData, jobs: Sequence[JobSpec], progress: ProgressFn | None = None,
               on_val: ValHook | None = None) -> list[TrainResult]:
-        """Train ``jobs`` (all mode ``linear``) on ``data``; ``on_val`` sees each epoch's val scores."""
+        """Train ``jobs`` (all mode ``linear``) on ``data``; ``on_val`` sees each epoch's val scores.
+
+        A loss whose own code raises or gives a wrong shape (:class:`~spmlbench.errors.LossError`) fails
+        its jobs with that one line; the cohort's other jobs are trained again without it (configs are
+        independent: the same numbers) and finish.
+        """
+        broken: dict[str, LossError] = {}
+        while True:
+            keep = [i for i, j in enumerate(jobs) if j.loss not in broken]
+            hook = None if on_val is None else (
+                lambda e, idx, p, keep=keep: on_val(e, [keep[i] for i in idx], p))
+            try:
+                done = self._train(data, [jobs[i] for i in keep], progress, hook) if keep else []
+                break
+            except LossError as exc:
+                if exc.loss in broken or exc.loss not in {jobs[i].loss for i in keep}:
+                    raise
+                broken[exc.loss] = exc
+        out: list[TrainResult] = [TrainResult(status="failed", error=str(broken[j.loss])) if j.loss in broken
+                                  else TrainResult() for j in jobs]
+        for i, r in zip(keep, done):
+            out[i] = r
+        return out
+
+    def _train(self, data: LinearData, jobs: Sequence[JobSpec], progress: ProgressFn | None = None,
+               on_val: ValHook | None = None) -> list[TrainResult]:
         for job in jobs:
             if job.mode != "linear":
                 raise ConfigError(f"--mode {job.mode}: not a linear job; the runner trains it with train_image_job")
@@ -64,7 +89,7 @@ class LocalExecutor:
             rest = [i for i in range(len(jobs)) if i not in own]
             if rest:  # the maps (a memory map) stay here: worker processes get the pooled features only
                 plain = dataclasses.replace(data, maps=None)
-                for i, r in zip(rest, self.train(plain, [jobs[i] for i in rest], progress, on_val)):
+                for i, r in zip(rest, self._train(plain, [jobs[i] for i in rest], progress, on_val)):
                     out[i] = r
             from spmlbench.train.methods import method_trainer
 

@@ -180,6 +180,7 @@ def run_jobs(
     dumps: Collection[str] = (),
     keep_checkpoints: bool = True,
     processes: int | None = 1,
+    verify: bool = False,
 ) -> RunSummary:
     """Run every job that has no record yet (all with ``force``); see the module docstring.
 
@@ -189,7 +190,8 @@ def run_jobs(
     ``processes``: linear jobs on the CPU: split each cohort over this many processes (local executor;
     None: as many as pays off, see :func:`spmlbench.train.parallel.auto_processes`; the CLI's
     default). Workers are spawned: a script that asks for more than one needs the
-    ``if __name__ == "__main__":`` guard.
+    ``if __name__ == "__main__":`` guard. ``verify``: hash the layer4 map caches whole (by default
+    whole up to 1 GiB, sampled blocks above; feature and pseudo-label caches are always hashed whole).
     """
     out = Path(out_dir)
     progress = progress or RunProgress()
@@ -207,7 +209,7 @@ def run_jobs(
     try:
         return _run_all(jobs, out, executor, home=home, dev=dev, force=force, experiment=experiment,
                         progress=progress, loader=loader, workers=workers, dumps=dumps,
-                        keep_checkpoints=keep_checkpoints)
+                        keep_checkpoints=keep_checkpoints, verify=verify)
     finally:
         if own_executor:
             executor.close()  # type: ignore[attr-defined]
@@ -216,7 +218,7 @@ def run_jobs(
 def _run_all(jobs: list[JobSpec], out: Path, executor: Executor, *, home: str | os.PathLike[str] | None,
              dev: Any, force: bool, experiment: str, progress: RunProgress,
              loader: Callable[[str, str], _Dataset] | None, workers: int | None, dumps: frozenset[str],
-             keep_checkpoints: bool) -> RunSummary:
+             keep_checkpoints: bool, verify: bool = False) -> RunSummary:
     load = loader or (lambda ds, bb: load_dataset(ds, bb, home))
     summary = RunSummary()
     started = time.time()  # with force: a record written after this is another run's fresh re-run
@@ -249,7 +251,7 @@ def _run_all(jobs: list[JobSpec], out: Path, executor: Executor, *, home: str | 
                     progress.cohort(claimed)
                     if claimed[0].mode == "linear":
                         results = _run_linear(claimed, out, cache, load, executor, progress, experiment, str(dev),
-                                              dumps, home)
+                                              dumps, home, verify)
                     else:
                         results = [_run_image(claimed[0], out, home, dev, workers, progress, experiment, force,
                                               keep_checkpoints)]
@@ -278,7 +280,8 @@ def _run_all(jobs: list[JobSpec], out: Path, executor: Executor, *, home: str | 
 
 def _run_linear(claimed: list[JobSpec], out: Path, cache: dict[tuple[str, str], _Dataset],
                 load: Callable[[str, str], _Dataset], executor: Executor, progress: RunProgress, experiment: str,
-                device: str, dumps: frozenset[str], home: str | os.PathLike[str] | None = None) -> list[Any]:
+                device: str, dumps: frozenset[str], home: str | os.PathLike[str] | None = None,
+                verify: bool = False) -> list[Any]:
     """Train one linear cohort, write its dumps and records."""
     from spmlbench.features.pseudo import load_pseudo
     from spmlbench.losses import LOSSES
@@ -295,7 +298,7 @@ def _run_linear(claimed: list[JobSpec], out: Path, cache: dict[tuple[str, str], 
     if ds.data.maps is None and any(reads_maps(LOSSES.get(j.loss)) for j in claimed):  # BoostLU, frozen
         from spmlbench.features.maps import load_maps
 
-        ds.data.maps = load_maps(key[0], key[1], home)
+        ds.data.maps = load_maps(key[0], key[1], home, verify=verify)
     want = {i: j.job_id for i, j in enumerate(claimed) if j.job_id in dumps}
     kwargs: dict[str, Any] = {}
     if want:

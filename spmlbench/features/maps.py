@@ -9,6 +9,7 @@ Size per image: ``D h w x 2`` bytes: ResNet-50 at 448 px 2048 x 14 x 14 x 2 = 80
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -25,6 +26,8 @@ from spmlbench.paths import dataset_dir
 from spmlbench.progress import Reporter, Sink
 
 FORMAT = 1
+FULL_HASH_BYTES = 1 << 30  # hashed whole on every load up to 1 GiB (about 1 s); sampled above
+SAMPLES, SAMPLE_BYTES = 64, 1 << 16
 
 
 def maps_path(dataset: str, backbone: str, home: Any = None) -> Path:
@@ -34,8 +37,10 @@ def maps_path(dataset: str, backbone: str, home: Any = None) -> Path:
 
 def extract_maps(dataset: str, backbone: str, *, home: Any = None, device: str | torch.device = "cpu",
                  weights: str = "default", image_size: int | None = None, batch_size: int = 16,
-                 progress: Sink | None = None) -> Path:
-    """Write (or resume, or reuse) the layer4 maps of every labels.parquet row."""
+                 progress: Sink | None = None, force: bool = False, verify: bool = False) -> Path:
+    """Write (or resume, or reuse) the layer4 maps of every labels.parquet row. An existing cache is reused
+    only when it passes :func:`maps_problem` (``verify``: the full sha256 whatever its size); ``force``
+    rebuilds it."""
     from spmlbench.data.registry import image_root
     from spmlbench.data.store import load_labels
     from spmlbench.features.extract import make_forward
@@ -52,11 +57,14 @@ def extract_maps(dataset: str, backbone: str, *, home: Any = None, device: str |
     want = {"format": FORMAT, "backbone": backbone, "weights": spec.weights_label(weights), "image_size": size,
             "shape": list(shape), "dtype": "float16", "images": images}
     report = Reporter(progress)
-    if path.exists() and meta_path.exists():
-        have = json.loads(meta_path.read_text())
-        if {k: have.get(k) for k in want} == want:
+    if path.exists() and meta_path.exists() and not force:
+        problem = maps_problem(path, full=verify)
+        have = _read_meta(meta_path) if problem is None else {}
+        if problem is None and {k: have.get(k) for k in want} == want:
             report.note(f"{path}: up to date, reused")
             return path
+        if problem is not None:
+            report.note(f"{path}: {problem}; rebuilding it")
     partial, done_file = path.with_suffix(".npy.partial"), path.with_suffix(".done.partial")
     fingerprint = json.dumps(want, sort_keys=True)
     done = 0
@@ -78,26 +86,81 @@ def extract_maps(dataset: str, backbone: str, *, home: Any = None, device: str |
             advance(len(rows))
     del out
     os.replace(partial, path)
-    atomic_write_text(meta_path, json.dumps({**want, "sha256": sha256_file(path),
+    atomic_write_text(meta_path, json.dumps({**want, "sha256": sha256_file(path), "bytes": path.stat().st_size,
+                                             "sample_sha256": sample_sha256(path),
                                              "bytes_per_image": int(np.prod(shape[1:])) * 2}, sort_keys=True))
     done_file.unlink(missing_ok=True)
     return path
 
 
-def load_maps(dataset: str, backbone: str, home: Any = None) -> np.ndarray:
-    """The maps as a read-only memory map ``(N, D, h, w)`` float16, checked against labels.parquet's rows
-    (DataError naming the command that rebuilds them)."""
+def sample_sha256(path: Path) -> str:
+    """sha256 of ``SAMPLES`` blocks of ``SAMPLE_BYTES`` spread evenly over the file (its first and last
+    included): the cheap check of a cache too large to hash whole on every load."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as fh:
+        for k in range(SAMPLES):
+            fh.seek(max(0, size - SAMPLE_BYTES) * k // (SAMPLES - 1))
+            digest.update(fh.read(SAMPLE_BYTES))
+    return digest.hexdigest()
+
+
+def _read_meta(meta_path: Path) -> dict[str, Any]:
+    """The maps' ``.json`` as a dict ({} when it is not a JSON object: :func:`maps_problem` says why)."""
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def maps_problem(path: Path, *, full: bool = False) -> str | None:
+    """Why the maps cache ``path`` (with its ``.json``) cannot be used, or None. The metadata must be a JSON
+    object, the ``.npy`` header readable with the stored shape and dtype, the file of the stored size, and its
+    bytes those hashed at write time: the whole file when ``full`` or up to ``FULL_HASH_BYTES``, else
+    ``SAMPLES`` blocks spread over it (:func:`sample_sha256`)."""
+    meta_path = path.with_suffix(".json")
+    if not path.exists() or not meta_path.exists():
+        return "layer4 map cache missing"
+    meta = _read_meta(meta_path)
+    if not {"shape", "sha256"} <= set(meta):
+        return f"its metadata {meta_path.name} is not a maps description (truncated or not JSON)"
+    try:
+        maps = np.load(path, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as exc:
+        return f"not a readable .npy file ({type(exc).__name__}: {' '.join(str(exc).split())[:80]})"
+    if list(maps.shape) != meta["shape"] or maps.dtype != np.float16:
+        return f"shape {maps.shape} / {maps.dtype} differ from its metadata"
+    size = path.stat().st_size
+    if meta.get("bytes") not in (None, size):
+        return f"holds {size} bytes, its metadata says {meta['bytes']} (truncated or overwritten)"
+    if full or size <= FULL_HASH_BYTES or "sample_sha256" not in meta:
+        if sha256_file(path) != meta["sha256"]:
+            return "bytes do not match the sha256 in its metadata (corrupt or overwritten)"
+    elif sample_sha256(path) != meta["sample_sha256"]:
+        return "bytes do not match the sampled sha256 in its metadata (corrupt or overwritten)"
+    return None
+
+
+def load_maps(dataset: str, backbone: str, home: Any = None, *, verify: bool = False) -> np.ndarray:
+    """The maps as a read-only memory map ``(N, D, h, w)`` float16, checked by :func:`maps_problem`
+    (``verify``: the full sha256) and against labels.parquet's rows (DataError naming the command that
+    rebuilds them)."""
     from spmlbench.data.store import load_labels
 
     path = maps_path(dataset, backbone, home)
-    fix = f"run 'spmlbench features {dataset} --backbone {backbone} --maps'"
-    meta_path = path.with_suffix(".json")
-    if not path.exists() or not meta_path.exists():
-        raise DataError(f"{path}: layer4 map cache missing; {fix}")
-    meta = json.loads(meta_path.read_text())
+    meta = _read_meta(path.with_suffix(".json"))
+    fix = f"rebuild it with 'spmlbench features {dataset} --backbone {backbone}{_settings_flags(backbone, meta)} --maps --force'"
+    problem = maps_problem(path, full=verify)
+    if problem is not None:
+        raise DataError(f"{path}: {problem}; {fix}")
     if meta.get("images") != load_labels(dataset, home)["image"].astype(str).tolist():
         raise DataError(f"{path}: rows do not match labels.parquet (re-prepared?); {fix}")
-    maps = np.load(path, mmap_mode="r")
-    if list(maps.shape) != meta["shape"] or maps.dtype != np.float16:
-        raise DataError(f"{path}: shape {maps.shape} / {maps.dtype} differ from its metadata; {fix}")
-    return maps
+    return np.load(path, mmap_mode="r")
+
+
+def _settings_flags(backbone: str, meta: dict[str, Any]) -> str:
+    """The ``features`` options that rebuild maps with the settings in ``meta`` (weights none, image size)."""
+    flags = " --weights none" if meta.get("weights") == "none" else ""
+    size = meta.get("image_size")
+    return flags + (f" --image-size {size}" if size and size != get_backbone(backbone).image_size else "")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import traceback
 import types
 import typing
 from typing import Any, ClassVar
@@ -24,7 +25,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from spmlbench.errors import ConfigError
+from spmlbench.errors import LossError
 from spmlbench.losses.base import BatchedLoss
 
 if typing.TYPE_CHECKING:
@@ -63,11 +64,25 @@ def broadcastable(params: type) -> bool:
     return all(hints[f.name] in _SCALARS for f in dataclasses.fields(params))
 
 
-def reduce_value(out: Tensor, logits: Tensor) -> Tensor:
-    """``mean_bc`` of a per-entry matrix (same rank as ``logits``), else ``out`` (already reduced)."""
+def reduce_value(out: Tensor, logits: Tensor, definition: LossDef | None = None) -> Tensor:
+    """``mean_bc`` of a per-entry matrix (same rank as ``logits``), else ``out`` (already reduced). A matrix
+    of another shape than ``logits`` (a formula returning ``(B, 3)`` for ``(B, C)``, trained silently
+    before) is a :class:`LossError` naming ``definition``'s file and line."""
     if out.dim() == logits.dim():
+        if out.shape != logits.shape:
+            raise _loss_error(definition, f"the formula returned shape {tuple(out.shape)[-2:]} for logits "
+                              f"{tuple(logits.shape)[-2:]}; return the (B, C) per-entry loss or a scalar")
         return out.mean(dim=(-2, -1))
     return out
+
+
+def _loss_error(definition: LossDef | None, problem: str, line: int | None = None) -> LossError:
+    """A LossError ``<file>:<line>: loss '<name>': <problem>; fix the loss`` (line: the formula's ``def``)."""
+    if definition is None:
+        return LossError(f"{problem}; fix the loss")
+    code = getattr(definition.formula, "__code__", None)
+    where = f"{definition.origin}:{line or getattr(code, 'co_firstlineno', '?')}"
+    return LossError(f"{where}: loss {definition.name!r}: {problem}; fix the loss", definition.name)
 
 
 class PlainBatched(BatchedLoss):
@@ -101,31 +116,45 @@ class PlainBatched(BatchedLoss):
         return types.SimpleNamespace(**cols)
 
     def call(self, hp: Any, z: Tensor, s: Tensor, index: Tensor | None) -> Tensor:
-        """One formula call (per-entry matrix or reduced value)."""
-        if self.use_step:
-            return self.definition.formula(hp, z, s, self.step(index))
-        return self.definition.formula(hp, z, s)
+        """One formula call (per-entry matrix or reduced value); whatever it raises becomes a
+        :class:`LossError` naming the formula's file and the line that raised."""
+        try:
+            out = (self.definition.formula(hp, z, s, self.step(index)) if self.use_step
+                   else self.definition.formula(hp, z, s))
+        except (LossError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a researcher's formula: one line, that loss's jobs fail
+            line = _raising_line(exc, self.definition.origin)
+            raise _loss_error(self.definition, f"the formula raised {type(exc).__name__}: {exc}", line) from None
+        if not isinstance(out, Tensor):
+            raise _loss_error(self.definition, f"the formula returned {type(out).__name__}, not a tensor")
+        return out
 
     def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
         """Per-config losses ``(M,)``: the formula broadcast over the configs, or once per config."""
         z, s = self.check_inputs(logits, observed, index)
         if self.broadcast:
-            value = reduce_value(self.call(self.columns(z), z, s, index), z)
+            value = reduce_value(self.call(self.columns(z), z, s, index), z, self.definition)
             if value.shape != (self.num_configs,):
-                raise ConfigError(f"{self.definition.origin}: loss {self.definition.name!r}: the formula gave "
-                                  f"shape {tuple(value.shape)} for {self.num_configs} configs; reduce over the last "
-                                  "two dims only (or return the per-entry matrix), or register it with "
-                                  "vectorize='loop'")
+                raise _loss_error(self.definition, f"the formula gave shape {tuple(value.shape)} for "
+                                  f"{self.num_configs} configs; reduce over the last two dims only (or return the "
+                                  "per-entry matrix), or register it with vectorize='loop'")
             return value
         out = []
         for m, hp in enumerate(self.hparams):
             idx = None if index is None else (index if index.dim() == 1 else index[m])
-            value = reduce_value(self.call(hp, z[m], s[m if s.shape[0] > 1 else 0], idx), z[m])
+            value = reduce_value(self.call(hp, z[m], s[m if s.shape[0] > 1 else 0], idx), z[m], self.definition)
             if value.dim() != 0:
-                raise ConfigError(f"{self.definition.origin}: loss {self.definition.name!r}: the formula gave "
-                                  f"shape {tuple(value.shape)}; return the (B, C) per-entry loss or a scalar")
+                raise _loss_error(self.definition, f"the formula gave shape {tuple(value.shape)}; return the "
+                                  "(B, C) per-entry loss or a scalar")
             out.append(value)
         return torch.stack(out)
+
+
+def _raising_line(exc: BaseException, path: str) -> int | None:
+    """The last line of file ``path`` in the traceback of ``exc`` (None when it is not there)."""
+    lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__) if f.filename == path and f.lineno]
+    return lines[-1] if lines else None
 
 
 def plain_class(definition: LossDef) -> type[PlainBatched]:
