@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
+import traceback
 import types
 import typing
 from collections.abc import Mapping
@@ -161,7 +163,22 @@ def make_hparams(cls: type[H], defaults: Mapping[str, Any] | None = None,
                 raise ConfigError(f"{cls.loss}.{key}: unknown hyperparameter; known: {known}")
             length = fields[key].metadata.get("length")
             values[key] = _coerce(cls.loss, key, hints[key], value, length)
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a plugin's check() that raises: one line naming its file and line
+        path = getattr(sys.modules.get(cls.__module__), "__file__", None) or cls.__module__
+        line = raising_line(exc, str(path)) or "?"
+        given = ", ".join(f"{k}={fmt(v)}" for k, v in values.items()) or "the defaults"
+        raise ConfigError(f"{path}:{line}: {cls.loss} hyperparameters ({given}): check() raised "
+                          f"{type(exc).__name__}: {exc}; fix check() or the values") from None
+
+
+def raising_line(exc: BaseException, path: str) -> int | None:
+    """The last line of file ``path`` in the traceback of ``exc`` (None when the file is not in it)."""
+    lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__) if f.filename == path and f.lineno]
+    return lines[-1] if lines else None
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import traceback
 import types
 import typing
 from typing import Any, ClassVar
@@ -27,6 +26,7 @@ from torch import Tensor
 
 from spmlbench.errors import LossError
 from spmlbench.losses.base import BatchedLoss
+from spmlbench.losses.hparams import raising_line
 
 if typing.TYPE_CHECKING:
     from spmlbench.losses.registry import LossDef
@@ -124,7 +124,7 @@ class PlainBatched(BatchedLoss):
         except (LossError, KeyboardInterrupt):
             raise
         except Exception as exc:  # noqa: BLE001 - a researcher's formula: one line, that loss's jobs fail
-            line = _raising_line(exc, self.definition.origin)
+            line = raising_line(exc, self.definition.origin)
             raise _loss_error(self.definition, f"the formula raised {type(exc).__name__}: {exc}", line) from None
         if not isinstance(out, Tensor):
             raise _loss_error(self.definition, f"the formula returned {type(out).__name__}, not a tensor")
@@ -149,12 +149,6 @@ class PlainBatched(BatchedLoss):
                                   "(B, C) per-entry loss or a scalar")
             out.append(value)
         return torch.stack(out)
-
-
-def _raising_line(exc: BaseException, path: str) -> int | None:
-    """The last line of file ``path`` in the traceback of ``exc`` (None when it is not there)."""
-    lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__) if f.filename == path and f.lineno]
-    return lines[-1] if lines else None
 
 
 def plain_class(definition: LossDef) -> type[PlainBatched]:

@@ -17,12 +17,12 @@ import importlib
 import importlib.metadata
 import linecache
 import sys
-import traceback
 import types
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from spmlbench.errors import ConfigError
+from spmlbench.losses.hparams import raising_line
 from spmlbench.losses.registry import LOSSES
 
 ENTRY_POINT_GROUP = "spmlbench.losses"
@@ -92,24 +92,23 @@ def install(source: PluginSource) -> list[str]:
 
 def _plugin_line(exc: BaseException, path: str) -> int | str:
     """The last line of ``path`` in the traceback of ``exc`` (``?`` when the file is not in it)."""
-    line: int | str = "?"
-    for frame in traceback.extract_tb(exc.__traceback__):
-        if frame.filename == path and frame.lineno is not None:
-            line = frame.lineno
-    return line
+    return raising_line(exc, path) or "?"
 
 
 def load_plugin(spec: str) -> list[str]:
     """Import a plugin: a ``.py`` file path, or an importable module name; returns its loss names."""
     if spec.endswith(".py") or Path(spec).expanduser().is_file():
         return install(source_of(spec))
+    missing = ConfigError(f"--plugin {spec}: no such file or importable module; pass a .py file path or the "
+                          "name of an installed module")
+    if not all(part.isidentifier() for part in spec.split(".")):
+        raise missing  # '../x', 'a/b': a path that is not there, not a module name (a relative-import TypeError, before)
     before = set(LOSSES.names())
     try:
         module = importlib.import_module(spec)
     except ModuleNotFoundError as exc:
         if exc.name and spec.startswith(exc.name):
-            raise ConfigError(f"--plugin {spec}: no such file or importable module; pass a .py file path or the "
-                              "name of an installed module") from None
+            raise missing from None
         raise ConfigError(f"--plugin {spec}: import error in the plugin: {exc}; install what it needs") from None
     except ConfigError:
         raise
@@ -118,7 +117,11 @@ def load_plugin(spec: str) -> list[str]:
         raise ConfigError(f"{where}:{_plugin_line(exc, str(where))}: import error in the plugin: "
                           f"{type(exc).__name__}: {exc}; fix the plugin") from None
     file = str(Path(module.__file__).resolve()) if getattr(module, "__file__", None) else spec
-    return [n for n in LOSSES.names() if n not in before or LOSSES.get(n).origin == file]
+    names = [n for n in LOSSES.names() if n not in before or LOSSES.get(n).origin == file]
+    if not names:  # '--plugin os' was accepted silently
+        raise ConfigError(f"--plugin {spec}: the module registered no loss; call spmlbench.losses.register_loss(...) "
+                          "in it (see docs/adding-a-loss.md), or drop the --plugin")
+    return names
 
 
 def load_entry_points() -> list[str]:
