@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import os
+import re
 
 
 class SpmlError(Exception):
@@ -51,7 +53,22 @@ _OS_FIXES = {
     errno.EEXIST: "a file stands where a folder is expected; remove it or choose another path",
     errno.EISDIR: "a folder stands where a file is expected; remove it or choose another path",
     errno.ENOENT: "no such file or folder; check the path",
+    errno.EFBIG: "file too large for this process's limit (ulimit -f) or the file system; raise the limit or "
+                 "choose another path (--out, --home)",
 }
+
+
+def with_path(exc: OSError, path: object) -> OSError:
+    """``exc`` naming ``path`` when it names no file (pyarrow's "Error writing bytes ... [errno 28]" names
+    none): a new OSError with the errno read from its text; ``exc`` itself when it names a file."""
+    if exc.filename is not None:
+        return exc
+    code = exc.errno
+    if code is None:
+        found = re.search(r"\[errno (\d+)\]", str(exc), re.I)
+        code = int(found.group(1)) if found else None
+    what = os.strerror(code) if code else (exc.strerror or " ".join(str(exc).split()))
+    return OSError(code, what, str(path))
 
 
 def os_error_message(exc: OSError) -> str:

@@ -27,7 +27,7 @@ from spmlbench.data.acquire import sha256_file
 from spmlbench.errors import ConfigError, DataError
 from spmlbench.features.backbones import IMAGENET_MEAN, IMAGENET_STD
 from spmlbench.features.clip import image_embeddings, load_clip, text_embeddings
-from spmlbench.features.store import read_features, read_metadata, write_features
+from spmlbench.features.store import check_finite, read_features, read_metadata, write_features
 from spmlbench.paths import dataset_dir
 from spmlbench.progress import Reporter, Sink
 
@@ -140,7 +140,11 @@ def build_pseudo(dataset: str, source: str, *, home: Any = None, device: str | t
             "class_names": names}
     report = Reporter(progress)
     if path.exists():
-        have = read_metadata(path)
+        try:
+            have = read_metadata(path)
+        except DataError as exc:  # truncated or corrupt: rebuilt (it could not be rebuilt even with --force, before)
+            report.note(f"{str(exc).split(';')[0]}; rebuilding it")
+            have, force = {}, True
         same = {k: have.get(k) for k in want} == want and have.get("images") == len(images)
         if same and not force:
             report.note(f"{path}: up to date (same settings), reused")
@@ -213,4 +217,5 @@ def load_pseudo(dataset: str, source: str, home: Any = None) -> torch.Tensor:
 
     if read_images(path) != images:
         raise DataError(f"{path}: rows do not match labels.parquet's training rows (re-prepared?); {fix} --force")
+    check_finite(path, values)  # NaN scores trained silently, before
     return torch.from_numpy(values).view(len(images), 2, int(meta["views"]), int(meta["num_classes"]))

@@ -75,7 +75,13 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     raw = (schema.metadata or {}).get(META_KEY)
     if raw is None:
         raise DataError(f"{path}: no spmlbench metadata; {_rebuild_hint(path)}")
-    return json.loads(raw)
+    try:
+        meta = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        meta = None
+    if not isinstance(meta, dict):  # a traceback, before, and 'features' did not rebuild it
+        raise DataError(f"{path}: its spmlbench metadata is not a JSON object (corrupt); {_rebuild_hint(path)}")
+    return meta
 
 
 def _as_matrix(column: pa.ChunkedArray, n: int, d: int) -> np.ndarray:
@@ -143,13 +149,16 @@ def check_finite(path: str | os.PathLike[str], feats: np.ndarray, block: int = 4
     row blocks: little extra memory); a trainer would otherwise only report non-finite logits."""
     bad = sum(int(feats[i:i + block].size - np.isfinite(feats[i:i + block]).sum()) for i in range(0, len(feats), block))
     if bad:
-        raise DataError(f"{path}: holds {bad} NaN or infinite feature values; {_rebuild_hint(Path(path))}")
+        what = "pseudo-label scores" if Path(path).parent.name == "pseudo" else "feature values"
+        raise DataError(f"{path}: holds {bad} NaN or infinite {what}; {_rebuild_hint(Path(path))}")
 
 
 def _rebuild_hint(path: Path) -> str:
-    """The fix for a bad cache file: rebuild it with the features command."""
+    """The fix for a bad cache file: rebuild it with the command that makes it (features, pseudo-labels)."""
     backbone = path.stem
-    dataset = path.parent.parent.name if path.parent.name == "features" else "<dataset>"
+    dataset = path.parent.parent.name if path.parent.name in ("features", "pseudo") else "<dataset>"
+    if path.parent.name == "pseudo":  # a pseudo-label cache: its own command (was: features --backbone damp)
+        return f"rebuild it with 'spmlbench pseudo-labels {dataset} --source {path.stem} --force'"
     if backbone.endswith("-zenodo"):
         return f"re-import it with 'spmlbench features {dataset} --zenodo <folder with the .npy files>'"
     return f"rebuild it with 'spmlbench features {dataset} --backbone {backbone} --force'"
