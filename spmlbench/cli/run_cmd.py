@@ -20,7 +20,8 @@ from spmlbench.experiments.plan import DEFAULT_DATASET, DEFAULT_SEEDS, RunReques
 from spmlbench.experiments.recipes import LINEAR_RECIPES, SELECT_RULES, check_choice, linear_protocol
 from spmlbench.experiments.ray_executor import import_ray
 from spmlbench.experiments.runner import RunProgress, RunSummary, run_jobs
-from spmlbench.experiments.selection import run_selected
+from spmlbench.data.store import test_class_warning
+from spmlbench.experiments.selection import run_selected, untrained_groups
 from spmlbench.runtime import resolve_device
 
 DEFAULT_SEEDS_TEXT = ",".join(map(str, DEFAULT_SEEDS))
@@ -155,7 +156,8 @@ def run(
             return _run_ray(stage, out, ray_opts, view, run_kwargs)
 
         summaries, shown = run_selected(jobs, out, rule, run_stage)
-    report_run(_merge(summaries), shown, out)
+    warnings = [w for w in (test_class_warning(ds, home) for ds in sorted({j.dataset for j in jobs})) if w]
+    report_run(_merge(summaries), shown, out, untrained_groups(jobs, shown), warnings)
 
 
 def _merge(summaries: Sequence[RunSummary]) -> RunSummary:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,11 +121,19 @@ def result_table(jobs: Sequence[JobSpec], records: Any) -> Table:
     return table
 
 
-def report_run(summary: RunSummary, jobs: Sequence[JobSpec], out: Path) -> None:
-    """The summary lines, the result table of ``jobs`` (the selected ones) and their failures."""
+def report_run(summary: RunSummary, jobs: Sequence[JobSpec], out: Path,
+               untrained: Mapping[str, Sequence[JobSpec]] | None = None, warnings: Sequence[str] = ()) -> None:
+    """The summary lines, the result table of ``jobs`` (the selected ones) and their failures.
+
+    ``untrained``: selection groups in which no grid point trained (each stops with "nothing to select"; their
+    failed points count among the failed jobs). ``warnings``: lines printed before the table (a class without
+    a test positive).
+    """
     from spmlbench.experiments.records import load_records
 
     df = load_records(out)  # read once for the messages and the table
+    for line in warnings:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     if summary.skipped:
         failed = int((df[df["job_id"].isin(summary.skipped)]["status"] != "ok").sum()) if not df.empty else 0
         note = f", {failed} of them failed (same seeds: a re-run fails the same way)" if failed else ""
@@ -135,7 +143,12 @@ def report_run(summary: RunSummary, jobs: Sequence[JobSpec], out: Path) -> None:
         console.print(f"{_jobs(len(summary.by_others))} run by another process on {out}", highlight=False)
     console.print(f"{_jobs(len(summary.ran))} run; records in {out / 'records'}", highlight=False)
     console.print(result_table(jobs, df))
-    shown = {j.job_id for j in jobs}
+    lost = {j.job_id for group in (untrained or {}).values() for j in group}
+    for group in (untrained or {}).values():
+        ran = int(df["job_id"].isin({j.job_id for j in group}).sum()) if not df.empty else 0
+        console.print(f"{group[0].loss} on {group[0].dataset}: no grid point trained; nothing to select ({ran} "
+                      f"grid point runs failed; their records say why)", markup=False, highlight=False)
+    shown = {j.job_id for j in jobs} | (set(df["job_id"]) & lost if not df.empty else set())
     unselected = [f for f in summary.failed if f not in shown]
     if unselected:
         console.print(f"{len(unselected)} grid points failed and were not selected (e.g. diverged at a large lr); "

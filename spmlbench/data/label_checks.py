@@ -3,6 +3,7 @@
 What is checked (each failure names the file, the problem and the fix):
 
 - the metadata is a JSON object; the columns ``image``, ``split``, ``labels``, ``observed`` exist;
+- every image is listed once;
 - split names are ``train``/``val``/``test`` (training also needs rows in each: :func:`require_splits`);
 - ``labels`` and ``observed`` are lists without nulls, every list as long as the metadata's
   ``num_classes``, every value 0 or 1 (so the CPU and the generic AP paths agree);
@@ -53,10 +54,39 @@ def check_table(path: Path, table: pa.Table, meta: dict[str, Any]) -> None:
     if unknown:
         raise DataError(f"{path}: unknown split name(s) {', '.join(map(repr, unknown[:5]))} (known: "
                         f"{', '.join(SPLITS)}); {FIX}")
+    _check_unique_images(path, table.column("image"))
     classes = meta.get("num_classes")
     labels = _matrix(path, table, "labels", classes)
     observed = _matrix(path, table, "observed", labels.shape[1])
     _check_single_positive(path, labels, observed, np.isin(names, ("train", "val")))
+
+
+def _check_unique_images(path: Path, images: pa.ChunkedArray) -> None:
+    """DataError naming the first image listed twice (blamed on the feature cache, before, then trained)."""
+    names = images.to_pylist()
+    seen: dict[Any, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            raise DataError(f"{path}: row {i} repeats image {name!r} of row {seen[name]} (each image once); {FIX}")
+        seen[name] = i
+
+
+def empty_test_classes(labels: np.ndarray, splits: Any) -> list[int]:
+    """The classes with no positive among the test rows of ``labels`` (N, C)."""
+    test = np.asarray(splits, dtype=object) == "test"
+    return [int(c) for c in np.flatnonzero(labels[test].sum(axis=0) == 0)]
+
+
+def empty_class_warning(path: Path, classes: list[int], names: list[str]) -> str | None:
+    """One warning line for classes without a test positive (None when there are none), stating the AP
+    policy: such a class counts as AP 0 in the test mAP (spmlbench.train.evaluate), lowering every loss's."""
+    if not classes:
+        return None
+    shown = ", ".join(f"{c} ({names[c]!r})" if c < len(names) else str(c) for c in classes[:5])
+    more = f" and {len(classes) - 5} more" if len(classes) > 5 else ""
+    return (f"warning: {path}: class{'es' if len(classes) > 1 else ''} {shown}{more} ha{'ve' if len(classes) > 1 else 's'} "
+            "no positive in the test split; AP policy: such a class counts as AP 0 in the test mAP (lowering every "
+            "loss's equally); re-prepare the dataset if that is not intended")
 
 
 def _matrix(path: Path, table: pa.Table, column: str, classes: Any) -> np.ndarray:

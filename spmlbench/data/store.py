@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from spmlbench.atomic import atomic_path
-from spmlbench.data.label_checks import SPLITS, check_table, parse_metadata
+from spmlbench.data.label_checks import SPLITS, check_table, empty_class_warning, empty_test_classes, parse_metadata
 from spmlbench.errors import DataError
 from spmlbench.paths import labels_path
 
@@ -93,6 +93,17 @@ def load_labels(dataset: str, home: str | os.PathLike[str] | None = None) -> pd.
             f"{path}: dataset {dataset!r} is not prepared; run 'spmlbench prepare {dataset}'"
         )
     return read_labels(path)
+
+
+def test_class_warning(dataset: str, home: str | os.PathLike[str] | None = None) -> str | None:
+    """The warning for ``dataset``'s classes without a test positive (None when every class has one, or the
+    dataset is not prepared): :func:`~spmlbench.data.label_checks.empty_class_warning`."""
+    path = labels_path(dataset, home)
+    if not path.exists():
+        return None
+    df = read_labels(path)
+    classes = empty_test_classes(label_matrix(df, "labels"), df["split"].to_numpy())
+    return empty_class_warning(path, classes, list(df.attrs["spmlbench"].get("class_names", [])))
 
 
 def label_matrix(df: pd.DataFrame, column: str = "labels", split: str | None = None) -> np.ndarray:

@@ -198,14 +198,25 @@ def selected_jobs(jobs: Sequence[JobSpec], records: pd.DataFrame, rule: str) -> 
     """The jobs to keep after selection: for ``first-seed``, every seed of the point the first stage's
     records chose (jobs not yet run included); for the others, the selected records' jobs."""
     sel = select(records, rule)
-    if rule != "first-seed":
-        chosen = set(sel.loc[sel["selected"], "job_id"])
+    if rule != "first-seed":  # a group whose every point failed keeps nothing (see untrained_groups)
+        chosen = set(sel.loc[sel["selected"] & np.isfinite(sel["score"].astype(float)), "job_id"])
         return [j for j in jobs if j.job_id in chosen]
     point: dict[str, tuple[float, int]] = {}
     for key, text in sel.loc[sel["selected"], ["group", "selection"]].itertuples(index=False):
         info = json.loads(text)
-        point[key] = (float(info["lr"]), int(info["batch_size"]))
+        if math.isfinite(float(info["score"])):  # a failed point was selected, and its other seeds run, before
+            point[key] = (float(info["lr"]), int(info["batch_size"]))
     return [j for j in jobs if point.get(job_group(j)) == (float(j.lr), int(j.batch_size))]
+
+
+def untrained_groups(jobs: Sequence[JobSpec], chosen: Sequence[JobSpec]) -> dict[str, list[JobSpec]]:
+    """The selection groups of ``jobs`` of which nothing was chosen (no grid point trained), with their jobs."""
+    kept = {job_group(j) for j in chosen}
+    out: dict[str, list[JobSpec]] = {}
+    for j in jobs:
+        if job_group(j) not in kept:
+            out.setdefault(job_group(j), []).append(j)
+    return out
 
 
 def run_selected(jobs: Sequence[JobSpec], out_dir: str | Path, rule: str,

@@ -137,6 +137,9 @@ def maps_problem(path: Path, *, full: bool = False) -> str | None:
     if full or size <= FULL_HASH_BYTES or "sample_sha256" not in meta:
         if sha256_file(path) != meta["sha256"]:
             return "bytes do not match the sha256 in its metadata (corrupt or overwritten)"
+        bad = sum(int(np.count_nonzero(~np.isfinite(maps[i:i + 256]))) for i in range(0, len(maps), 256))
+        if bad:
+            return f"holds {bad} NaN or infinite values"
     elif sample_sha256(path) != meta["sample_sha256"]:
         return "bytes do not match the sampled sha256 in its metadata (corrupt or overwritten)"
     return None
