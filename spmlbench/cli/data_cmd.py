@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.table import Table
@@ -65,21 +65,37 @@ def prepare(
         "extra), as 'spmlbench pseudo-labels' does.", metavar="<vlpl|damp|vlpl,damp>", rich_help_panel=OUTPUT),
 ) -> None:
     """Download (or take --from), format, sample single positives and split one dataset."""
-    from spmlbench.cli.progress_view import progress_sink
-    from spmlbench.data.prepare import PrepareOptions, prepare_dataset
-    from spmlbench.features.modes import FEATURE_MODES, run_features
+    from spmlbench.data.prepare import PrepareOptions
+    from spmlbench.data.registry import get_adapter
+    from spmlbench.data.staging import prepare_lock
+    from spmlbench.features.modes import FEATURE_MODES
+    from spmlbench.paths import data_home
 
     if features not in FEATURE_MODES:
         raise ConfigError(f"--features {features!r}: unknown mode; choose one of {', '.join(FEATURE_MODES)}")
     if not 0 <= label_seed < 2**32:
         raise ConfigError(f"--label-seed {label_seed}: must be in [0, 2**32); pick another seed")
-    from spmlbench.features.pseudo import SOURCES, build_pseudo
+    from spmlbench.features.pseudo import SOURCES
 
     sources = [t.strip() for t in (pseudo_labels or "").split(",") if t.strip()]
     for src in sources:
         if src not in SOURCES:
             raise ConfigError(f"--pseudo-labels {src!r}: unknown source; choose from {', '.join(SOURCES)}")
     opts = PrepareOptions(source=source, mirror=mirror, label_seed=label_seed, drop_unlabeled=drop_unlabeled)
+    get_adapter(dataset)  # an unknown or not plain name fails before the lock file is named after it
+    say = lambda msg: console.print(msg, markup=False, highlight=False)  # noqa: E731
+    with prepare_lock(data_home(home), dataset, say):  # a second prepare of the dataset waits for the first
+        _prepare(dataset, opts, home, yes, features, source, sources)
+
+
+def _prepare(dataset: str, opts: Any, home: Optional[Path], yes: bool, features: str, source: Optional[Path],
+             sources: list[str]) -> None:
+    """prepare's work, under the dataset's prepare lock."""
+    from spmlbench.cli.progress_view import progress_sink
+    from spmlbench.data.prepare import prepare_dataset
+    from spmlbench.features.modes import run_features
+    from spmlbench.features.pseudo import build_pseudo
+
     result = prepare_dataset(
         dataset,
         opts,

@@ -5,19 +5,26 @@ right after it was made. A later ``prepare`` of the same dataset removes folders
 gone from this host (killed, or the pid now belongs to another process), and owner-less folders
 older than ``ORPHAN_AGE_S`` (made by an older version, or killed before the owner line was written).
 Folders of a live run, or of another host, are left alone.
+
+Two ``prepare`` runs of one dataset take turns (:func:`prepare_lock`, ``<home>/.<ds>.prepare.lock``): the
+second waits for the first, saying so, instead of failing on its staging files.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from spmlbench import procinfo
 
 OWNER_FILE = ".spmlbench-owner"
 ORPHAN_AGE_S = 3600.0
+LOCK_GRACE_S = 30.0  # a lock file without a readable owner line younger than this may be being written
 
 
 def make_staging(home_dir: Path, dataset: str) -> Path:
@@ -54,3 +61,46 @@ def clean_stale(home_dir: Path, dataset: str, say: Callable[[str], None] = lambd
                 removed.append(folder)
                 say(f"{folder}: removed the staging folder of an earlier prepare that did not finish")
     return removed
+
+
+@contextlib.contextmanager
+def prepare_lock(home_dir: Path, dataset: str, say: Callable[[str], None] = lambda msg: None,
+                 wait_s: float = 0.5) -> Iterator[Path]:
+    """Hold ``<home>/.<dataset>.prepare.lock`` (O_EXCL, ``pid host start``) while preparing ``dataset``; wait
+    while another live process holds it (said once), take it over when its owner is gone."""
+    home_dir.mkdir(parents=True, exist_ok=True)
+    path = home_dir / f".{dataset}.prepare.lock"
+    told = False
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if _lock_gone(path):
+                path.unlink(missing_ok=True)
+                continue
+            if not told:
+                say(f"waiting: {path} is held by another prepare of {dataset}; this one continues when it ends "
+                    "(delete the file if no prepare runs)")
+                told = True
+            time.sleep(wait_s)
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(procinfo.owner_line())
+        break
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _lock_gone(path: Path) -> bool:
+    """Whether the prepare lock ``path`` is left by a process that is gone (or unreadable for long)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        written = path.stat().st_mtime
+    except FileNotFoundError:
+        return False  # released meanwhile: try again
+    if procinfo.parse_owner(text) is None:
+        age = procinfo.file_age(path)
+        return age is not None and age > LOCK_GRACE_S
+    return procinfo.owner_gone(text, written_at=written) is True
