@@ -142,9 +142,17 @@ def resolve_hparams(loss: str, dataset: str, overrides: Mapping[str, Any], meta:
     return resolve(loss, dataset, **over).as_dict()
 
 
+def check_image_size(image_size: int | None) -> None:
+    """ConfigError unless ``--image-size`` is unset or in [MIN_IMAGE_SIZE, MAX_IMAGE_SIZE]."""
+    if image_size is not None and not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
+        raise ConfigError(f"--image-size {image_size}: must be a whole number in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}] "
+                          "(the backbones downsample by 32); e.g. --image-size 224")
+
+
 def check_image_options(mode: str, weights: str | None, image_size: int | None, exact: bool) -> None:
     """``--weights``, ``--image-size`` and ``--exact`` are for the modes that train on images (ConfigError)."""
     if mode != "linear":
+        check_image_size(image_size)  # before the data is looked at ("negative strides" inside numpy, before)
         return
     for name, value in (("weights", weights), ("image-size", image_size), ("exact", exact or None)):
         if value is not None:
@@ -196,9 +204,7 @@ def expand_jobs(
     check_image_options(mode, weights, image_size, exact)
     if weights is not None and weights not in ("default", "none"):
         raise ConfigError(f"--weights {weights!r}: unknown; choose default or none")
-    if image_size is not None and not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
-        raise ConfigError(f"--image-size {image_size}: must be a whole number in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}] "
-                          "(the backbones downsample by 32); e.g. --image-size 224")
+    check_image_size(image_size)
     if mode not in MODES:
         raise ConfigError(f"--mode {mode!r}: unknown; choose one of: {', '.join(MODES)}")
     check_choice("recipe", recipe, LINEAR_RECIPES)

@@ -86,11 +86,20 @@ def extract_maps(dataset: str, backbone: str, *, home: Any = None, device: str |
             advance(len(rows))
     del out
     os.replace(partial, path)
+    write_maps_metadata(path, want)
+    done_file.unlink(missing_ok=True)
+    return path
+
+
+def write_maps_metadata(path: Path, want: dict[str, Any]) -> Path:
+    """Write the ``.json`` of the finished maps ``path``: ``want`` (the settings, shape and images) with the
+    file's size, whole and sampled sha256 (checked by :func:`maps_problem`)."""
+    shape = want["shape"]
+    meta_path = path.with_suffix(".json")
     atomic_write_text(meta_path, json.dumps({**want, "sha256": sha256_file(path), "bytes": path.stat().st_size,
                                              "sample_sha256": sample_sha256(path),
                                              "bytes_per_image": int(np.prod(shape[1:])) * 2}, sort_keys=True))
-    done_file.unlink(missing_ok=True)
-    return path
+    return meta_path
 
 
 def sample_sha256(path: Path) -> str:
