@@ -129,9 +129,9 @@ def test_bad_seeds_devices_and_spec_values(cli, home: Path, tmp_path: Path) -> N
     one_line(cli("run", "--dataset", "voc", "--losses", "an", "--seeds", "0", "--device", "cuda:x", "--out", out),
              "the GPU index must be a whole number")
     bad = write_spec(tmp_path, 'overrides = { epochs = "ten" }')
-    one_line(cli("run", "--experiment", bad, "--out", out), "overrides epochs = 'ten': must be a whole number >= 1")
+    one_line(cli("run", "--experiment", bad, "--out", out), "overrides epochs = 'ten': must be a whole number in [1, 10000]")
     bad = write_spec(tmp_path, "overrides = { lr = -1 }")
-    one_line(cli("run", "--experiment", bad, "--out", out), "overrides lr = -1: must be a positive number")
+    one_line(cli("run", "--experiment", bad, "--out", out), "overrides lr = -1: must be a finite positive number")
     (tmp_path / "seeds.toml").write_text(open(write_spec(tmp_path)).read().replace("[0, 1]", "[0, 99999999999]"))
     one_line(cli("run", "--experiment", str(tmp_path / "seeds.toml"), "--out", out), "seeds must be")
 

@@ -312,6 +312,7 @@ def test_cli_report_errors(cli, tmp_path: Path) -> None:
     assert res.code == 2 and "pdf" in res.err
     res = cli("report", "--results", str(tmp_path), "--experiment", "nope")
     assert res.code == 2 and "table1" in res.err
+    assert res.err.strip().splitlines()[-1:] == [res.err.strip()] and "Traceback" not in res.err  # one line
 
 
 def test_per_dataset_defaults_stay_one_row(tmp_path: Path) -> None:
