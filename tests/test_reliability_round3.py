@@ -197,6 +197,10 @@ def test_duplicate_image_and_class_without_test_positive(cli, home: Path, tmp_pa
     assert (f"warning: {labels_path('voc', home)}: class 3 has no positive in the test split; AP policy: such a "
             "class counts as AP 0 in the test mAP") in " ".join(res.out.split())
     assert load_records(tmp_path / "r")["test_ap"][0][3] == 0.0
+    rep = cli("report", "--results", str(tmp_path / "r"))
+    assert rep.code == 0 and "Traceback" not in rep.err, rep.err
+    assert (f"warning: {tmp_path / 'r' / 'records'} (voc): class 3 has no positive in the test split; AP policy: "
+            "such a class counts as AP 0") in " ".join(rep.err.split())
 
 
 def test_features_metadata_not_json_is_one_line_then_rebuilt(cli, home: Path, tmp_path: Path) -> None:

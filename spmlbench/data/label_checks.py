@@ -77,7 +77,17 @@ def empty_test_classes(labels: np.ndarray, splits: Any) -> list[int]:
     return [int(c) for c in np.flatnonzero(labels[test].sum(axis=0) == 0)]
 
 
-def empty_class_warning(path: Path, classes: list[int], names: list[str]) -> str | None:
+def zero_ap_classes(test_aps: Any) -> list[int]:
+    """The classes whose test AP is 0 in every one of ``test_aps`` (per-class AP vectors of finished records of
+    one dataset): a class with a test positive always has AP > 0, so these have none (how ``report``, which
+    reads records only, finds them)."""
+    rows = [np.asarray(a, dtype=float) for a in test_aps if a is not None and len(a)]
+    if not rows or len({len(r) for r in rows}) != 1:
+        return []
+    return [int(c) for c in np.flatnonzero((np.stack(rows) == 0).all(axis=0))]
+
+
+def empty_class_warning(path: Path | str, classes: list[int], names: list[str]) -> str | None:
     """One warning line for classes without a test positive (None when there are none), stating the AP
     policy: such a class counts as AP 0 in the test mAP (spmlbench.train.evaluate), lowering every loss's."""
     if not classes:
