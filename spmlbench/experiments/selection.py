@@ -198,14 +198,17 @@ def selected_jobs(jobs: Sequence[JobSpec], records: pd.DataFrame, rule: str) -> 
     """The jobs to keep after selection: for ``first-seed``, every seed of the point the first stage's
     records chose (jobs not yet run included); for the others, the selected records' jobs."""
     sel = select(records, rule)
-    if rule != "first-seed":  # a group whose every point failed keeps nothing (see untrained_groups)
-        chosen = set(sel.loc[sel["selected"] & np.isfinite(sel["score"].astype(float)), "job_id"])
+    # a grid whose every point failed keeps nothing (see untrained_groups): a failed point was selected, and
+    # its other seeds run, before; a group of one point (no grid) keeps its failed jobs as before
+    keep = [bool(ok) and (math.isfinite(float(sc)) or json.loads(text)["points"] == 1)
+            for ok, sc, text in zip(sel["selected"], sel["score"], sel["selection"])]
+    if rule != "first-seed":
+        chosen = set(sel.loc[keep, "job_id"]) if len(sel) else set()
         return [j for j in jobs if j.job_id in chosen]
     point: dict[str, tuple[float, int]] = {}
-    for key, text in sel.loc[sel["selected"], ["group", "selection"]].itertuples(index=False):
+    for key, text in sel.loc[keep, ["group", "selection"]].itertuples(index=False) if len(sel) else ():
         info = json.loads(text)
-        if math.isfinite(float(info["score"])):  # a failed point was selected, and its other seeds run, before
-            point[key] = (float(info["lr"]), int(info["batch_size"]))
+        point[key] = (float(info["lr"]), int(info["batch_size"]))
     return [j for j in jobs if point.get(job_group(j)) == (float(j.lr), int(j.batch_size))]
 
 
