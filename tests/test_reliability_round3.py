@@ -283,3 +283,27 @@ def test_two_prepares_of_one_dataset_take_turns(cli, home: Path) -> None:
     lock.write_text(procinfo.owner_line(holder.pid))  # its owner is gone: taken over at once
     res = cli("prepare", "digits", "--features", "none")
     assert res.code == 0 and "waiting" not in res.out and not lock.exists()
+
+
+def test_features_maps_rebuilds_a_corrupt_maps_cache(home: Path) -> None:
+    from test_pseudo_labels import _dataset
+
+    from spmlbench.features import maps as maps_mod
+    from spmlbench.progress import Note
+
+    _dataset(home, n=7)
+    notes: list[str] = []
+    sink = lambda event: notes.append(event.text) if isinstance(event, Note) else None  # noqa: E731
+    kw = dict(home=home, weights="none", image_size=32, batch_size=4, progress=sink)
+    path = maps_mod.extract_maps("tiny", "resnet18", **kw)
+    want = np.load(path).copy()
+    path.with_suffix(".json").write_text("{trunc")  # "up to date, reused", before
+    maps_mod.extract_maps("tiny", "resnet18", **kw)
+    assert maps_mod.maps_problem(path) is None and np.array_equal(np.load(path), want)
+    with open(path, "r+b") as fh:
+        fh.truncate(path.stat().st_size - 64)
+    maps_mod.extract_maps("tiny", "resnet18", **kw)
+    assert maps_mod.maps_problem(path) is None and np.array_equal(np.load(path), want)
+    rebuilt = [n for n in notes if n.endswith("; rebuilding it")]
+    assert len(rebuilt) == 2 and all(n.startswith(f"{path}: ") for n in rebuilt)
+    assert "is not a maps description" in rebuilt[0] and "not a readable .npy file" in rebuilt[1]
