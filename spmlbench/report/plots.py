@@ -272,7 +272,7 @@ def _dumped_jobs(results_dir: Path, runs: pd.DataFrame) -> pd.DataFrame:
     return runs[has]
 
 
-def make_plots(out: Path, *, results_dir: Path, records: pd.DataFrame, runs: pd.DataFrame,
+def make_plots(out: Path, *, results_dir: Path, runs: pd.DataFrame,
                experiment: Any = None, settings: dict[str, Any] | None = None,
                home: Any = None) -> tuple[list[Path], list[str]]:
     """Write every figure whose inputs exist into ``out``; return (written paths, notes on skipped figures)."""
