@@ -262,3 +262,27 @@ def test_dry_run_prints_the_plan_and_writes_nothing(cli, home: Path, tmp_path: P
     assert f"{home}/voc/labels.parquet: dataset 'voc' is not prepared; run 'spmlbench prepare voc'" in res.out
     assert "pseudo/vlpl.parquet" in res.out and "image-passes" in res.out
     assert not out.exists() and list(home.iterdir()) == []
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_console_output_never_cuts_a_number(folder: Folder, columns: int, capsys: pytest.CaptureFixture[str]) -> None:
+    """At 80 and 120 columns, the run's own table and the reports print every number whole (no ellipsis)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPMLBENCH_HOME", str(folder.home))
+        mp.setenv("COLUMNS", str(columns))
+        capsys.readouterr()
+        outputs = []
+        for args in (["run", *RUNS["table1"], "--out", str(folder.out), "--processes", "1"],  # all finished: its table
+                     ["report", "--results", str(folder.out), "--run", folder.run_ids["default"]],
+                     ["report", "--results", str(folder.out), "--experiment", "table1"]):
+            code, _ = call(*args)
+            text = capsys.readouterr().out
+            assert code == 0 and "…" not in text, args
+            table_lines = [line for line in text.splitlines() if line[:1] in "┏┃┡│└"]
+            assert table_lines and max(len(line) for line in table_lines) <= columns, args
+            outputs.append(text)
+    run_table, report_default, report_table1 = outputs
+    for name, text in (("table1", run_table), ("default", report_default), ("table1", report_table1)):
+        for (row, _ds), (_n, mean, std) in stats(listed_cells(folder, name), ["row", "dataset"]).items():
+            assert f"{mean:.2f} ± {std:.2f}" in text, (name, row)
+    assert "vs GR Loss" in run_table and "ref." in run_table  # the compact paired column

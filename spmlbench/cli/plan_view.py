@@ -7,7 +7,7 @@ from pathlib import Path
 
 from spmlbench.cli.app import console
 from spmlbench.experiments.plan import Plan, RunRequest
-from spmlbench.experiments.selection import first_stage
+from spmlbench.experiments.selection import first_stage, planned_stages
 
 
 def _count(n: int, noun: str) -> str:
@@ -47,9 +47,8 @@ def show_plan(plan: Plan, request: RunRequest, out: Path) -> None:
         f"{_count(seeds, 'seed')}), "
         f"{_count(len(jobs), 'job')}; (lr, batch) points per cell: "
         + ", ".join(f"{k} ({v} cells)" for k, v in sorted(points.items())))
-    if len(trained) < len(jobs):
-        say(f"  selection {plan.select}: {_count(len(trained), 'job')} on the first seed's grid first, then each "
-            "other seed at its selected point")
+    planned, stages = planned_stages(jobs, plan.select)
+    say(f"  trains {_count(planned, 'job')} ({plan.select}): {stages}")
     epochs = sum(j.epochs for j in trained)
     cost = []
     for ds in datasets:

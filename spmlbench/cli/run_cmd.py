@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from spmlbench.atomic import writable_dir
 from spmlbench.cli.app import app, console, err_console
@@ -22,6 +22,7 @@ from spmlbench.experiments.plan import DEFAULT_DATASET, DEFAULT_SEEDS, RunReques
 from spmlbench.experiments.recipes import LINEAR_RECIPES, SELECT_RULES, check_choice
 from spmlbench.experiments.ray_executor import import_ray
 from spmlbench.experiments.runner import RunProgress, RunSummary, run_jobs
+from spmlbench.experiments.selection import planned_stages
 
 DEFAULT_SEEDS_TEXT = ",".join(map(str, DEFAULT_SEEDS))
 EXECUTORS = ("local", "ray")
@@ -151,9 +152,11 @@ def run(
                                       experiment=plan.experiment, workers=workers, processes=n_processes,
                                       dumps=frozenset(plan.dumps), keep_checkpoints=keep_checkpoints)
     writable_dir(out, "--out")  # before any training: records must be writable
+    planned, stages = planned_stages(plan.jobs, plan.select)
+    say(f"{plan.experiment or 'run'}: {stages}")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=False) as bar:
-        view = RichRunProgress(bar)
+                  TextColumn("eta"), TimeRemainingColumn(), console=err_console, transient=False) as bar:
+        view = RichRunProgress(bar, planned)
 
         def run_stage(stage: list[JobSpec]) -> RunSummary:
             if ray_opts is None:
@@ -162,7 +165,7 @@ def run(
 
         summaries, shown, manifest = run_plan(plan, request, out, run_stage, command=command_line(ctx),
                                               options={"device": device, "executor": executor, "force": force})
-    report_run(_merge(summaries), shown, out)
+    report_run(_merge(summaries), shown, out, manifest["run_id"])
     console.print(f"run {manifest['run_id']}: manifest in {out / 'runs'}; 'spmlbench report --results {out}' "
                   "shows it", highlight=False, soft_wrap=True)
 

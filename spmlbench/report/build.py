@@ -39,7 +39,8 @@ def report_settings(exp: Experiment | None) -> dict[str, Any]:
     return base
 
 
-def _noise(settings: dict[str, Any]):
+def seed_noise(settings: dict[str, Any]) -> Any:
+    """The seed-noise band of a dataset (``[report] seed_noise``; default 0.5 mAP points), as a function."""
     noise = settings.get("seed_noise", {})
     return lambda ds: float(noise.get(ds, noise.get("default", 0.5)))
 
@@ -56,7 +57,7 @@ def _main_tables(runs: pd.DataFrame, reference: pd.DataFrame, settings: dict[str
         if len(modes) > 1:
             table.key = f"main_{mode}"
         out.append(table)
-        paired = paired_comparison(sub, ref_row or REFERENCE_LOSS, _noise(settings),
+        paired = paired_comparison(sub, ref_row or REFERENCE_LOSS, seed_noise(settings),
                                    order=T.order_datasets(datasets[mode], settings))
         if not paired.empty:
             pt = T.paired_table(paired, reference, settings)
@@ -132,7 +133,7 @@ def _selection_tables(grid: pd.DataFrame, grid_points: bool, reference: pd.DataF
     return [t for t in tables if t is not None]
 
 
-def _with_titles(settings: dict[str, Any], manifests: list[dict[str, Any]]) -> dict[str, Any]:
+def with_titles(settings: dict[str, Any], manifests: list[dict[str, Any]]) -> dict[str, Any]:
     """Display settings with the registry titles the runs recorded (a plugin's title) under the [report] labels."""
     titles: dict[str, str] = {}
     for m in manifests:
@@ -177,7 +178,7 @@ def build_report(
         runs, missing = unlisted_runs(records)
         grid = pd.DataFrame()
     reference = load_reference()
-    settings = _with_titles(report_settings(exp), chosen)
+    settings = with_titles(report_settings(exp), chosen)
     tables = build_tables(data, runs, exp, reference, settings, reference_loss)
     tables += _selection_tables(grid, grid_points, reference, settings)
     n_unlisted = 0 if not chosen else int(len(unlisted_records(results_dir, listed)))

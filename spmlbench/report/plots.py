@@ -360,6 +360,16 @@ def make_plots(out: Path, *, results_dir: Path, runs: pd.DataFrame,
                 else:
                     notes.append(f"heatmap {g.name} on {ds}: skipped (no results)")
 
+    def results() -> list[Path]:
+        from spmlbench.report.load import load_reference
+        from spmlbench.report.results_plot import plot_results
+
+        if runs.empty:
+            raise ValueError("no results")
+        return plot_results(runs, load_reference(), settings, out)
+
+    written += _attempt(notes, "results chart", results)
+
     def cd() -> list[Path]:
         from spmlbench.report.cd_plot import cd_figures
 
