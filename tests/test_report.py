@@ -247,7 +247,9 @@ def test_ablation_and_grid_tables(tmp_path: Path) -> None:
     write_run(out, abl_cells, run_id="ablation-gr-1", experiment="ablation-gr", datasets=["voc"])
     write_run(out, grid_cells, run_id="grid-gr-1", experiment="grid-gr", datasets=["voc"],
               updated="2026-02-01T00:00:00+00:00")
-    abl = pd.read_csv(io.StringIO(to_csv(build_report(out, "ablation-gr"))["ablation"]))
+    abl_report = build_report(out, "ablation-gr")
+    assert "fixes the training point (lr 0.0001 / batch 8) instead of selecting" in render_text(abl_report, "md")
+    abl = pd.read_csv(io.StringIO(to_csv(abl_report)["ablation"]))
     for name in variants:
         row = abl[(abl["group"] == name) & (abl["dataset"] == "voc")].iloc[0]
         assert row["mean"] == pytest.approx(means[name]) and row["n"] == 3

@@ -119,6 +119,13 @@ def build_tables(data: RunTables | None, runs: pd.DataFrame, exp: Experiment | N
         if g.axes:
             for ds in exp.group_datasets(g):
                 out.append(T.grid_table(runs, g, ds, settings))
+    fixed = sorted({(g.overrides["lr"], g.overrides["batch_size"]) for g in exp.groups
+                    if "lr" in g.overrides and "batch_size" in g.overrides})
+    if fixed:
+        points = ", ".join(f"lr {lr:g} / batch {b}" for lr, b in fixed)
+        for t in out:
+            t.notes.append(f"Experiment {exp.name} fixes the training point ({points}) instead of selecting (lr, batch) "
+                           "on val: its numbers are not comparable with a selected run's (e.g. table1's).")
     return out
 
 
