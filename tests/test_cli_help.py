@@ -18,7 +18,7 @@ RUN_PANELS = {
                  "--early-stop", "--set", "--grid", "--device",
                  "--reference-loop"],
     "End to end": ["--exact", "--workers", "--image-size", "--weights", "--keep-checkpoints"],
-    "Output": ["--out", "--force", "--verify", "--home"],
+    "Output": ["--out", "--force", "--verify", "--home", "--dry-run"],
     "Scale-out": ["--processes", "--executor", "--address", "--gpus-per-job", "--cpus-per-job"],
 }
 

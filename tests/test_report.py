@@ -48,6 +48,33 @@ def write_records(out: Path, recs: list[dict[str, Any]]) -> Path:
     return out
 
 
+def cell(rec: dict[str, Any], group: str = "main", coords: dict[str, Any] | None = None,
+         jobs: list[str] | None = None) -> dict[str, Any]:
+    """A manifest cell reporting ``rec`` (its only job unless ``jobs`` lists the grid points)."""
+    return {"group": group, "row": rec["loss"], "loss": rec["loss"], "dataset": rec["dataset"], "mode": rec["mode"],
+            "seed": rec["seed"], "coords": coords or {}, "jobs": jobs or [rec["job_id"]], "selected": rec["job_id"]}
+
+
+def write_run(out: Path, cells: list[dict[str, Any]], *, run_id: str = "run-test", experiment: str | None = None,
+              datasets: list[str] | None = None, updated: str = "2026-01-01T00:00:00+00:00") -> Path:
+    """A run manifest (``<out>/runs/<run_id>.json``) whose cells are ``cells``."""
+    from spmlbench.experiments.spec import experiments_dir, load_experiment
+
+    block = None
+    if experiment:
+        exp = load_experiment(experiment, datasets=datasets)
+        text = (experiments_dir() / f"{experiment}.toml").read_text()
+        block = {"name": exp.name, "path": str(exp.path), "sha256": hashlib.sha256(text.encode()).hexdigest(),
+                 "toml": text, "datasets": list(exp.datasets), "seeds": list(exp.seeds), "mode": exp.mode}
+    jobs = {j: {} for c in cells for j in c["jobs"]}
+    manifest = {"format": 1, "run_id": run_id, "created": updated, "updated": updated, "status": "finished",
+                "command": f"spmlbench run ({run_id})", "select": "first-seed", "experiment": block, "jobs": jobs,
+                "cells": cells, "trained": list(jobs)}
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    (out / "runs" / f"{run_id}.json").write_text(json.dumps(manifest))
+    return out
+
+
 def digits_values(seed: int = 7) -> dict[tuple[str, str, int], float]:
     rng = np.random.default_rng(seed)
     return {(ds, loss, s): round(float(rng.uniform(30, 90)), 4)
@@ -60,8 +87,11 @@ def results(tmp_path: Path) -> tuple[Path, dict[tuple[str, str, int], float]]:
     vals.pop(("voc", "epr", 1))  # one missing seed
     vals = {k: v for k, v in vals.items() if not (k[0] == "voc" and k[1] == "an")}  # one missing cell
     recs = [record(ds, loss, s, v) for (ds, loss, s), v in vals.items()]
-    recs.append(record("digits", "an", 9, 0.0, status="failed"))  # failed jobs never enter a table
-    return write_records(tmp_path / "res", recs), vals
+    failed = record("digits", "an", 9, 0.0, status="failed")  # failed jobs never enter a table
+    cells = [cell(r) for r in [*recs, failed]]
+    cells += [cell(record("voc", "an", s, 0.0)) for s in SEEDS] + [cell(record("voc", "epr", 1, 0.0))]  # no record
+    out = write_records(tmp_path / "res", [*recs, failed])
+    return write_run(out, cells), vals
 
 
 def main_csv(rep) -> pd.DataFrame:
@@ -132,8 +162,8 @@ def test_missing_cell_shown_as_missing_not_zero(results) -> None:
     voc = cells[1 + 3 * 0]  # columns: Method, then VOC (3 cols), digits (3 cols)
     assert voc == "—" and "0.00" not in an_row
     assert cells[2] == "85.89 ± 0.38"  # the published number is still shown
-    assert "voc / an: seed 0, 1, 2" in md and "voc / epr: seed 1" in md
-    assert "1 failed" in md
+    assert "voc: 4 cells (4 missing): an, epr" in md and "digits: 1 cells (1 failed): an" in md
+    assert "run-test.json" in md  # where the job ids are
 
 
 @pytest.mark.parametrize("fmt", ["md", "latex", "html"])
@@ -142,7 +172,7 @@ def test_text_formats_render(results, fmt: str) -> None:
     text = render_text(build_report(out), fmt)
     gr_mean = f"{statistics.mean(vals[('voc', 'gr', s)] for s in SEEDS):.2f}"
     assert gr_mean in text
-    assert "records" in text and "Feature hashes" in text and "torch 2.14.1" in text
+    assert "Run: run-test" in text and "Feature hashes" in text and "torch 2.14.1" in text
     if fmt == "md":
         assert "| GR Loss |" in text and "| --- |" in text
     if fmt == "latex":
@@ -187,94 +217,70 @@ def test_paired_pvalue_equals_scipy(results) -> None:
 
 
 def test_experiment_report_counts_missing_cells(tmp_path: Path) -> None:
-    recs = [record("digits", loss, s, 50.0 + s, experiment="table1") for loss in ("an", "gr") for s in SEEDS]
+    recs = [record("digits", loss, s, 50.0 + s) for loss in ("an", "gr") for s in SEEDS]
+    empty = [record("digits", loss, s, 0.0) for loss in ("bce", "role") for s in SEEDS]  # planned, never run
     out = write_records(tmp_path / "res", recs)
-    rep = build_report(out, "table1")
-    text = render_text(rep, "md")
-    # 19 losses (16 + SMILE, VLPL, AEVLP) x 4 paper datasets + 16 on digits (which has records; the others are
-    # left out of its preview) x 3 seeds, minus 6 present
-    assert f"Missing cells (dataset/loss/seed without an ok result): {(19 * 4 + 16) * 3 - 6}" in text
-    assert "| Hill |" in text and "| BoostLU + LL-R |" in text
+    write_run(out, [cell(r) for r in recs + empty], experiment="table1", datasets=["voc", "digits"])
+    text = render_text(build_report(out, "table1"), "md")
+    assert "Cells with a result: 6; without: 6" in text and "digits: 6 cells (6 missing): bce, role" in text
+    assert "| Hill |" in text and "| BoostLU + LL-R |" in text  # published-only rows of table1 on VOC
     assert "VLPL and AEVLP need the clip extra" in text  # the rows that need CLIP pseudo-labels are marked
 
 
 def test_ablation_and_grid_tables(tmp_path: Path) -> None:
     variants = {"gr": {}, "no-k": {"use_k": False}, "no-v": {"use_v": False}}
     defaults = {"use_k": True, "use_v": True, "q2": 0.01, "q3": 1.0}  # records hold resolved hparams
-    recs, means = [], {}
+    recs, means, abl_cells = [], {}, []
     for i, (name, hp) in enumerate(variants.items()):
         xs = [60.0 + i + 0.1 * s for s in SEEDS]
         means[name] = statistics.mean(xs)
-        recs += [record("voc", "gr", s, x, {**defaults, **hp}, experiment="ablation-gr") for s, x in zip(SEEDS, xs)]
-    grid = []
+        mine = [record("voc", "gr", s, x, {**defaults, **hp}) for s, x in zip(SEEDS, xs)]
+        recs += mine
+        abl_cells += [cell(r, group=name) for r in mine]
+    grid, grid_cells = [], []
     for q2 in (0.001, 0.01):
         for q3 in (0.25, 0.5):
-            grid.append(record("voc", "gr", 0, 70 + q2 * 100 + q3, {**defaults, "q2": q2, "q3": q3}))
+            r = record("voc", "gr", 0, 70 + q2 * 100 + q3, {**defaults, "q2": q2, "q3": q3})
+            grid.append(r)
+            grid_cells.append(cell(r, group="q2-q3", coords={"q2": q2, "q3": q3}))
     out = write_records(tmp_path / "res", recs + grid)
-    abl = pd.read_csv(io.StringIO(to_csv(build_report(out, "ablation-gr"))["ablation"]))
+    write_run(out, abl_cells, run_id="ablation-gr-1", experiment="ablation-gr", datasets=["voc"])
+    write_run(out, grid_cells, run_id="grid-gr-1", experiment="grid-gr", datasets=["voc"],
+              updated="2026-02-01T00:00:00+00:00")
+    abl_report = build_report(out, "ablation-gr")
+    assert "fixes the training point (lr 0.0001 / batch 8) instead of selecting" in render_text(abl_report, "md")
+    abl = pd.read_csv(io.StringIO(to_csv(abl_report)["ablation"]))
     for name in variants:
         row = abl[(abl["group"] == name) & (abl["dataset"] == "voc")].iloc[0]
         assert row["mean"] == pytest.approx(means[name]) and row["n"] == 3
         assert row["diff_vs_baseline"] == pytest.approx(means[name] - means["gr"])
     assert np.isnan(abl[(abl["group"] == "static") & (abl["dataset"] == "voc")]["mean"].iloc[0])
-    grid_csv = pd.read_csv(io.StringIO(to_csv(build_report(out, "grid-gr"))["grid_q2-q3_voc"]))
+    rep = build_report(out)  # the latest run: grid-gr
+    assert rep.title == "spmlbench report: grid-gr"
+    grid_csv = pd.read_csv(io.StringIO(to_csv(rep)["grid_q2-q3_voc"]))
     hit = grid_csv[(grid_csv["q2"] == 0.01) & (grid_csv["q3"] == 0.5)].iloc[0]
     assert hit["mean"] == pytest.approx(70 + 1.0 + 0.5) and hit["n"] == 1
-    # the ablation's default runs are the grid point (q2=0.01, q3=1): shared, while the no-k/no-v
-    # runs (same q2, q3) must not fill it
-    shared = grid_csv[(grid_csv["q2"] == 0.01) & (grid_csv["q3"] == 1.0)].iloc[0]
-    assert shared["n"] == 3 and shared["mean"] == pytest.approx(means["gr"])
-    assert grid_csv["mean"].notna().sum() == 5 and len(grid_csv) == 25
+    assert grid_csv["mean"].notna().sum() == 4 and len(grid_csv) == 25  # only the cells its manifest lists
 
 
-def test_fixed_point_experiment_finds_its_runs_beside_a_selected_grid(tmp_path: Path) -> None:
-    """The default run selects (lr, batch) for GR on a grid; ablation-gr fixes lr 1e-4, batch 8. Its
-    baseline cells must use the 1e-4/8 records, the plain report the selected point."""
-    def at(rec: dict[str, Any], lr: float, bs: int, val: float) -> dict[str, Any]:
-        spec = json.dumps([rec["job_id"], lr, bs])
-        return {**rec, "lr": lr, "batch_size": bs, "val_map": [val - 5, val],
-                "job_id": hashlib.sha256(spec.encode()).hexdigest()[:16]}
-
-    grid = [at(record("digits", "gr", 0, 80.0), 1e-2, 16, 90.0), at(record("digits", "gr", 0, 70.0), 1e-4, 8, 60.0)]
-    grid += [at(record("digits", "gr", s, 80.0 + s), 1e-2, 16, 90.0) for s in (1, 2)]
-    fixed = {s: 70.0 + 0.5 * s for s in SEEDS}  # seed 0's 1e-4/8 run is shared with the grid
-    abl = [at(record("digits", "gr", s, fixed[s], experiment="ablation-gr"), 1e-4, 8, 60.0) for s in (1, 2)]
-    nok = [at(record("digits", "gr", s, 50.0 + s, {"use_k": False}, experiment="ablation-gr"), 1e-4, 8, 55.0)
-           for s in SEEDS]
-    out = write_records(tmp_path / "res", grid + abl + nok)
-    rep = build_report(out, "ablation-gr")
-    table = pd.read_csv(io.StringIO(to_csv(rep)["ablation"]))
-    gr = table[(table["group"] == "gr") & (table["dataset"] == "digits")].iloc[0]
-    assert gr["n"] == 3 and gr["mean"] == pytest.approx(statistics.mean(fixed.values()))
-    no_k = table[(table["group"] == "no-k") & (table["dataset"] == "digits")].iloc[0]
-    assert no_k["diff_vs_baseline"] == pytest.approx(51.0 - statistics.mean(fixed.values()))
-    assert "selected_points" not in to_csv(rep)  # the experiment selected nothing
-    plain = main_csv(build_report(out))
-    row = plain[(plain["method"] == "gr") & (plain["dataset"] == "digits")].iloc[0]
-    assert row["n"] == 3 and row["mean"] == pytest.approx(81.0)  # the selected point, 1e-2/16
-
-
-def test_cells_match_the_dataset_defaults_of_gr() -> None:
-    """GR's beta is set per dataset (losses.md: [0, 10, -2, -8] on COCO): a cell at the defaults takes a
-    record at its dataset's beta only, and a wT-bT grid record never fills the q2-q3 grid's default point."""
-    from spmlbench.experiments.spec import load_experiment
-    from spmlbench.report.load import match_experiment, with_selection
-
-    base = {"q2": 0.01, "q3": 1.0, "use_k": True, "use_v": True, "schedule": True, "lag": True}
-    coco = [record("coco", "gr", s, 40.0 + s, {**base, "beta": [0.0, 10.0, -2.0, -8.0]}, experiment="ablation-gr")
-            for s in SEEDS]
-    wrong = {**record("coco", "gr", 0, 10.0, {**base, "beta": [0.0, 2.0, -2.0, -2.0]}, experiment="ablation-gr"),
-             "created": "2026-06-01T00:00:00"}  # newer, and VOC's beta
-    voc = record("voc", "gr", 0, 55.0, {**base, "beta": [0.0, 4.0, -2.0, 0.0]}, experiment="grid-gr")
-    recs = pd.DataFrame([*coco, wrong, voc])
-    recs["hp"] = [json.loads(h) for h in recs["hparams"]]
-    recs = with_selection(recs)
-    runs, _ = match_experiment(recs, load_experiment("ablation-gr"))
-    gr = runs[(runs["group"] == "gr") & (runs["dataset"] == "coco")]
-    assert sorted(gr["test_map"]) == [40.0, 41.0, 42.0]
-    runs, _ = match_experiment(recs, load_experiment("grid-gr"))
-    cells = {(g, tuple(sorted(c.items()))) for g, c in zip(runs["group"], runs["coords"])}
-    assert cells == {("wT-bT", (("bT", 0.0), ("wT", 4.0)))}
+def test_runs_are_chosen_by_id_and_combined_without_mixing(tmp_path: Path) -> None:
+    """Two runs of the same loss and seeds with other jobs (a preview) stay apart; a shared job appears once."""
+    full = [record("digits", loss, s, 70.0 + s) for loss in ("an", "gr") for s in SEEDS]
+    preview = [{**record("digits", "an", s, 50.0 + s), "epochs": 3, "job_id": f"{s:016x}"} for s in SEEDS]
+    shared_gr = [r for r in full if r["loss"] == "gr"]
+    out = write_records(tmp_path / "res", full + preview)
+    write_run(out, [cell(r) for r in full], run_id="run-full")
+    write_run(out, [cell(r) for r in preview + shared_gr], run_id="run-preview", updated="2026-03-01T00:00:00+00:00")
+    latest = main_csv(build_report(out))
+    assert latest.set_index("method").loc["an", "mean"] == pytest.approx(51.0)  # the latest run: the preview
+    first = main_csv(build_report(out, run_ids=["run-full"]))
+    assert first.set_index("method").loc["an", "mean"] == pytest.approx(71.0)
+    both = main_csv(build_report(out, all_runs=True)).set_index("method")
+    assert both.loc["an [run-full]", "mean"] == pytest.approx(71.0)
+    assert both.loc["an [run-preview]", "mean"] == pytest.approx(51.0)
+    assert both.loc["gr", "n"] == 3  # the same jobs in both runs: one row, each seed once
+    with pytest.raises(Exception, match="--run nope: no such run"):
+        build_report(out, run_ids=["nope"])
 
 
 def test_reference_file_shape() -> None:
@@ -315,33 +321,39 @@ def test_cli_report_errors(cli, tmp_path: Path) -> None:
     assert res.err.strip().splitlines()[-1:] == [res.err.strip()] and "Traceback" not in res.err  # one line
 
 
-def test_per_dataset_defaults_stay_one_row(tmp_path: Path) -> None:
-    """A loss whose resolved hparams differ by dataset (EM's alpha) is one row, not one row per dataset;
-    runs with other training settings (epochs) get their own row instead of replacing a seed's result."""
+def test_records_without_a_manifest_are_shown_apart(tmp_path: Path) -> None:
+    """Older folders (no run manifest): each (loss, hyperparameters, settings) is its own row, labelled by what
+    differs; a newer preview never replaces a seed of another config."""
     recs = [record("voc", "em", s, 80.0 + s, {"alpha": 0.1}) for s in SEEDS]
     recs += [record("coco", "em", s, 60.0 + s, {"alpha": 0.01}) for s in SEEDS]
     short = record("voc", "em", 0, 10.0, {"alpha": 0.1})
     short.update(epochs=2, job_id="f" * 16, created="2026-02-01T00:00:00")  # newer, other settings
     df = main_csv(build_report(write_records(tmp_path / "res", [*recs, short])))
-    em = df[df["method"] == "em"].set_index("dataset")
-    assert em.loc["voc", "n"] == 3 and em.loc["voc", "mean"] == pytest.approx(81.0)
-    assert em.loc["coco", "n"] == 3 and em.loc["coco", "mean"] == pytest.approx(61.0)
-    other = df[df["method"].str.startswith("em (")]
-    assert other["method"].tolist() and (other["method"].str.contains("epochs=2")).all()
-    assert other.set_index("dataset").loc["voc", "mean"] == pytest.approx(10.0)
+    em = df.set_index(["method", "dataset"])
+    assert em.loc[("em (epochs=8)", "voc"), "n"] == 3 and em.loc[("em (epochs=8)", "voc"), "mean"] == pytest.approx(81.0)
+    assert em.loc[("em (epochs=2)", "voc"), "mean"] == pytest.approx(10.0)
+    assert em.loc[("em", "coco"), "n"] == 3 and em.loc[("em", "coco"), "mean"] == pytest.approx(61.0)
 
 
-def test_the_config_at_the_defaults_keeps_the_plain_name(tmp_path: Path) -> None:
-    """A grid beside the default run never takes the loss's plain name (nor its place in the paired test),
-    even when one grid point has more records than the defaults."""
-    recs = [record("digits", "gr", s, 86.0 + s, {"q2": 0.01, "q3": 1.0}) for s in SEEDS]
-    recs += [record("digits", "gr", s, 70.0 + s, {"q2": 0.1, "q3": 1.0}) for s in [*SEEDS, 3]]
-    recs += [record("digits", "an", s, 72.0 + s) for s in SEEDS]
-    rep = build_report(write_records(tmp_path / "res", recs))
-    df = main_csv(rep)
-    gr = df[df["method"] == "gr"].iloc[0]
-    assert gr["n"] == 3 and gr["mean"] == pytest.approx(87.0)
-    assert df[df["method"] == "gr (q2=0.1)"].iloc[0]["mean"] == pytest.approx(71.5)
-    paired = pd.read_csv(io.StringIO(to_csv(rep)["paired"]))
-    an = paired[paired["other"] == "an"].iloc[0]
-    assert an["diff"] == pytest.approx(14.0)
+def test_unlisted_records_are_named_beside_a_run(tmp_path: Path) -> None:
+    old = [record("digits", "gr", s, 70.0 + s, {"q2": 0.1}) for s in SEEDS]
+    new = [record("digits", "gr", s, 86.0 + s, {"q2": 0.01}) for s in SEEDS]
+    out = write_run(write_records(tmp_path / "res", old + new), [cell(r) for r in new])
+    rep = build_report(out)
+    assert main_csv(rep).set_index("method").loc["gr", "mean"] == pytest.approx(87.0)
+    assert "3 records in" in render_text(rep, "md") and "--unlisted" in render_text(rep, "md")
+    apart = main_csv(build_report(out, unlisted=True)).set_index("method")
+    assert list(apart.index) == ["gr"] and apart.loc["gr", "mean"] == pytest.approx(71.0)
+
+
+def test_reference_loss_picks_the_side_of_the_paired_test(tmp_path: Path) -> None:
+    recs = [record("digits", loss, s, base + s) for loss, base in (("an", 72.0), ("gr", 86.0), ("role", 60.0))
+            for s in SEEDS]
+    out = write_run(write_records(tmp_path / "res", recs), [cell(r) for r in recs])
+    paired = pd.read_csv(io.StringIO(to_csv(build_report(out))["paired"]))
+    assert set(paired["reference"]) == {"gr"} and set(paired["other"]) == {"an", "role"}
+    paired = pd.read_csv(io.StringIO(to_csv(build_report(out, reference_loss="role"))["paired"]))
+    assert set(paired["reference"]) == {"role"}
+    assert paired.set_index("other").loc["gr", "diff"] == pytest.approx(-26.0)
+    with pytest.raises(Exception, match="--reference nope: not a row"):
+        build_report(out, reference_loss="nope")

@@ -117,7 +117,7 @@ def test_make_plots_from_dumps_and_labels(tmp_path: Path, home: Path) -> None:
     write_labels(labels_path("voc"), [f"{i}.jpg" for i in range(30)], ["train"] * 20 + ["test"] * 10, y, s,
                  {"dataset": "voc", "class_names": list("abcd")})
     runs = pd.DataFrame([{"job_id": "job_gr", "dataset": "voc", "loss": "gr", "seed": 0, "test_map": 1.0}])
-    written, notes = plots.make_plots(tmp_path / "plots", results_dir=results, records=runs, runs=runs)
+    written, notes = plots.make_plots(tmp_path / "plots", results_dir=results, runs=runs)
     names = {p.name for p in written}
     assert {"gr_kv.png", "gradients.png", "fn_rate_voc_gr.png", "scores_voc_gr.png", "class_counts_voc.png"} <= names
     for path in written:
@@ -127,7 +127,7 @@ def test_make_plots_from_dumps_and_labels(tmp_path: Path, home: Path) -> None:
 
 def test_make_plots_skips_missing_inputs(tmp_path: Path, home: Path) -> None:
     runs = pd.DataFrame([{"job_id": "nojob", "dataset": "cub", "loss": "an", "seed": 0, "test_map": 1.0}])
-    written, notes = plots.make_plots(tmp_path / "plots", results_dir=tmp_path, records=runs, runs=runs)
+    written, notes = plots.make_plots(tmp_path / "plots", results_dir=tmp_path, runs=runs)
     text = " ".join(notes)
     assert "no prediction dumps" in text and "class counts cub: skipped" in text
     assert not any("fn_rate" in p.name or "class_counts" in p.name for p in written)
@@ -137,9 +137,12 @@ def test_cli_report_plots(tmp_path: Path, cli, home: Path) -> None:
     import hashlib
     import json
 
+    from test_report import cell, write_run
+
     recs = tmp_path / "res" / "records"
     recs.mkdir(parents=True)
     q = {"q2": 0.01, "q3": 1.0}
+    cells = []
     for i, q3 in enumerate((0.25, 0.5)):
         hp = json.dumps({"q2": 0.01, "q3": q3})
         row = {"dataset": "voc", "loss": "gr", "hparams": hp, "mode": "linear", "seed": 0, "label_seed": 1200,
@@ -148,6 +151,8 @@ def test_cli_report_plots(tmp_path: Path, cli, home: Path) -> None:
                "status": "ok", "error": "", "test_map": 60.0 + i, "device": "cpu", "versions": "{}",
                "git_rev": "x", "features_sha256": "0" * 64, "created": "2026"}
         pd.DataFrame([row]).to_parquet(recs / f"{row['job_id']}.parquet")
+        cells.append(cell(row, group="q2-q3", coords={"q2": 0.01, "q3": q3}))
+    write_run(tmp_path / "res", cells, experiment="grid-gr", datasets=["voc"])
     assert q  # grid points (0.01, 0.25) and (0.01, 0.5) are filled
     out = tmp_path / "rep"
     res = cli("report", "--results", str(tmp_path / "res"), "--experiment", "grid-gr", "--format", "md",

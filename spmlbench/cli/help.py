@@ -31,7 +31,7 @@ HELPERS = "Helpers"
 
 HOME_DEFAULT = "$SPMLBENCH_HOME or the platform data dir"  # every --home
 REPORT_FORMATS = ("console", "md", "latex", "csv", "html")  # report.render.FORMATS, without importing the report
-COMMAND_ORDER = ("prepare", "features", "pseudo-labels", "run", "report", "datasets", "losses", "version")  # a new user's path; then the rest
+COMMAND_ORDER = ("prepare", "features", "pseudo-labels", "run", "report", "datasets", "losses", "runs", "version")  # a new user's path; then the rest
 
 
 def choices(values: Iterable[Any]) -> str:

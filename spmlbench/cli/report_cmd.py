@@ -9,7 +9,7 @@ import typer
 
 from spmlbench.atomic import atomic_write_text, writable_dir
 from spmlbench.cli.app import app, console, err_console
-from spmlbench.cli.help import OUTPUT, PIPELINE, REPORT_FORMATS, SELECTION, choices
+from spmlbench.cli.help import HELPERS, OUTPUT, PIPELINE, REPORT_FORMATS, SELECTION, choices
 from spmlbench.errors import ConfigError
 from spmlbench.paths import default_results_dir
 
@@ -28,8 +28,21 @@ def report(
                                            rich_help_panel=SELECTION),
     grid_points: bool = typer.Option(False, "--grid-points", help="Also show every (lr, batch) grid point of the selection.",
                                      rich_help_panel=OUTPUT),
+    run: list[str] = typer.Option([], "--run", help="Report this run (repeatable; 'spmlbench runs' lists them).",
+                                  metavar="<run id>", show_default="the latest run", rich_help_panel=SELECTION),
+    all_runs: bool = typer.Option(False, "--all-runs", help="Report every run in --results (of --experiment, if given).",
+                                  rich_help_panel=SELECTION),
+    unlisted: bool = typer.Option(False, "--unlisted", help="Report the records no run manifest lists (older runs), "
+                                                            "each config apart.", rich_help_panel=SELECTION),
+    reference_loss: Optional[str] = typer.Option(None, "--reference", help="The loss every paired comparison is made "
+                                                 "against.", metavar="<loss>", show_default="gr, else the run's first loss",
+                                                 rich_help_panel=SELECTION),
+    plugin: list[str] = typer.Option([], "--plugin", help="Your own losses (a .py file or module): their titles and "
+                                     "defaults.", metavar="<file.py|module>", rich_help_panel=SELECTION),
 ) -> None:
-    """Turn result records into tables (mean ± std, published numbers, paired tests) and figures."""
+    """Turn runs into tables (mean ± std, published numbers, paired tests) and figures: each cell reads exactly the
+    job its run's manifest lists."""
+    from spmlbench.cli.parse import load_plugin_options
     from spmlbench.report import FORMATS, build_report
     from spmlbench.report.render import EXTENSIONS, render_text, to_console, to_csv
 
@@ -41,7 +54,12 @@ def report(
     plots_dir = None
     if plots:
         plots_dir = (out if out is not None else Path("report")) / "plots"
-    rep = build_report(results_dir, experiment, plots_dir=plots_dir, grid_points=grid_points)
+    if plugin:
+        load_plugin_options(plugin)
+    if unlisted and (run or all_runs):
+        raise ConfigError("--unlisted: shows the records no run lists; drop --run/--all-runs or --unlisted")
+    rep = build_report(results_dir, experiment, run_ids=run, all_runs=all_runs, unlisted=unlisted,
+                       reference_loss=reference_loss, plots_dir=plots_dir, grid_points=grid_points)
     if out is not None and plots_dir is not None:
         rep.figures = [p.relative_to(out) for p in rep.figures]  # links in md/html relative to the report
     if fmt == "console":
@@ -83,3 +101,30 @@ def _empty_class_warnings(results_dir: Path) -> list[str]:
     found = (empty_class_warning(f"{results_dir / 'records'} ({ds})", zero_ap_classes(g["test_ap"]), [])
              for ds, g in done.groupby("dataset"))
     return [w for w in found if w]
+
+
+@app.command(rich_help_panel=HELPERS)
+def runs(
+    results: Optional[Path] = typer.Option(None, "--results", help="Folder holding runs/ and records/.",
+                                           show_default="./results", rich_help_panel=SELECTION),
+) -> None:
+    """List the runs of a results folder: id, when, command, jobs finished / failed / missing."""
+    from rich.table import Table
+
+    from spmlbench.experiments.run_manifest import job_states, list_manifests
+
+    results_dir = results if results is not None else default_results_dir()
+    manifests = list_manifests(results_dir)
+    if not manifests:
+        console.print(f"no runs in {results_dir} (no {results_dir / 'runs'}/*.json); 'spmlbench run --out "
+                      f"{results_dir}' makes one", highlight=False, soft_wrap=True)
+        return
+    table = Table(title=f"Runs in {results_dir} (newest last; 'spmlbench report --run ID' shows one)")
+    for col in ("run id", "updated", "status", "jobs ok", "failed", "missing", "command"):
+        table.add_column(col, overflow="fold")
+    for m in manifests:
+        states = job_states(results_dir, m.get("trained") or m["jobs"])
+        count = {s: sum(1 for v in states.values() if v == s) for s in ("ok", "failed", "missing")}
+        table.add_row(m["run_id"], m["updated"], str(m.get("status", "")), str(count["ok"]), str(count["failed"]),
+                      str(count["missing"]), m["command"])
+    console.print(table)

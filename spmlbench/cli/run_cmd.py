@@ -7,21 +7,23 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from spmlbench.atomic import writable_dir
-from spmlbench.cli.app import app, err_console
+from spmlbench.cli.app import app, console, err_console
 from spmlbench.cli.help import E2E, OUTPUT, PIPELINE, SCALE_OUT, SELECTION, TRAINING, choices
 from spmlbench.cli.parse import _split, load_plugin_options, parse_losses, parse_numbers, parse_seeds
 from spmlbench.cli.run_view import RichRunProgress, report_run
 from spmlbench.errors import ConfigError
 from spmlbench.experiments.jobs import MODES, JobSpec, check_image_options
+from spmlbench.experiments.execute import run_plan
+from spmlbench.experiments.inputs import ensure_inputs
 from spmlbench.experiments.plan import DEFAULT_DATASET, DEFAULT_SEEDS, RunRequest, plan_run
-from spmlbench.experiments.recipes import LINEAR_RECIPES, SELECT_RULES, check_choice, linear_protocol
+from spmlbench.experiments.recipes import LINEAR_RECIPES, SELECT_RULES, check_choice
 from spmlbench.experiments.ray_executor import import_ray
 from spmlbench.experiments.runner import RunProgress, RunSummary, run_jobs
 from spmlbench.data.store import test_class_warning
-from spmlbench.experiments.selection import run_selected, untrained_groups
+from spmlbench.experiments.selection import planned_stages, untrained_groups
 from spmlbench.runtime import resolve_device
 
 DEFAULT_SEEDS_TEXT = ",".join(map(str, DEFAULT_SEEDS))
@@ -30,6 +32,7 @@ EXECUTORS = ("local", "ray")
 
 @app.command(rich_help_panel=PIPELINE)
 def run(
+    ctx: typer.Context,
     dataset: Optional[str] = typer.Option(None, "--dataset", help="dataset to run on", show_default=DEFAULT_DATASET,
                                           rich_help_panel=SELECTION),
     datasets: Optional[str] = typer.Option(None, "--datasets", help="comma list of datasets (narrows an experiment)",
@@ -106,6 +109,8 @@ def run(
                                                  rich_help_panel=SCALE_OUT),
     cpus_per_job: Optional[float] = typer.Option(None, "--cpus-per-job", help="ray: CPUs per task", show_default="1",
                                                  rich_help_panel=SCALE_OUT),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan (jobs, table cells, missing inputs, "
+                                                          "cost) and exit; nothing is written", rich_help_panel=OUTPUT),
 ) -> None:
     """Train every selected loss under matched seeds; print test mAP per loss.
 
@@ -130,7 +135,8 @@ def run(
     if dataset and dataset not in ds_list:
         ds_list.insert(0, dataset)
     check_choice("recipe", recipe, LINEAR_RECIPES)
-    rule = check_choice("select", select, SELECT_RULES) if select is not None else linear_protocol().select
+    if select is not None:
+        check_choice("select", select, SELECT_RULES)
     if select is not None and recipe != "cole":
         raise ConfigError("--select: only used with --recipe cole (the paper recipes have one point); drop it")
     request = RunRequest(
@@ -138,26 +144,55 @@ def run(
         mode=mode, backbone=backbone, experiment=experiment, epochs=epochs, batch_size=batch_size, lr=lr,
         recipe=recipe, lr_grid=parse_numbers(lr_grid, "lr-grid", float),
         batch_grid=parse_numbers(batch_grid, "batch-grid", int), val=val, early_stop=early_stop, sets=list(set_),
-        grids=list(grid), weights=weights, image_size=image_size, exact=exact, home=home)
-    plan = plan_run(request, say)
-    jobs, exp_name, dumps = plan.jobs, plan.experiment, plan.dumps
+        grids=list(grid), weights=weights, image_size=image_size, exact=exact, home=home, select=select)
+    plan = plan_run(request)  # pure: reads, writes nothing
+    if dry_run:
+        from spmlbench.cli.plan_view import show_plan
+
+        show_plan(plan, request, out)
+        return
+    if plan.missing and ensure_inputs(plan.missing, home, say) and plan.provisional:
+        plan = plan_run(request)  # job ids resolved on the data just prepared
     run_kwargs: dict[str, Any] = dict(home=home, device=device, force=force, reference_loop=reference_loop,
-                                      experiment=exp_name, workers=workers, processes=n_processes,
-                                      dumps=frozenset(dumps),
-                                      keep_checkpoints=keep_checkpoints, verify=verify)
+                                      experiment=plan.experiment, workers=workers, processes=n_processes,
+                                      dumps=frozenset(plan.dumps), keep_checkpoints=keep_checkpoints,
+                                      verify=verify)
     writable_dir(out, "--out")  # before any training: records must be writable
+    planned, stages = planned_stages(plan.jobs, plan.select)
+    say(f"{plan.experiment or 'run'}: {stages}")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=False) as bar:
-        view = RichRunProgress(bar)
+                  TextColumn("eta"), TimeRemainingColumn(), console=err_console, transient=False) as bar:
+        view = RichRunProgress(bar, planned)
 
         def run_stage(stage: list[JobSpec]) -> RunSummary:
             if ray_opts is None:
                 return run_jobs(stage, out, progress=view, **run_kwargs)
             return _run_ray(stage, out, ray_opts, view, run_kwargs)
 
-        summaries, shown = run_selected(jobs, out, rule, run_stage)
-    warnings = [w for w in (test_class_warning(ds, home) for ds in sorted({j.dataset for j in jobs})) if w]
-    report_run(_merge(summaries), shown, out, untrained_groups(jobs, shown), warnings)
+        summaries, shown, manifest = run_plan(plan, request, out, run_stage, command=command_line(ctx),
+                                              options={"device": device, "executor": executor, "force": force})
+    warnings = [w for w in (test_class_warning(ds, home) for ds in sorted({j.dataset for j in plan.jobs})) if w]
+    report_run(_merge(summaries), shown, out, manifest["run_id"], untrained_groups(plan.jobs, shown), warnings)
+    console.print(f"run {manifest['run_id']}: manifest in {out / 'runs'}; 'spmlbench report --results {out}' "
+                  "shows it", highlight=False, soft_wrap=True)
+
+
+def command_line(ctx: typer.Context) -> str:
+    """The command as given, in a canonical form: ``spmlbench run`` and every option not at its default."""
+    import shlex
+
+    words = ["spmlbench", ctx.info_name or "run"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name or "")
+        if value is None or value == param.default or value == [] or not param.opts:
+            continue
+        flag = max(param.opts, key=len)
+        if isinstance(value, bool):
+            words.append(flag if value else (param.secondary_opts or [f"--no-{flag[2:]}"])[0])
+            continue
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            words += [flag, str(v)]
+    return shlex.join(words)
 
 
 def _merge(summaries: Sequence[RunSummary]) -> RunSummary:

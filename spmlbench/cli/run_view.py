@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from rich.progress import Progress
-from rich.table import Table
 
 import typer
 
@@ -20,15 +18,24 @@ from spmlbench.train.configs import EpochProgress
 
 
 class RichRunProgress(RunProgress):
-    """Jobs done, the current cohort's epoch and its best val mAP, drawn with rich on stderr."""
+    """Jobs done (one bar over every stage of the run: counts only go up), the current cohort's epoch and its best
+    val mAP, drawn with rich on stderr. ``planned``: the jobs the whole run trains, when known up front."""
 
-    def __init__(self, progress: Progress) -> None:
+    def __init__(self, progress: Progress, planned: int | None = None) -> None:
         self.progress = progress
-        self.jobs_task = progress.add_task("jobs", total=0)
+        self.planned = planned
+        self.started = False
+        self.jobs_task = progress.add_task("jobs", total=planned, start=False)
         self.epoch_task = progress.add_task("epoch", total=0, visible=False)
 
     def start(self, total: int, skipped: int) -> None:
-        self.progress.update(self.jobs_task, total=total, completed=skipped)
+        task = self.progress.tasks[self.jobs_task]
+        done = task.completed + skipped if self.started else skipped
+        if not self.started:
+            self.progress.start_task(self.jobs_task)
+            self.started = True
+        want = max(self.planned or 0, done + total - skipped, int(task.total or 0))
+        self.progress.update(self.jobs_task, total=want, completed=done)
 
     def cohort(self, jobs: Sequence[JobSpec]) -> None:
         losses = ",".join(dict.fromkeys(j.loss for j in jobs))
@@ -59,77 +66,23 @@ class RichRunProgress(RunProgress):
                                         soft_wrap=True)
 
 
-def _label(loss: str, hp: dict[str, Any], varying: list[str]) -> str:
-    if not varying:
-        return loss
-    return f"{loss} (" + ", ".join(f"{k}={json.dumps(hp.get(k))}" for k in varying) + ")"
-
-
-def _point(grp: Any) -> str:
-    """`` @lr/batch`` of the selected grid point (when the run selected among several), else ''."""
-    infos = [json.loads(t) for t in grp.get("selection", []) if isinstance(t, str) and t]
-    if not infos or max(int(i.get("points", 1)) for i in infos) < 2:
-        return ""
-    pts = sorted({(float(a), int(b)) for a, b in zip(grp["lr"], grp["batch_size"])})
-    if len(pts) > 1:
-        return " @per seed"
-    return f" @{pts[0][0]:g}/{pts[0][1]}"
-
-
 def _jobs(n: int, noun: str = "job") -> str:
     """``1 job``, ``2 jobs``."""
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
-def result_table(jobs: Sequence[JobSpec], records: Any) -> Table:
-    """Test mAP per loss (rows) and dataset (columns): mean ± std over seeds of this run's jobs
-    (``records``: the results folder's records, :func:`~spmlbench.experiments.records.load_records`)."""
-
-    from spmlbench.report.tables import fmt
-
-    ids = {j.job_id for j in jobs}
-    df = records[records["job_id"].isin(ids)].copy()
-    datasets = list(dict.fromkeys(j.dataset for j in jobs))
-    title = "test mAP at the best val epoch"
-    caption = "mean ± std over seeds; @lr/batch: selected on val"
-    table = Table(title=title, caption=caption, min_width=max(len(title), len(caption)) + 4)
-    table.add_column("loss")
-    for ds in datasets:
-        table.add_column(ds, justify="right")
-    if df.empty:
-        return table
-    df["hp"] = [json.loads(h) for h in df["hparams"]]
-    rows: dict[str, dict[str, str]] = {}
-    for loss in dict.fromkeys(j.loss for j in jobs):
-        sub = df[df["loss"] == loss]
-        if sub.empty:
-            continue
-        keys = sorted({k for hp in sub["hp"] for k in hp})
-        varying = [k for k in keys if len({json.dumps(hp.get(k)) for hp in sub["hp"]}) > 1]
-        sub = sub.assign(label=[_label(loss, hp, varying) for hp in sub["hp"]])
-        for (label, ds), grp in sub.groupby(["label", "dataset"], sort=False):
-            ok = grp[grp["status"] == "ok"]["test_map"].astype(float)
-            failed = int((grp["status"] != "ok").sum())
-            text = "-" if ok.empty else fmt(float(ok.mean()), float(ok.std(ddof=1)) if len(ok) > 1 else None)
-            if failed:
-                text += f" ({failed} failed)"
-            rows.setdefault(str(label), {})[str(ds)] = text + _point(grp)
-    for label, cells in rows.items():
-        table.add_row(label, *(cells.get(ds, "") for ds in datasets))
-    if not any("@" in text for cells in rows.values() for text in cells.values()):
-        table.caption = "mean ± std over seeds"  # nothing was selected (one point, or an end-to-end recipe)
-    return table
-
-
-def report_run(summary: RunSummary, jobs: Sequence[JobSpec], out: Path,
+def report_run(summary: RunSummary, jobs: Sequence[JobSpec], out: Path, run_id: str,
                untrained: Mapping[str, Sequence[JobSpec]] | None = None, warnings: Sequence[str] = ()) -> None:
-    """The summary lines, the result table of ``jobs`` (the selected ones) and their failures.
+    """The summary lines, the run's table (:func:`spmlbench.report.run_summary.run_summary`; ``jobs``: the ones
+    its cells report) and their failures.
 
     ``untrained``: selection groups in which no grid point trained (each stops with "nothing to select"; their
     failed points count among the failed jobs). ``warnings``: lines printed before the table (a class without
     a test positive).
     """
     from spmlbench.experiments.records import load_records
+    from spmlbench.report.render import print_table
+    from spmlbench.report.run_summary import run_summary
 
     df = load_records(out)  # read once for the messages and the table
     for line in warnings:
@@ -142,7 +95,7 @@ def report_run(summary: RunSummary, jobs: Sequence[JobSpec], out: Path,
     if summary.by_others:
         console.print(f"{_jobs(len(summary.by_others))} run by another process on {out}", highlight=False)
     console.print(f"{_jobs(len(summary.ran))} run; records in {out / 'records'}", highlight=False)
-    console.print(result_table(jobs, df))
+    print_table(run_summary(out, run_id), console)
     lost = {j.job_id for group in (untrained or {}).values() for j in group}
     for group in (untrained or {}).values():
         ran = int(df["job_id"].isin({j.job_id for j in group}).sum()) if not df.empty else 0

@@ -26,8 +26,9 @@ MAX_EPOCHS, MAX_BATCH = 10_000, 1_000_000  # beyond: a typo that would run for d
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 4096
 E2E_FIELDS = ("weights", "image_size", "exact")
 _E2E_DEFAULTS: dict[str, Any] = {"weights": None, "image_size": None, "exact": False}
-_OPTIONAL = (*E2E_FIELDS, "loss_source")
-_OPTIONAL_DEFAULTS: dict[str, Any] = {**_E2E_DEFAULTS, "loss_source": None}
+_OPTIONAL = (*E2E_FIELDS, "loss_source", "loss_version")
+_OPTIONAL_DEFAULTS: dict[str, Any] = {**_E2E_DEFAULTS, "loss_source": None, "loss_version": 1}
+_NOT_IN_ID = ("recipe",)  # what produced the job, not what decides its result
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,10 +57,17 @@ class JobSpec:
     exact: bool = False  # fp32 / deterministic reproduction numerics
     # a plugin loss's source sha256 (16 hex): an edited plugin gets new job ids; None for built-ins
     loss_source: str | None = None
+    # a built-in loss's declared version (``register_loss(..., version=N)``): a corrected formula gets new
+    # job ids; left out of the id at 1, so ids made before versions existed stay valid
+    loss_version: int = 1
+    # the recipe that gave the settings: ``cole`` / ``paper`` (linear) or the e2e recipe family; recorded, not
+    # part of the id (equal settings give equal results whichever recipe named them)
+    recipe: str = dataclasses.field(default="", compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict of the spec (hparams as a dict with lists; e2e-only fields when set)."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        """Plain JSON-able dict of the spec that decides its result (hparams as a dict with lists; e2e-only
+        fields and the loss version when not at their defaults; the recipe name left out)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _NOT_IN_ID}
         out["hparams"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.hparams}
         for name in _OPTIONAL:
             if out[name] == _OPTIONAL_DEFAULTS[name]:
@@ -249,13 +257,16 @@ def expand_jobs(
                                list(batch_grid) if batch_grid is not None else None)
     jobs: list[JobSpec] = []
     for loss in losses:
-        source = LOSSES.get(loss).source_hash or None
+        spec = LOSSES.get(loss)
+        source = spec.source_hash or None
         if mode == "linear" and recipe == "cole":
             n_epochs, rule, points = protocol.epochs, protocol.early_stop, protocol.points(lr, batch_size)
+            recipe_name = recipe
         else:
             rec = paper_recipe(loss, dataset) if mode == "linear" else e2e_recipe(loss, dataset)
             n_epochs, rule = rec.epochs, rec.early_stop
             points = [(float(lr if lr is not None else rec.lr), int(batch_size or rec.batch_size))]
+            recipe_name = recipe if mode == "linear" else rec.family
         if early_stop != "paper":
             rule = early_stop
         params = [p for p, _ in axes.get(loss, [])]
@@ -268,6 +279,6 @@ def expand_jobs(
                         dataset=dataset, loss=loss, hparams=hp, mode=mode, seed=int(seed),
                         label_seed=int(label_seed), split_seed=int(split_seed), backbone=backbone,
                         epochs=epochs or n_epochs, batch_size=p_batch, lr=p_lr, val=val, early_stop=rule,
-                        loss_source=source, **extra,
+                        loss_source=source, loss_version=spec.version, recipe=recipe_name, **extra,
                     ))
     return list(dict.fromkeys(jobs))

@@ -3,7 +3,9 @@
 Columns: the JobSpec fields (``hparams`` as JSON), ``job_id``, ``experiment``, ``status`` (ok |
 failed), ``error``, ``epochs_run``, ``best_epoch``, ``val_map`` and ``train_loss`` (lists, one per
 epoch run), ``test_map`` (at the best val epoch, x100), ``test_ap`` (per class, x100), ``wall_s``,
-``device``, ``versions`` (JSON), ``git_rev``, ``features_sha256``, ``created`` (UTC ISO time); for the
+``device``, ``versions`` (JSON), ``git_rev``, ``features_sha256``, ``created`` (UTC ISO time),
+``loss_version`` (the built-in formula's version), ``loss_source`` / ``loss_origin`` (a plugin's hash and
+file), ``recipe`` (the recipe that gave the settings: ``cole``, ``paper`` or the e2e family); for the
 end-to-end modes also ``weights``, ``image_size``, ``exact`` and ``settings`` (JSON: the resolved
 recipe and run options, LinearInit's linear phase); ``selected`` (bool; null until a run marks it)
 and ``selection`` (JSON: the rule and the chosen point of its group; see
@@ -88,19 +90,18 @@ _SCHEMA = pa.schema([
     ("weights", pa.string()), ("image_size", pa.int64()), ("exact", pa.bool_()), ("settings", pa.string()),
     ("selected", pa.bool_()), ("selection", pa.string()),
     ("loss_source", pa.string()), ("loss_origin", pa.string()),
+    ("loss_version", pa.int64()), ("recipe", pa.string()),
 ])
 COLUMNS = _SCHEMA.names
 
 
 def _linear_settings(spec: JobSpec) -> dict[str, Any]:
-    """The resolved linear recipe of a job: optimizer, the values it trains with, and the recipe's source
-    (Cole et al.'s protocol when the job has its budget, else the loss's transposed paper recipe)."""
-    from spmlbench.experiments.recipes import linear_protocol, recipe_source
+    """The resolved linear recipe of a job: optimizer, the values it trains with, and the source of the
+    recipe the plan named (``spec.recipe``: Cole et al.'s protocol or the loss's transposed paper recipe)."""
+    from spmlbench.experiments.recipes import recipe_source
 
     try:
-        proto = linear_protocol()
-        kind = "cole" if (spec.epochs, spec.early_stop) == (proto.epochs, proto.early_stop) else "paper"
-        source = recipe_source(spec.loss, spec.dataset, "linear", kind)
+        source = recipe_source(spec.loss, spec.dataset, "linear", spec.recipe) if spec.recipe else ""
     except Exception:  # an unreadable recipe file must not lose a finished result
         source = ""
     return {"optimizer": "adam", "lr": spec.lr, "batch_size": spec.batch_size, "epochs": spec.epochs,
@@ -131,7 +132,8 @@ def make_record(spec: JobSpec, result: TrainResult, *, experiment: str = "", wal
     """The record row of a finished job (``result``: what its trainer returned)."""
     row = spec.to_dict()
     row.update(weights=spec.weights, image_size=spec.image_size, exact=spec.exact, settings=_settings(result, spec),
-               loss_source=spec.loss_source, loss_origin=_loss_origin(spec))
+               loss_source=spec.loss_source, loss_origin=_loss_origin(spec), loss_version=spec.loss_version,
+               recipe=spec.recipe or None)
     row["hparams"] = json.dumps(row["hparams"], sort_keys=True)
     row.update(
         job_id=spec.job_id, experiment=experiment, **result.record_fields(),

@@ -123,21 +123,41 @@ def work_dir(out_dir: str | os.PathLike[str], job_id: str) -> Path:
     return Path(out_dir) / WORK_DIR / job_id
 
 
-def is_finished(out_dir: str | os.PathLike[str], job: JobSpec, dumps: Collection[str] = (),
-                features: Mapping[tuple[str, str], str] | None = None) -> bool:
-    """Whether ``job`` has a readable record (and, when it is in ``dumps``, its complete prediction dumps).
+def record_problem(row: Mapping[str, Any], job: JobSpec) -> str | None:
+    """Why a readable record is not ``job``'s finished result (None when it is): it holds another job's id, or was
+    made by another loss version or plugin source than the job asks for."""
+    if row.get("job_id") != job.job_id:
+        return f"holds job {row.get('job_id')}'s record, not this job's"
+    version = row.get("loss_version")
+    if (1 if version is None else int(version)) != job.loss_version:
+        return f"was made by version {version} of loss {job.loss}, the job asks for version {job.loss_version}"
+    if (row.get("loss_source") or None) != job.loss_source:
+        return f"was made by another source of plugin loss {job.loss}"
+    return None
 
-    An unreadable record (truncated, corrupt, another file's bytes) is not finished: the job runs
-    again and its record is rewritten. ``features``: sha256 of the current feature cache per
-    (dataset, backbone). A linear job's record made from other feature bytes (the cache was
-    rebuilt, e.g. with ``--weights none``, which the job id does not see) is not finished: the
-    job runs again on the current cache.
+
+def is_finished(out_dir: str | os.PathLike[str], job: JobSpec, dumps: Collection[str] = (),
+                features: Mapping[tuple[str, str], str] | None = None,
+                rejected: dict[str, str] | None = None) -> bool:
+    """Whether ``job`` has a readable record that is its own (:func:`record_problem`) and, when it is in ``dumps``,
+    its complete prediction dumps.
+
+    An unreadable record (truncated, corrupt) or another job's record under this job's name is not finished: the
+    job runs again and its record is rewritten (the reason goes into ``rejected`` by job id). ``features``:
+    sha256 of the current feature cache per (dataset, backbone). A linear job's record made from other feature
+    bytes (the cache was rebuilt, e.g. with ``--weights none``, which the job id does not see) is not finished:
+    the job runs again on the current cache.
     """
     path = record_path(out_dir, job.job_id)
     if not path.exists():
         return False
     row = rec.read_record(path)
     if row is None:
+        return False
+    problem = record_problem(row, job)
+    if problem is not None:
+        if rejected is not None:
+            rejected[job.job_id] = f"{path}: {problem}; re-running the job"
         return False
     sha = row.get("features_sha256")
     want = (features or {}).get((job.dataset, job.backbone)) if job.mode == "linear" else None
@@ -226,9 +246,12 @@ def _run_all(jobs: list[JobSpec], out: Path, executor: Executor, *, home: str | 
     if force:
         todo = jobs
     else:
-        todo = [j for j in jobs if not is_finished(out, j, dumps, feats)]
+        rejected: dict[str, str] = {}
+        todo = [j for j in jobs if not is_finished(out, j, dumps, feats, rejected)]
         left = set(todo)
         summary.skipped = [j.job_id for j in jobs if j not in left]
+        for text in rejected.values():
+            progress.note(text)
     progress.start(len(jobs), len(summary.skipped))
     cache: dict[tuple[str, str], _Dataset] = {}
     mine: set[str] = set()

@@ -252,3 +252,27 @@ def mark_records(out_dir: str | Path, jobs: Sequence[JobSpec], rule: str) -> pd.
         if stored.get(jid) != (bool(sel), text):
             update_record(out_dir, str(jid), selected=bool(sel), selection=str(text))
     return marked
+
+
+def planned_stages(jobs: Sequence[JobSpec], rule: str) -> tuple[int, str]:
+    """How many jobs a run under ``rule`` trains in all (first stage, then the other seeds of each selecting group
+    at its point) and the stages in words, e.g. ``grid on seed 0: 8 points x 16 losses; then 2 seeds at the
+    selected point``."""
+    stage1 = first_stage(jobs, rule)
+    groups: dict[str, tuple[set[tuple[float, int]], set[int]]] = {}
+    for j in jobs:
+        pts, seeds = groups.setdefault(job_group(j), (set(), set()))
+        pts.add((j.lr, j.batch_size))
+        seeds.add(j.seed)
+    selecting = {g: v for g, v in groups.items() if len(v[0]) > 1}
+    if rule != "first-seed" or not selecting:
+        text = f"{len(stage1)} jobs" + (f"; {len(selecting)} groups select (lr, batch) by rule {rule}" if selecting
+                                        else "")
+        return len(stage1), text
+    later = sum(len(seeds) - 1 for _, seeds in selecting.values())
+    points = sorted({len(p) for p, _ in selecting.values()})
+    n_seeds = sorted({len(s) for _, s in selecting.values()})
+    first = min(j.seed for j in jobs)
+    text = (f"grid on seed {first}: {'/'.join(map(str, points))} (lr, batch) points x {len(selecting)} configs"
+            + (f"; then {'/'.join(str(n - 1) for n in n_seeds)} more seeds at each selected point" if later else ""))
+    return len(stage1) + later, text

@@ -50,6 +50,7 @@ class LossInfo:
     origin: str = ""
     fused: bool = False
     pseudo: str | None = None  # the CLIP pseudo-label cache it reads (the clip extra)
+    version: int = 1  # the formula's version (part of job ids when > 1)
 
 
 def load_builtins() -> None:
@@ -167,7 +168,7 @@ def loss_info(name: str) -> LossInfo:
     return LossInfo(name=name, title=d.title, paper=d.paper, year=d.year, citation=d.citation, defaults=defaults,
                     per_dataset=per_dataset, stateful=d.stateful, scheduled=d.scheduled,
                     uses_clean_labels=d.uses_clean_labels, origin=d.origin, fused=d.fused is not None,
-                    pseudo=d.pseudo)
+                    pseudo=d.pseudo, version=d.version)
 
 
 def check_override(text: str) -> HParams:

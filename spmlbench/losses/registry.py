@@ -6,7 +6,8 @@ A loss is one module (``spmlbench/losses/builtin/<name>.py``, or a researcher's 
 2. its plain per-config formula ``formula(hp, logits, observed[, step])`` written as the paper
    writes it (autograd; ``(B, C)`` logits -> per-entry ``(B, C)`` matrix, averaged over B x C, or a
    scalar that already holds the reference reduction),
-3. :func:`register_loss` with its metadata (title, paper, year, citation, flags).
+3. :func:`register_loss` with its metadata (title, paper, year, citation, flags; ``version``: raise it
+   when a correction changes the loss's numbers, so records of the old formula are not reused).
 
 Optional: a hand-written batched form (``batched=``, for state with a row per training image) and a
 fused value-and-gradient accelerator (``fused=``, a ``"module:Class"`` string imported on first use).
@@ -58,6 +59,9 @@ class LossDef:
     order: int = 1000  # position in listings (built-ins 10..160; plugins after them)
     origin: str = ""  # the file that registered the loss
     source_hash: str = ""  # sha256 (16 hex) of a plugin's file; "" for built-ins (part of job ids)
+    # a built-in's formula version (part of job ids when > 1): raise it when a correction changes the loss's
+    # numbers, so finished records of the old formula are not reused; plugins are told apart by source_hash
+    version: int = 1
 
     @property
     def builtin(self) -> bool:
@@ -153,6 +157,10 @@ def _register(name: str, params: Any, formula: Any, title: str, paper: str, year
     unknown = set(flags) - {f.name for f in dataclasses.fields(LossDef)}
     if unknown:
         raise ConfigError(f"{origin}: loss {name!r}: unknown option(s) {sorted(unknown)}")
+    version = flags.get("version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ConfigError(f"{origin}: loss {name!r}: version={version!r}; use a whole number >= 1 (raise it when "
+                          "the formula changes)")
     if flags.get("vectorize", "broadcast") not in VECTORIZE:
         raise ConfigError(f"{origin}: loss {name!r}: vectorize={flags['vectorize']!r}; use one of {VECTORIZE}")
     try:

@@ -272,7 +272,7 @@ def _dumped_jobs(results_dir: Path, runs: pd.DataFrame) -> pd.DataFrame:
     return runs[has]
 
 
-def make_plots(out: Path, *, results_dir: Path, records: pd.DataFrame, runs: pd.DataFrame,
+def make_plots(out: Path, *, results_dir: Path, runs: pd.DataFrame,
                experiment: Any = None, settings: dict[str, Any] | None = None,
                home: Any = None) -> tuple[list[Path], list[str]]:
     """Write every figure whose inputs exist into ``out``; return (written paths, notes on skipped figures)."""
@@ -359,6 +359,16 @@ def make_plots(out: Path, *, results_dir: Path, records: pd.DataFrame, runs: pd.
                                                 out / f"grid_{g.name}_{ds}.png", title=f"GR {g.name} on {ds}"))
                 else:
                     notes.append(f"heatmap {g.name} on {ds}: skipped (no results)")
+
+    def results() -> list[Path]:
+        from spmlbench.report.load import load_reference
+        from spmlbench.report.results_plot import plot_results
+
+        if runs.empty:
+            raise ValueError("no results")
+        return plot_results(runs, load_reference(), settings, out)
+
+    written += _attempt(notes, "results chart", results)
 
     def cd() -> list[Path]:
         from spmlbench.report.cd_plot import cd_figures

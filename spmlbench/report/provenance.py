@@ -1,8 +1,9 @@
-"""What a report was built from: records, missing cells, versions, devices, feature hashes."""
+"""What a report was built from: the runs, their cells without a result, versions, devices, feature hashes."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -25,41 +26,36 @@ def _versions(values: Any) -> list[str]:
 
 
 def missing_lines(missing: pd.DataFrame) -> list[str]:
-    """Missing cells grouped as ``group: dataset / loss [coords]: seeds ...``."""
+    """Cells without an ok result, one line per dataset: how many, and why (failed, not run, not selected)."""
     if missing.empty:
         return []
     out = []
-    keyed: dict[str, list[int]] = {}
-    for r in missing.to_dict("records"):
-        coords = ", ".join(f"{k}={v}" for k, v in (r["coords"] or {}).items())
-        key = f"{r['group']}: {r['dataset']} / {r['loss']}" + (f" [{coords}]" if coords else "")
-        keyed.setdefault(key, []).append(int(r["seed"]))
-    for key, seeds in keyed.items():
-        out.append(f"{key}: seed {', '.join(str(s) for s in sorted(seeds))}")
+    for ds, sub in missing.groupby("dataset", sort=False):
+        why = ", ".join(f"{n} {status}" for status, n in sub["status"].value_counts(sort=False).items())
+        rows = ", ".join(dict.fromkeys(sub["loss"].astype(str)))
+        out.append(f"{ds}: {len(sub)} cells ({why}): {rows}")
     return out
 
 
-def provenance(records: pd.DataFrame, runs: pd.DataFrame, missing: pd.DataFrame, results_dir: str) -> dict[str, Any]:
-    """A summary of the inputs: record counts, used runs, missing cells, versions, devices, hashes, git revs."""
-    n = len(records)
-    status = records["status"].value_counts().to_dict() if n and "status" in records else {}
+def provenance(runs: pd.DataFrame, missing: pd.DataFrame, results_dir: str,
+               manifests: Sequence[dict[str, Any]] = (), unlisted: int = 0) -> dict[str, Any]:
+    """A summary of the inputs: the runs shown, the cells used and without a result, versions, devices, hashes."""
     hashes: dict[str, list[str]] = {}
     if not runs.empty and "features_sha256" in runs:
         for ds, sub in runs.groupby("dataset", sort=True):
             hashes[str(ds)] = [h[:12] for h in _distinct(sub["features_sha256"])]
     failed = []
-    if n and "status" in records:
-        for r in records[records["status"] != "ok"].to_dict("records"):
-            failed.append(f"{r.get('job_id', '?')} {r.get('dataset', '?')}/{r.get('loss', '?')} seed {r.get('seed', '?')}: "
-                          f"{str(r.get('error', '') or '')[:120]}")
+    if not missing.empty:
+        for r in missing[missing["status"] == "failed"].to_dict("records"):
+            failed.append(f"{r['job_id']} {r['dataset']}/{r['loss']} seed {r['seed']}")
     return {
         "results_dir": results_dir,
-        "records": n,
-        "ok": int(status.get("ok", 0)),
-        "failed": n - int(status.get("ok", 0)),
+        "runs": [f"{m['run_id']} ({m['updated']}, {m.get('status', '?')}): {m['command']}" for m in manifests],
+        "manifests": [f"{results_dir}/runs/{m['run_id']}.json" for m in manifests],
         "used": len(runs),
         "missing_cells": len(missing),
         "missing": missing_lines(missing),
+        "unlisted": unlisted,
         "versions": _versions(runs["versions"]) if not runs.empty and "versions" in runs else [],
         "devices": _distinct(runs["device"]) if not runs.empty and "device" in runs else [],
         "feature_hashes": hashes,
@@ -68,22 +64,23 @@ def provenance(records: pd.DataFrame, runs: pd.DataFrame, missing: pd.DataFrame,
     }
 
 
-def provenance_lines(prov: dict[str, Any], max_missing: int = 40) -> list[str]:
-    """Human-readable lines of a provenance dict (long missing lists are cut with a count)."""
-    lines = [
-        f"Built from {prov['records']} records in {prov['results_dir']} ({prov['ok']} ok, {prov['failed']} failed); "
-        f"{prov['used']} used in this report.",
-        f"Missing cells (dataset/loss/seed without an ok result): {prov['missing_cells']}",
-    ]
-    miss = prov["missing"]
-    lines += [f"  - {m}" for m in miss[:max_missing]]
-    if len(miss) > max_missing:
-        lines.append(f"  - ... and {len(miss) - max_missing} more groups")
+def provenance_lines(prov: dict[str, Any]) -> list[str]:
+    """Human-readable lines of a provenance dict."""
+    lines = [f"Run: {r}" for r in prov["runs"]] or [f"Records without a run manifest in {prov['results_dir']}."]
+    lines.append(f"Cells with a result: {prov['used']}; without: {prov['missing_cells']}"
+                 + (f" (their job ids: {', '.join(prov['manifests'])})" if prov["missing_cells"] and prov["manifests"]
+                    else ""))
+    lines += [f"  - {m}" for m in prov["missing"]]
+    for f in prov["failed_jobs"][:10]:
+        lines.append(f"  failed: {f}")
+    if len(prov["failed_jobs"]) > 10:
+        lines.append(f"  ... and {len(prov['failed_jobs']) - 10} more failed jobs")
+    if prov["unlisted"]:
+        lines.append(f"{prov['unlisted']} records in {prov['results_dir']} belong to no run manifest (older runs); "
+                     "'spmlbench report --unlisted' shows them apart.")
     lines.append("Versions: " + ("; ".join(prov["versions"]) or "—"))
     lines.append("Devices: " + (", ".join(prov["devices"]) or "—"))
     fh = prov["feature_hashes"]
     lines.append("Feature hashes: " + ("; ".join(f"{ds} {', '.join(h) or '—'}" for ds, h in fh.items()) or "—"))
     lines.append("Git revisions: " + (", ".join(prov["git_revs"]) or "—"))
-    for f in prov["failed_jobs"][:10]:
-        lines.append(f"  failed: {f}")
     return lines

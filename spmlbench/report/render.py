@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import io
+import textwrap
 from pathlib import Path
 
 from rich.console import Console
@@ -128,21 +129,60 @@ def to_csv(report: Report) -> dict[str, str]:
     return out
 
 
+def _header_lines(table: Table, i: int) -> str:
+    """Column ``i``'s header wrapped at word boundaries to the width of its widest cell (or longest word)."""
+    cells = [len(row[i].text) for row in table.rows if i < len(row)]
+    words = [len(w) for w in table.header[i].split()] or [0]
+    return textwrap.fill(table.header[i], width=max([*cells, *words, 1]), break_long_words=False) or table.header[i]
+
+
+def _need(table: Table, i: int) -> int:
+    """Width column ``i`` takes on the console: its widest cell or header line, padding and border."""
+    cells = [len(row[i].text) for row in table.rows if i < len(row)]
+    return max([*cells, *(len(line) for line in _header_lines(table, i).splitlines()), 1]) + 3
+
+
+def column_blocks(table: Table, width: int) -> list[list[int]]:
+    """Column indices of the blocks a table is printed in at ``width`` columns: the first (label) column and as
+    many others as fit without cutting a cell; a table that fits is one block."""
+    blocks: list[list[int]] = []
+    current, used = [0], 1 + _need(table, 0)
+    for i in range(1, len(table.header)):
+        if len(current) > 1 and used + _need(table, i) > width:
+            blocks.append(current)
+            current, used = [0], 1 + _need(table, 0)
+        current.append(i)
+        used += _need(table, i)
+    blocks.append(current)
+    return blocks
+
+
+def print_table(table: Table, console: Console) -> None:
+    """One table on the console: its title on its own line, the columns in blocks that fit the console's width
+    (no cell is cut: cells never wrap, headers wrap at word boundaries), then its notes."""
+    console.print(f"[bold]{_rich_escape(table.title)}[/bold]")  # on its own line: a title wraps to the table's width
+    blocks = column_blocks(table, console.width)
+    for b, cols in enumerate(blocks):
+        rt = RichTable()
+        for i in cols:
+            rt.add_column(_rich_escape(_header_lines(table, i)), justify="left" if i == 0 else "right", no_wrap=True)
+        for row in table.rows:
+            rt.add_row(*[f"[bold green]{_rich_escape(row[i].text)}[/bold green]" if row[i].bold
+                         else _rich_escape(row[i].text) for i in cols])
+        if len(blocks) > 1:
+            console.print(f"  (columns, part {b + 1} of {len(blocks)})", highlight=False)
+        console.print(rt)
+    for n in table.notes:
+        console.print(f"  • {n}", markup=False, highlight=False)
+
+
 def to_console(report: Report, console: Console) -> None:
-    """Print the report with rich tables."""
+    """Print the report with rich tables (wide tables in column blocks that fit the console)."""
     console.print(f"[bold]{report.title}[/bold]")
     if report.description:
         console.print(report.description, markup=False)
     for t in report.tables:
-        console.print(f"[bold]{_rich_escape(t.title)}[/bold]")  # on its own line: a table's title wraps to its width
-        rt = RichTable()
-        for i, h in enumerate(t.header):
-            rt.add_column(h, justify="left" if i == 0 else "right", no_wrap=True)
-        for row in t.rows:
-            rt.add_row(*[f"[bold green]{_rich_escape(c.text)}[/bold green]" if c.bold else _rich_escape(c.text) for c in row])
-        console.print(rt)
-        for n in t.notes:
-            console.print(f"  • {n}", markup=False, highlight=False)
+        print_table(t, console)
     for p in report.figures:
         console.print(f"figure: {p}", markup=False, highlight=False)
     for n in report.figure_notes:

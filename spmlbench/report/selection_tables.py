@@ -1,7 +1,8 @@
 """Report tables of the (lr, batch) selection: the selected point per loss and dataset, and the whole grid.
 
-Both read the records after :func:`spmlbench.experiments.selection.select` (columns ``group``,
-``score``, ``selected``, ``selection``); groups with a single point (no selection) are left out.
+Both read the records of every point of the cells that selected among several
+(:func:`spmlbench.report.load.load_runs`: columns ``row``, ``group`` (the cell's selection group), ``score``,
+``selected`` (the job its run selected), ``selection``); groups with a single point are left out.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from spmlbench.report.tables import MISSING, Cell, Table, dataset_label, fmt, order_datasets, row_label
+from spmlbench.report.tables import MISSING, Cell, Table, base_loss, dataset_label, fmt, order_datasets, row_label
 
 
 def _grid_groups(records: pd.DataFrame) -> pd.DataFrame:
@@ -45,9 +46,12 @@ def selected_points_table(
     settings = settings or {}
     reference = reference if reference is not None else pd.DataFrame(columns=["method", "label"])
     sel = grid[grid["selected"]]
+    if sel.empty:  # the run has not selected yet
+        return None
     datasets = order_datasets(list(grid["dataset"]), settings)
     pos = {m: i for i, m in enumerate(settings.get("order", []))}
-    groups = sorted(sel.groupby(["loss", "mode"], sort=False), key=lambda kv: (pos.get(kv[0][0], len(pos)), kv[0]))
+    groups = sorted(sel.groupby(["row", "mode"], sort=False),
+                    key=lambda kv: (pos.get(base_loss(str(kv[0][0])), len(pos)), kv[0]))
     rows, data = [], []
     rules = set()
     for (loss, mode), sub in groups:
@@ -75,8 +79,8 @@ def grid_points_table(records: pd.DataFrame) -> Table | None:
     if grid.empty:
         return None
     rows, data = [], []
-    keys = ["dataset", "loss", "mode", "group", "lr", "batch_size"]
-    grid = grid.sort_values(["dataset", "loss", "lr", "batch_size"], ascending=[True, True, False, True], kind="stable")
+    keys = ["dataset", "row", "mode", "group", "lr", "batch_size"]
+    grid = grid.sort_values(["dataset", "row", "lr", "batch_size"], ascending=[True, True, False, True], kind="stable")
     for (ds, loss, mode, _g, lr, bs), sub in grid.groupby(keys, sort=False):
         val = [v for v in sub["score"] if math.isfinite(v)]
         ok = sub[sub["status"] == "ok"]["test_map"].astype(float)

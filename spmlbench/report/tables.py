@@ -82,11 +82,15 @@ def base_loss(row: str) -> str:
 
 
 def row_label(row: str, reference: pd.DataFrame, settings: dict[str, Any]) -> str:
-    """Printed label of a row: ``[report] labels``, else the published label, else the name."""
+    """Printed label of a row: ``[report] labels``, else the published label, else the title the run recorded
+    (a plugin's ``register_loss(title=...)``), else the name."""
     base = base_loss(row)
     labels = settings.get("labels", {})
+    titles = settings.get("titles", {})
     if base in labels:
         label = str(labels[base])
+    elif base in titles and reference[reference["method"] == base].empty:
+        label = str(titles[base])
     else:
         ref = reference[reference["method"] == base]
         label = str(ref["label"].iloc[0]) if not ref.empty else base
