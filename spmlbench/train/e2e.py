@@ -175,6 +175,8 @@ def _optimizer(model: E2EModel, loss: nn.Module, recipe: E2ERecipe, device: torc
         groups += list(loss.param_groups(recipe.lr, recipe.lr * recipe.head_lr_mult))
     if recipe.optimizer == "adamax":  # MIME
         return torch.optim.Adamax(groups, lr=recipe.lr)
+    if recipe.optimizer == "sgd":  # Large Loss Matters on VOC
+        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
     fused = device.type == "cuda" and not exact
     return torch.optim.Adam(groups, lr=recipe.lr, fused=fused or None)
 
