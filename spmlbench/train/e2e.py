@@ -140,10 +140,10 @@ def _train_epoch(run: _Run, epoch: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _predict(run: _Run, rows: np.ndarray, features: bool = False) -> torch.Tensor:
+def _predict(run: _Run, rows: np.ndarray, features: bool = False, train_mode: bool = False) -> torch.Tensor:
     """Float32 logits (len(rows), C) on the device for global rows (eval transform, every row); with
-    ``features``, the head's inputs instead."""
-    run.model.eval()
+    ``features``, the head's inputs instead; ``train_mode``: the model in train mode (dropout on)."""
+    run.model.train(train_mode)
     run.eval_sampler.set_rows(rows)
     fn = run.model.features if features else run.model
     out = [fn(_input(run, x), run.amp_dtype) for x, _ in run.eval_loader]
@@ -340,7 +340,7 @@ def _train(
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)  # epoch boundary: make the train time honest
         history.setdefault("train_s", []).append(time.perf_counter() - te)
-        loss.end_epoch(lambda: _predict(run, data.train_rows))
+        loss.end_epoch(lambda: _predict(run, data.train_rows, train_mode=loss.predict_in_train_mode()))
         val_map, _ = scores_map(_predict(run, data.val_rows), val_labels)
         history["train_loss"].append(float(mean_loss))  # the one host sync of the epoch
         history["val_map"].append(val_map)
