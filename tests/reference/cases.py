@@ -17,6 +17,7 @@ import release_gr as grr
 import release_large_loss as ll
 import release_mime as mime
 import release_robust as robust
+import release_smile as smile
 import release_vlpl as vlpl
 import torch
 from torch import Tensor
@@ -93,6 +94,12 @@ def _mime(hp: Any, z: Tensor, s: Tensor, epoch: int, gen: torch.Generator) -> tu
     return (target,), lambda x: mime.loss_vib(x, target.to(x.dtype), hp.T)
 
 
+def _smile(hp: Any, z: Tensor, s: Tensor, epoch: int, gen: torch.Generator) -> tuple[tuple[Any, ...], Reference]:
+    d1 = torch.rand(s.shape, generator=gen).to(z.dtype)  # the inference model's scores
+    return (d1,), lambda x: smile.classifier_loss(x, s.to(x.dtype), d1, T=hp.T, p=hp.p, mu=hp.mu, bias=hp.bias,
+                                                  rate=hp.rate)
+
+
 CASES: dict[str, Case] = {
     "bce": _plain(cole.loss_an),
     "an": _plain(cole.loss_an),
@@ -116,4 +123,5 @@ CASES: dict[str, Case] = {
     "vlpl": _vlpl,
     "mime": _mime,
     "mime_vib": _mime,
+    "smile": _smile,
 }
