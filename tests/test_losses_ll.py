@@ -129,3 +129,34 @@ def test_k_beyond_the_unobserved_count_never_touches_observed_positives() -> Non
     # positive keeps its AN loss softplus(9).
     z = torch.tensor([[-9.0, -5.0, -6.0, 1.0, 2.0]], dtype=torch.float64)
     assert _value("ll_r", 2, z, delta_rel=90) == pytest.approx(sp(9.0) / 5, rel=1e-12)
+
+
+def test_authors_per_dataset_settings() -> None:
+    # snucml/LargeLossMatters issue #4: delta_rel LL-R / LL-Ct / LL-Cp per dataset, and its optimiser and lr
+    from spmlbench.experiments.recipes import e2e_recipe
+    from spmlbench.losses import defaults_source, resolve_hparams
+
+    want = {"voc": [0.2, 0.2, 0.1], "coco": [0.4, 0.2, 0.2], "nuswide": [0.4, 0.2, 0.2], "cub": [0.4, 0.4, 0.2]}
+    for ds, deltas in want.items():
+        assert [resolve_hparams(n, ds).delta_rel for n in ("ll_r", "ll_ct", "ll_cp")] == deltas
+        assert "LargeLossMatters issue #4" in defaults_source("ll_ct", ds)
+    voc = e2e_recipe("ll_r", "voc")
+    assert (voc.optimizer, voc.lr, voc.momentum, voc.weight_decay, voc.head_lr_mult) == ("sgd", 5e-3, 0.9, 1e-3, 10.0)
+    assert [(e2e_recipe("ll_cp", ds).optimizer, e2e_recipe("ll_cp", ds).lr) for ds in ("coco", "nuswide", "cub")] == [
+        ("adam", 1e-5), ("adam", 1e-5), ("adam", 7.5e-5)]
+    assert resolve_hparams("boostlu_ll_r", "voc").delta_rel == 0.5  # BoostLU keeps its own config.py values
+
+
+def test_sgd_recipe_builds_the_releases_sgd() -> None:
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from spmlbench.experiments.recipes import e2e_recipe
+    from spmlbench.train.e2e import _optimizer
+
+    model = SimpleNamespace(backbone=nn.Linear(3, 3), head=nn.Linear(3, 2))
+    opt = _optimizer(model, nn.Module(), e2e_recipe("ll_r", "voc"), torch.device("cpu"), exact=True)  # type: ignore[arg-type]
+    assert isinstance(opt, torch.optim.SGD)
+    assert [(g["lr"], g["momentum"], g["weight_decay"]) for g in opt.param_groups] == [(5e-3, 0.9, 1e-3),
+                                                                                       (5e-2, 0.9, 1e-3)]
