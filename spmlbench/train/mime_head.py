@@ -22,10 +22,11 @@ from torch import Tensor, nn
 
 
 def sine_position(h: int, w: int, dim: int, device: torch.device) -> Tensor:
-    """DETR's normalised sine encoding ``(h w, dim)``: half the channels for y, half for x."""
+    """DETR's normalised sine encoding ``(h w, dim)``: half the channels for y, half for x; positions
+    ``i / (h + 1e-6) 2 pi`` as released (``PositionEmbeddingSine(normalize=True)``)."""
     half = dim // 2
-    ys = (torch.arange(1, h + 1, device=device, dtype=torch.float32) / h) * 2 * math.pi
-    xs = (torch.arange(1, w + 1, device=device, dtype=torch.float32) / w) * 2 * math.pi
+    ys = (torch.arange(1, h + 1, device=device, dtype=torch.float32) / (h + 1e-6)) * 2 * math.pi
+    xs = (torch.arange(1, w + 1, device=device, dtype=torch.float32) / (w + 1e-6)) * 2 * math.pi
     freq = 10000 ** (2 * (torch.arange(half, device=device) // 2) / half)
     py, px = ys[:, None] / freq, xs[:, None] / freq  # (h, half), (w, half)
     py = torch.stack([py[:, 0::2].sin(), py[:, 1::2].cos()], dim=2).flatten(1)

@@ -9,11 +9,14 @@
 The repository has no licence: an independent transcription of the code's behaviour, not a copy. Changes:
 dictionaries become arguments; the pseudo-labelling pass takes the predictions it gathered (``total_preds``
 in the order of ``total_idx``) instead of running the loader; the head takes the feature map already
-flattened with its positional encoding (the backbone and ``PositionEmbeddingSine`` are not part of it) and
-loads its weights from the suite's head; dropout is off (both run in eval mode).
+flattened with its positional encoding (``position_embedding_sine``, ``lib_lagc/models/backbone.py``, computed
+for the map's size: the release computes it once for ``img_size // 32``) and loads its weights from the
+suite's head; dropout is off (both run in eval mode).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -70,6 +73,20 @@ def pseudo_label(total_preds: np.ndarray, total_idx: np.ndarray, label_obs: np.n
         for loc in chosen:
             out[free_idx[loc], c] = -1
     return out
+
+
+def position_embedding_sine(h: int, w: int, num_pos_feats: int, temperature: float = 10000) -> Tensor:
+    """``PositionEmbeddingSine(num_pos_feats, normalize=True)``'s buffer for an ``h x w`` map: (1, 2F, h, w)."""
+    ones = torch.ones((1, h, w))
+    y_embed, x_embed = ones.cumsum(1, dtype=torch.float32), ones.cumsum(2, dtype=torch.float32)
+    y_embed = y_embed / (y_embed[:, -1:, :] + 1e-6) * 2 * math.pi
+    x_embed = x_embed / (x_embed[:, :, -1:] + 1e-6) * 2 * math.pi
+    dim_t = torch.arange(num_pos_feats, dtype=torch.float32)
+    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_pos_feats)
+    pos_x, pos_y = x_embed[:, :, :, None] / dim_t, y_embed[:, :, :, None] / dim_t
+    pos_x = torch.stack((pos_x[:, :, :, 0::2].sin(), pos_x[:, :, :, 1::2].cos()), dim=4).flatten(3)
+    pos_y = torch.stack((pos_y[:, :, :, 0::2].sin(), pos_y[:, :, :, 1::2].cos()), dim=4).flatten(3)
+    return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2)
 
 
 class _EncoderLayer(nn.Module):

@@ -1,7 +1,7 @@
 """MIME's head and pseudo-labelling against the release (palm-biaoliu/mime@62a0f66, ``release_mime.py``).
 
-The head: the suite's :class:`~spmlbench.train.mime_head.MIMEHead` and the transcribed ``LEModel_VIB`` with the
-same weights, the same positional encoding and the same random draws give the same logits and gradients
+The head: the suite's :class:`~spmlbench.train.mime_head.MIMEHead` and the transcribed ``LEModel_VIB`` (with
+``PositionEmbeddingSine``) with the same weights and the same random draws give the same logits and gradients
 (float64). The pseudo-labelling pass: :class:`~spmlbench.losses.builtin.mime.MIMELoss` and the transcribed
 ``set_pseudo_labeling`` on the same predictions give the same label matrix, with the release's ground-truth
 prior, with the suite's expected-positives prior, and with ``drop_last_fix = False`` (the release's pass).
@@ -34,7 +34,8 @@ def test_head_matches_the_release() -> None:
     out_suite = head(a)
     torch.manual_seed(7)
     src = b.flatten(2).permute(2, 0, 1)  # (hw, B, D), sequence first as released
-    pos = sine_position(3, 4, 32, b.device).to(b.dtype)[:, None, :].expand_as(src)
+    pos = release_mime.position_embedding_sine(3, 4, 16).double().flatten(2).permute(2, 0, 1).expand_as(src)
+    assert torch.equal(sine_position(3, 4, 32, b.device), pos[:, 0].float())
     out_ref, mu, std = ref(src, pos)
     assert torch.allclose(out_suite, out_ref, rtol=1e-12, atol=1e-12)
     kl = -0.5 * (1 + 2 * std.log() - mu.pow(2) - std.pow(2)).mean() * head.beta  # loss_VIB's reg_loss
