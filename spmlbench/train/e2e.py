@@ -140,10 +140,10 @@ def _train_epoch(run: _Run, epoch: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _predict(run: _Run, rows: np.ndarray, features: bool = False) -> torch.Tensor:
+def _predict(run: _Run, rows: np.ndarray, features: bool = False, train_mode: bool = False) -> torch.Tensor:
     """Float32 logits (len(rows), C) on the device for global rows (eval transform, every row); with
-    ``features``, the head's inputs instead."""
-    run.model.eval()
+    ``features``, the head's inputs instead; ``train_mode``: the model in train mode (dropout on)."""
+    run.model.train(train_mode)
     run.eval_sampler.set_rows(rows)
     fn = run.model.features if features else run.model
     out = [fn(_input(run, x), run.amp_dtype) for x, _ in run.eval_loader]
@@ -175,6 +175,8 @@ def _optimizer(model: E2EModel, loss: nn.Module, recipe: E2ERecipe, device: torc
         groups += list(loss.param_groups(recipe.lr, recipe.lr * recipe.head_lr_mult))
     if recipe.optimizer == "adamax":  # MIME
         return torch.optim.Adamax(groups, lr=recipe.lr)
+    if recipe.optimizer == "sgd":  # Large Loss Matters on VOC
+        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
     fused = device.type == "cuda" and not exact
     return torch.optim.Adam(groups, lr=recipe.lr, fused=fused or None)
 
@@ -338,7 +340,7 @@ def _train(
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)  # epoch boundary: make the train time honest
         history.setdefault("train_s", []).append(time.perf_counter() - te)
-        loss.end_epoch(lambda: _predict(run, data.train_rows))
+        loss.end_epoch(lambda: _predict(run, data.train_rows, train_mode=loss.predict_in_train_mode()))
         val_map, _ = scores_map(_predict(run, data.val_rows), val_labels)
         history["train_loss"].append(float(mean_loss))  # the one host sync of the epoch
         history["val_map"].append(val_map)
