@@ -195,4 +195,4 @@ register_loss("mime", params=MIMEParams, formula=mime_loss, title="MIME: variati
               citation="Liu et al. Revisiting Pseudo-Label for Single-Positive Multi-Label Learning (MIME). ICML 2023. "
                        "Code: github.com/palm-biaoliu/mime (62a0f66).",
               stateful=True, scheduled=True, batched=MIMELoss, head="mime", step_cost=2.0, order=155,
-              reference="palm-biaoliu/mime@62a0f66:utils/losses.py")
+              reference="palm-biaoliu/mime@62a0f66:utils/losses.py", version=2)
