@@ -119,10 +119,10 @@ def train_epoch(run: Run, epoch: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(run: Run, rows: np.ndarray, features: bool = False) -> torch.Tensor:
+def predict(run: Run, rows: np.ndarray, features: bool = False, train_mode: bool = False) -> torch.Tensor:
     """Float32 logits (len(rows), C) on the device for global rows (eval transform, every row); with
-    ``features``, the head's inputs instead."""
-    run.model.eval()
+    ``features``, the head's inputs instead; ``train_mode``: the model in train mode (dropout on)."""
+    run.model.train(train_mode)
     run.eval_sampler.set_rows(rows)
     fn = run.model.features if features else run.model
     out = [fn(prepare_input(run, x), run.amp_dtype) for x, _ in run.eval_loader]
@@ -154,6 +154,8 @@ def build_optimizer(model: E2EModel, loss: nn.Module, recipe: E2ERecipe, device:
         groups += list(loss.param_groups(recipe.lr, recipe.lr * recipe.head_lr_mult))
     if recipe.optimizer == "adamax":  # MIME
         return torch.optim.Adamax(groups, lr=recipe.lr)
+    if recipe.optimizer == "sgd":  # Large Loss Matters on VOC
+        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
     fused = device.type == "cuda" and not exact
     return torch.optim.Adam(groups, lr=recipe.lr, fused=fused or None)
 
@@ -264,7 +266,7 @@ def end_epoch(st: JobState, epoch: int, mean_loss: torch.Tensor, train_s: float)
     run, history, workdir, fingerprint = st.run, st.history, st.workdir, st.fingerprint
     te = time.perf_counter() - train_s
     history.setdefault("train_s", []).append(train_s)
-    run.loss.end_epoch(lambda: predict(run, run.data.train_rows))
+    run.loss.end_epoch(lambda: predict(run, run.data.train_rows, train_mode=run.loss.predict_in_train_mode()))
     val_map, _ = scores_map(predict(run, run.data.val_rows), st.val_labels)
     history["train_loss"].append(float(mean_loss))  # the one host sync of the epoch
     history["val_map"].append(val_map)
