@@ -14,6 +14,7 @@ achieved model TFLOP/s (3 x forward FLOPs per image). Evaluation passes are not 
 
     python benchmarks/e2e_throughput.py                 # CUDA: resnet50, 448 px; CPU: tiny config
     python benchmarks/e2e_throughput.py --images 1024 --batch-size 8 --json
+    python benchmarks/e2e_throughput.py --lockstep 8    # 8 models in lockstep vs 8 separate runs (e2e_lockstep.py)
 """
 
 from __future__ import annotations
@@ -122,7 +123,17 @@ def forward_flops(backbone: str, size: int) -> float:
 
 
 def main() -> None:
-    """Parse options, build the images, time both loops, print the comparison."""
+    """Parse options, build the images, time both loops, print the comparison (``--lockstep M``: the lockstep
+    comparison of :mod:`e2e_lockstep` instead)."""
+    import sys
+
+    if "--lockstep" in sys.argv:
+        import e2e_lockstep
+
+        i = sys.argv.index("--lockstep")
+        sys.argv[i] = "--models"
+        e2e_lockstep.main()
+        return
     from spmlbench.experiments.jobs import JobSpec
     from spmlbench.experiments.recipes import job_recipes
     from spmlbench.runtime import default_workers, resolve_device

@@ -17,7 +17,7 @@ RUN_PANELS = {
     "Training": ["--epochs", "--batch-size", "--lr", "--recipe", "--select", "--lr-grid", "--batch-grid", "--val",
                  "--early-stop", "--set", "--grid", "--device",
                  "--reference-loop"],
-    "End to end": ["--exact", "--workers", "--image-size", "--weights", "--keep-checkpoints"],
+    "End to end": ["--exact", "--workers", "--image-size", "--weights", "--lockstep", "--keep-checkpoints"],
     "Output": ["--out", "--force", "--verify", "--home", "--dry-run"],
     "Scale-out": ["--processes", "--executor", "--address", "--gpus-per-job", "--cpus-per-job"],
 }

@@ -52,3 +52,11 @@ def test_good_hyperparameter_ok(cli) -> None:
     res = cli("losses", "--check", "gr.q3=1.5", "--check", "gr.beta=[0,10,-2,-8]")
     assert res.code == 0, res.err
     assert "gr.q3=1.5: ok" in res.out and "beta=[0, 10, -2, -8]" in res.out
+
+
+def test_dataset_view_shows_the_large_loss_settings_and_their_source(cli) -> None:
+    res = cli("losses", "--dataset", "voc")
+    assert res.code == 0, res.err
+    row = next(line for line in res.out.splitlines() if line.startswith("│ ll_r "))
+    assert "delta_rel=0.2" in row
+    assert "ll_r on voc: snucml/LargeLossMatters issue #4" in res.out

@@ -17,11 +17,16 @@ def sp(x: float) -> float:
 
 
 def test_k_per_epoch() -> None:
-    # ll_r/ll_ct: ceil(B C (e-1) delta_rel / 100); ll_cp: ceil(B C delta_rel / 100); epoch 1: 0
+    # ll_r/ll_ct: ceil(B C (1 - clean_rate)), clean_rate = 1 less delta_rel / 100 per epoch in floats (the
+    # release's arithmetic); ll_cp: ceil(B C delta_rel / 100); epoch 1: 0
     assert [ll_num_selected(16, 20, e, 0.2, False) for e in range(1, 6)] == [0, 1, 2, 2, 3]  # 0.64, 1.28, 1.92, 2.56
     assert [ll_num_selected(16, 20, e, 0.5, False) for e in range(1, 5)] == [0, 2, 4, 5]  # 1.6, 3.2, 4.8
     assert [ll_num_selected(16, 20, e, 0.1, True) for e in range(1, 5)] == [0, 1, 1, 1]  # 0.32 every epoch
-    assert ll_num_selected(3, 200, 6, 1.1, False) == 33  # 3*200*5*1.1/100 = 33.00000000000001 in floats
+    # float drift decides, as in the release: 1 - 0.005 five times leaves 0.9749999999999999..., so
+    # 320 * 0.025000000000000022 = 8.000000000000007 -> 9 (rounding first would give 8); COCO 33, not 32
+    assert ll_num_selected(16, 20, 6, 0.5, False) == 9
+    assert ll_num_selected(16, 80, 6, 0.5, False) == 33
+    assert ll_num_selected(16, 20, 5, 0.5, False) == 7  # 320 * 0.020000000000000018 = 6.4...
     assert ll_num_selected(2, 2, 9, 90, False) == 4  # capped at B*C
 
 
@@ -124,3 +129,34 @@ def test_k_beyond_the_unobserved_count_never_touches_observed_positives() -> Non
     # positive keeps its AN loss softplus(9).
     z = torch.tensor([[-9.0, -5.0, -6.0, 1.0, 2.0]], dtype=torch.float64)
     assert _value("ll_r", 2, z, delta_rel=90) == pytest.approx(sp(9.0) / 5, rel=1e-12)
+
+
+def test_authors_per_dataset_settings() -> None:
+    # snucml/LargeLossMatters issue #4: delta_rel LL-R / LL-Ct / LL-Cp per dataset, and its optimiser and lr
+    from spmlbench.experiments.recipes import e2e_recipe
+    from spmlbench.losses import defaults_source, resolve_hparams
+
+    want = {"voc": [0.2, 0.2, 0.1], "coco": [0.4, 0.2, 0.2], "nuswide": [0.4, 0.2, 0.2], "cub": [0.4, 0.4, 0.2]}
+    for ds, deltas in want.items():
+        assert [resolve_hparams(n, ds).delta_rel for n in ("ll_r", "ll_ct", "ll_cp")] == deltas
+        assert "LargeLossMatters issue #4" in defaults_source("ll_ct", ds)
+    voc = e2e_recipe("ll_r", "voc")
+    assert (voc.optimizer, voc.lr, voc.momentum, voc.weight_decay, voc.head_lr_mult) == ("sgd", 5e-3, 0.9, 1e-3, 10.0)
+    assert [(e2e_recipe("ll_cp", ds).optimizer, e2e_recipe("ll_cp", ds).lr) for ds in ("coco", "nuswide", "cub")] == [
+        ("adam", 1e-5), ("adam", 1e-5), ("adam", 7.5e-5)]
+    assert resolve_hparams("boostlu_ll_r", "voc").delta_rel == 0.5  # BoostLU keeps its own config.py values
+
+
+def test_sgd_recipe_builds_the_releases_sgd() -> None:
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from spmlbench.experiments.recipes import e2e_recipe
+    from spmlbench.train.e2e import _optimizer
+
+    model = SimpleNamespace(backbone=nn.Linear(3, 3), head=nn.Linear(3, 2))
+    opt = _optimizer(model, nn.Module(), e2e_recipe("ll_r", "voc"), torch.device("cpu"), exact=True)  # type: ignore[arg-type]
+    assert isinstance(opt, torch.optim.SGD)
+    assert [(g["lr"], g["momentum"], g["weight_decay"]) for g in opt.param_groups] == [(5e-3, 0.9, 1e-3),
+                                                                                       (5e-2, 0.9, 1e-3)]

@@ -37,9 +37,18 @@ def test_loss_by_hand() -> None:
     obs = torch.tensor([[False, False, False, True]])
     target = torch.tensor([[1, 0, -1, 0]], dtype=torch.int8)  # an observed positive counts as 1 whatever t says
     got = mime_loss(MIMEParams(expected_num_pos=1.5), z, obs, target)[0].tolist()
-    assert got == pytest.approx([math.log(2), math.log(2), 0.0, math.log(1 + math.exp(-2))])
+    # the release's neg_log(x) = -log(x + 1e-5): -log(0.50001) = 0.6931271..., -log(sigmoid(2) + 1e-5)
+    assert got == pytest.approx([0.6931271553, 0.6931271553, 0.0, 0.1269166917], rel=1e-8)
+    exact = mime_loss(MIMEParams(expected_num_pos=1.5, eps=0.0), z.double(), obs, target)[0].tolist()
+    assert exact == pytest.approx([math.log(2), math.log(2), 0.0, math.log(1 + math.exp(-2))], rel=1e-12)
+    # a saturated wrong entry is capped near -log(1e-5) = 11.5129 and gets almost no gradient
+    far = torch.tensor([[30.0]], dtype=torch.float64, requires_grad=True)
+    value = mime_loss(MIMEParams(expected_num_pos=1.5), far, torch.tensor([[False]]), torch.tensor([[0]]))
+    value.sum().backward()
+    assert float(value.detach()) == pytest.approx(11.5129254556, rel=1e-10)  # -log(9.4e-14 + 1e-5)
+    assert float(far.grad) == pytest.approx(9.36e-9, rel=1e-2)  # p (1 - p) / (1 - p + 1e-5), not 1
     t2 = mime_loss(MIMEParams(expected_num_pos=1.5, T=2.0), z, obs, target)[0, 3]
-    assert float(t2) == pytest.approx(math.log(1 + math.exp(-1)))  # p = sigmoid(z / T)
+    assert float(t2) == pytest.approx(-math.log(1 / (1 + math.exp(-1)) + 1e-5), rel=1e-6)  # p = sigmoid(z / T)
 
 
 def test_batched_loss_pseudo_labels_after_warmup() -> None:
@@ -56,9 +65,52 @@ def test_batched_loss_pseudo_labels_after_warmup() -> None:
     assert loss.target[0].tolist() == [[1, 0], [1, -1], [1, 0], [-1, 1]]
     gt = build_batched_loss("mime", [{"prior": "ground_truth", "warmup_epoch": 1}], num_classes=2, num_train=4)
     gt.init_state(OBS.float())
-    gt.set_ground_truth(torch.tensor([[1, 0], [1, 1], [1, 0], [1, 1]]))  # E = 0.75: pi = [1, 1/3], n = [4, 1]
+    # the whole training file (two val rows added): |Y_i| = 1, 2, 1, 2, 0, 1 -> E = (1 + 1/2 + 1 + 1/2 + 0 + 1) / 6
+    # = 2/3 (a row without positives adds 0, countE); n_obs / N = [4/6, 2/6] -> pi = [1, 1/2], n = int(4 pi) = [4, 2]
+    gt.set_ground_truth(torch.tensor([[1, 0], [1, 1], [1, 0], [1, 1], [0, 0], [0, 1]]),
+                        torch.tensor([[1, 0], [1, 0], [1, 0], [0, 1], [0, 0], [0, 1]]))
+    gt.start_epoch(1, 3)
     gt.end_epoch(lambda: logits)
-    assert gt.target[0].tolist() == [[1, 0], [1, -1], [1, 0], [-1, 1]]
+    assert gt.target[0].tolist() == [[1, 0], [1, -1], [1, -1], [-1, 1]]  # class 1: rows 1, 2 (p 0.7, 0.7)
+
+
+def test_drop_last_switch_reproduces_the_release_pass() -> None:
+    from spmlbench.losses import build_batched_loss
+
+    logits = torch.logit(torch.tensor([[[0.9, 0.2], [0.1, 0.7], [0.5, 0.7], [0.8, 0.1]]]))
+    rel = build_batched_loss("mime", [{"expected_num_pos": 1.5, "warmup_epoch": 1, "drop_last_fix": False}],
+                             num_classes=2, num_train=4)
+    rel.init_state(OBS.float(), [0])
+    rel.start_epoch(1, 3)
+    z = torch.zeros(1, 3, 2, requires_grad=True)
+    rel(z, OBS[:3], torch.arange(3))  # batch 3: the release's pass predicts 3 of 4 rows
+    rel.end_epoch(lambda: logits)
+    t = rel.target[0]
+    assert t[3].tolist() in ([-1, 0], [0, 0])  # row 3 (index >= N_pred = 3) lost its observed positive
+    assert int((t == -1).sum()) <= 2  # n = int(3 pi) = [3, 1] over the 3 predicted rows only
+    # the lost positive is trained as a negative: -log(1 - 0.5 + 1e-5) where t = 0
+    value = rel(torch.zeros(1, 1, 2), OBS[3:], torch.tensor([3]))
+    want = sum(0.0 if v == -1 else -math.log(0.5 + 1e-5) for v in t[3].tolist()) / 2
+    assert float(value) == pytest.approx(want, rel=1e-6)
+    fixed = build_batched_loss("mime", [{"expected_num_pos": 1.5, "warmup_epoch": 1}], num_classes=2, num_train=4)
+    fixed.init_state(OBS.float(), [0])
+    fixed.start_epoch(1, 3)
+    fixed.end_epoch(lambda: logits)
+    assert fixed.target[0][3].tolist() == [-1, 1] and fixed.predict_in_train_mode()  # the pass in train mode
+
+
+def test_head_has_the_released_norm_and_initialisations() -> None:
+    from spmlbench.train.mime_head import MIMEHead
+
+    torch.manual_seed(0)
+    head = MIMEHead(64, 40, z_dim=16).requires_grad_(False)
+    assert isinstance(head.norm, torch.nn.LayerNorm) and head.norm.weight.numel() == 64  # decoder_norm
+    assert float(head.queries.std()) == pytest.approx(1.0, abs=0.05)  # nn.Embedding: N(0, 1), not xavier
+    bound = 1 / math.sqrt(16)  # GroupWiseLinear: W and b uniform in +-1/sqrt(z_dim)
+    assert float(head.weight.abs().max()) <= bound and float(head.bias.abs().max()) <= bound
+    assert float(head.bias.abs().max()) > bound / 2
+    first = head.proj[0]  # nn.Linear's default init: uniform in +-1/sqrt(fan_in)
+    assert float(first.weight.abs().max()) <= 1 / math.sqrt(64) and float(first.bias.abs().max()) > 0
 
 
 def test_head_shapes_and_its_kl_penalty() -> None:

@@ -98,6 +98,9 @@ def run(
     weights: Optional[str] = typer.Option(None, "--weights", help="end to end: backbone weights, default or none",
                                           metavar=choices(("default", "none")), show_default="default",
                                           rich_help_panel=E2E),
+    lockstep: bool = typer.Option(True, "--lockstep/--no-lockstep",
+                                  help="end to end: jobs sharing a batch order train together on one input pipeline "
+                                       "(same numbers)", rich_help_panel=E2E),
     keep_checkpoints: bool = typer.Option(True, "--keep-checkpoints/--drop-checkpoints",
                                           help="end to end: keep <out>/work/<job> (best and last epoch) after the record",
                                           rich_help_panel=E2E),
@@ -156,7 +159,7 @@ def run(
     run_kwargs: dict[str, Any] = dict(home=home, device=device, force=force, reference_loop=reference_loop,
                                       experiment=plan.experiment, workers=workers, processes=n_processes,
                                       dumps=frozenset(plan.dumps), keep_checkpoints=keep_checkpoints,
-                                      verify=verify)
+                                      verify=verify, lockstep=lockstep)
     writable_dir(out, "--out")  # before any training: records must be writable
     planned, stages = planned_stages(plan.jobs, plan.select)
     say(f"{plan.experiment or 'run'}: {stages}")
@@ -248,6 +251,7 @@ def _run_ray(jobs: Sequence[JobSpec], out: Path, ray_opts: dict[str, Any], progr
     from spmlbench.experiments.ray_executor import run_jobs_ray
 
     kw = dict(run_kwargs)
+    kw.pop("lockstep", None)  # a Ray task trains one job
     base = {k: kw.pop(k) for k in ("home", "device", "force", "experiment")}
     return run_jobs_ray(list(jobs), out, progress=progress, **base, **ray_opts, **kw)
 

@@ -149,3 +149,32 @@ def train_image_job(
     return fn(job, recipe=recipe, home=home, device=device, workdir=Path(workdir), exact=job.exact, workers=workers,
               progress=False, image_size=job.image_size, weights=job.weights,
               hooks=e2e.Hooks(on_epoch_end=on_epoch_end))
+
+
+def image_group_key(job: JobSpec) -> tuple[Any, ...] | None:
+    """The lockstep group of an end-to-end job (:func:`spmlbench.train.lockstep.lockstep_key`), None when it
+    trains alone."""
+    from spmlbench.experiments.recipes import job_recipes
+    from spmlbench.train.lockstep import lockstep_key
+
+    if job.mode != "e2e":
+        return None
+    return lockstep_key(job, job_recipes(job)[0])
+
+
+def train_image_group(
+    jobs: list[JobSpec],
+    *,
+    workdirs: list[Path],
+    home: str | os.PathLike[str] | None = None,
+    device: torch.device | str = "auto",
+    workers: int | None = None,
+) -> list[Any]:
+    """Train end-to-end jobs of one lockstep group together (:func:`spmlbench.train.lockstep.train_lockstep`);
+    one result per job, each in its own work folder (resumable)."""
+    from spmlbench.experiments.recipes import job_recipes
+    from spmlbench.train.lockstep import train_lockstep
+
+    recipes = [job_recipes(j)[0] for j in jobs]
+    return train_lockstep(jobs, recipes, workdirs, home=home, device=device, exact=jobs[0].exact, workers=workers,
+                          image_size=jobs[0].image_size)

@@ -31,6 +31,7 @@ LINEAR_FILE = "recipes.toml"
 E2E_FILE = "recipes_e2e.toml"
 LINEAR_RECIPES = ("cole", "paper")
 SELECT_RULES = ("first-seed", "each-seed", "mean")
+OPTIMIZERS = ("adam", "adamax", "sgd")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,8 +206,10 @@ def _build(cls: type, merged: dict[str, Any], what: str) -> Any:
     for name in ("lr", "head_lr_mult", "batch_size", "epochs", "eval_batch_size"):
         if name in out and not out[name] > 0:
             raise ConfigError(f"{what}: {name} must be > 0 (got {out[name]}); fix the value")
-    if out.get("optimizer", "adam") not in ("adam", "adamax"):
-        raise ConfigError(f"{what}: optimizer {out['optimizer']!r} is not supported; use adam or adamax")
+    if out.get("optimizer", "adam") not in OPTIMIZERS:
+        raise ConfigError(f"{what}: optimizer {out['optimizer']!r} is not supported; use {', '.join(OPTIMIZERS)}")
+    if out.get("optimizer") != "sgd" and (out.get("momentum") or out.get("weight_decay")):
+        raise ConfigError(f"{what}: momentum and weight_decay apply to optimizer sgd only; set them to 0")
     return cls(**out)
 
 

@@ -106,12 +106,17 @@ def load_dataset(dataset: str, backbone: str, home: str | os.PathLike[str] | Non
     return _Dataset(data, meta, sha)
 
 
-def cohorts(jobs: Sequence[JobSpec]) -> list[list[JobSpec]]:
+def cohorts(jobs: Sequence[JobSpec], lockstep: bool = False) -> list[list[JobSpec]]:
     """``jobs`` grouped into cohorts trained together (equal :meth:`JobSpec.cohort_key`, at most
-    ``MAX_COHORT`` each; an end-to-end job is a cohort of its own), in order of first appearance."""
+    ``MAX_COHORT`` each; an end-to-end job is a cohort of its own, unless ``lockstep`` puts the jobs that share
+    their batch order in one: :func:`spmlbench.experiments.executors.image_group_key`), in order of first
+    appearance."""
+    from spmlbench.experiments.executors import image_group_key
+
     groups: dict[tuple[Any, ...], list[JobSpec]] = {}
     for j in jobs:
-        groups.setdefault(j.cohort_key(), []).append(j)
+        key = image_group_key(j) if lockstep and j.mode != "linear" else None
+        groups.setdefault(("lockstep", key) if key is not None else j.cohort_key(), []).append(j)
     out = []
     for members in groups.values():
         out.extend(members[i:i + MAX_COHORT] for i in range(0, len(members), MAX_COHORT))
@@ -201,6 +206,7 @@ def run_jobs(
     keep_checkpoints: bool = True,
     processes: int | None = 1,
     verify: bool = False,
+    lockstep: bool = False,
 ) -> RunSummary:
     """Run every job that has no record yet (all with ``force``); see the module docstring.
 
@@ -212,6 +218,8 @@ def run_jobs(
     default). Workers are spawned: a script that asks for more than one needs the
     ``if __name__ == "__main__":`` guard. ``verify``: hash the layer4 map caches whole (by default
     whole up to 1 GiB, sampled blocks above; feature and pseudo-label caches are always hashed whole).
+    ``lockstep``: end-to-end jobs that share their batch order train
+    together on one input pipeline (:mod:`spmlbench.train.lockstep`; the same numbers).
     """
     out = Path(out_dir)
     progress = progress or RunProgress()
@@ -229,7 +237,7 @@ def run_jobs(
     try:
         return _run_all(jobs, out, executor, home=home, dev=dev, force=force, experiment=experiment,
                         progress=progress, loader=loader, workers=workers, dumps=dumps,
-                        keep_checkpoints=keep_checkpoints, verify=verify)
+                        keep_checkpoints=keep_checkpoints, verify=verify, lockstep=lockstep)
     finally:
         if own_executor:
             executor.close()  # type: ignore[attr-defined]
@@ -238,7 +246,7 @@ def run_jobs(
 def _run_all(jobs: list[JobSpec], out: Path, executor: Executor, *, home: str | os.PathLike[str] | None,
              dev: Any, force: bool, experiment: str, progress: RunProgress,
              loader: Callable[[str, str], _Dataset] | None, workers: int | None, dumps: frozenset[str],
-             keep_checkpoints: bool, verify: bool = False) -> RunSummary:
+             keep_checkpoints: bool, verify: bool = False, lockstep: bool = False) -> RunSummary:
     load = loader or (lambda ds, bb: load_dataset(ds, bb, home))
     summary = RunSummary()
     started = time.time()  # with force: a record written after this is another run's fresh re-run
@@ -258,7 +266,7 @@ def _run_all(jobs: list[JobSpec], out: Path, executor: Executor, *, home: str | 
     seen: set[tuple[Path, str]] = set()  # the locks last reported as waited on
     while todo:
         progressed = False
-        for cohort in cohorts(todo):
+        for cohort in cohorts(todo, lockstep):
             claimed = [j for j in cohort if locks.claim(out, j.job_id)]
             # finished by someone between our check and our claim (with force: re-run by another
             # forced run since this one started, so two concurrent --force runs never run a job twice)
@@ -276,8 +284,8 @@ def _run_all(jobs: list[JobSpec], out: Path, executor: Executor, *, home: str | 
                         results = _run_linear(claimed, out, cache, load, executor, progress, experiment, str(dev),
                                               dumps, home, verify)
                     else:
-                        results = [_run_image(claimed[0], out, home, dev, workers, progress, experiment, force,
-                                              keep_checkpoints)]
+                        results = _run_images(claimed, out, home, dev, workers, progress, experiment, force,
+                                              keep_checkpoints)
                     for j, r in zip(claimed, results):
                         summary.ran.append(j.job_id)
                         if r.status != "ok":
@@ -351,17 +359,25 @@ def _dump_hook(out: Path, want: dict[int, str], data: LinearData) -> Callable[[i
     return hook
 
 
-def _run_image(job: JobSpec, out: Path, home: str | os.PathLike[str] | None, dev: Any, workers: int | None,
-               progress: RunProgress, experiment: str, force: bool, keep_checkpoints: bool) -> Any:
-    """Train one end-to-end job in its work folder and write its record."""
-    work = work_dir(out, job.job_id)
+def _run_images(jobs: list[JobSpec], out: Path, home: str | os.PathLike[str] | None, dev: Any, workers: int | None,
+                progress: RunProgress, experiment: str, force: bool, keep_checkpoints: bool) -> list[Any]:
+    """Train end-to-end jobs (one, or a lockstep group) in their work folders and write their records."""
+    from spmlbench.experiments.executors import train_image_group
+
+    works = [work_dir(out, j.job_id) for j in jobs]
     if force:
-        shutil.rmtree(work, ignore_errors=True)  # a forced job trains from scratch
-    res = train_image_job(job, workdir=work, home=home, device=dev, workers=workers, progress=progress.epoch)
-    write_record(out, make_record(job, res, experiment=experiment, wall_s=res.wall_s, device=res.device))
-    if not keep_checkpoints:
-        shutil.rmtree(work, ignore_errors=True)
-    return res
+        for work in works:
+            shutil.rmtree(work, ignore_errors=True)  # a forced job trains from scratch
+    if len(jobs) == 1:
+        results = [train_image_job(jobs[0], workdir=works[0], home=home, device=dev, workers=workers,
+                                   progress=progress.epoch)]
+    else:
+        results = train_image_group(jobs, workdirs=works, home=home, device=dev, workers=workers)
+    for job, res, work in zip(jobs, results, works):
+        write_record(out, make_record(job, res, experiment=experiment, wall_s=res.wall_s, device=res.device))
+        if not keep_checkpoints:
+            shutil.rmtree(work, ignore_errors=True)
+    return results
 
 
 def _written_since(out: Path, job: JobSpec, since: float) -> bool:

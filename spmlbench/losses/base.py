@@ -154,6 +154,10 @@ class BatchedLoss(nn.Module):
     def init_state(self, observed_train: Tensor, seed: int | torch.Generator = 0) -> None:
         """Give the (N, C) training observed matrix up front (ROLE needs it; LL-Cp/EM-APL optional)."""
 
+    def predict_in_train_mode(self) -> bool:
+        """Whether ``end_epoch``'s ``predict_train`` runs the model in train mode (MIME's release); eval by default."""
+        return False
+
     def param_groups(self, lr: float, head_lr: float | None = None) -> list[dict[str, Any]]:
         """Extra optimizer groups for learnable loss state (ROLE's label logits at ``lr_mult x lr``, SMILE's
         label-enhancement model at the classifier's ``head_lr``); none by default."""
@@ -385,6 +389,10 @@ class SingleLoss(nn.Module):
     def init_state(self, observed_train: Tensor, seed: int | torch.Generator = 0) -> None:
         """Give the (N, C) training observed matrix (and ROLE's init seed) before training."""
         self.batched.init_state(observed_train, seed)
+
+    def predict_in_train_mode(self) -> bool:
+        """Whether ``end_epoch``'s ``predict_train`` runs the model in train mode (MIME's release)."""
+        return self.batched.predict_in_train_mode()
 
     def param_groups(self, lr: float, head_lr: float | None = None) -> list[dict[str, Any]]:
         """Extra optimizer groups (ROLE: its label logits at ``lr_mult * lr``; SMILE: its model at ``head_lr``)."""

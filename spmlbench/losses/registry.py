@@ -57,6 +57,9 @@ class LossDef:
     # only balances configs over processes (spmlbench.train.parallel)
     step_cost: float = 1.0
     order: int = 1000  # position in listings (built-ins 10..160; plugins after them)
+    # the released function the reference tester (tests/reference/) compares this loss with, as
+    # "owner/repo@commit:path"; "" when there is none
+    reference: str = ""
     origin: str = ""  # the file that registered the loss
     source_hash: str = ""  # sha256 (16 hex) of a plugin's file; "" for built-ins (part of job ids)
     # a built-in's formula version (part of job ids when > 1): raise it when a correction changes the loss's

@@ -82,8 +82,9 @@ def train_head(data: LinearData, config: TrainConfig, head: nn.Module, rows: Row
             value.backward()
             opt.step()
             total, steps = total + float(value.detach()), steps + 1
-        head.eval()
+        head.train(loss.predict_in_train_mode())
         loss.end_epoch(lambda: _scores(head, rows, n, "train", c, device).logit().unsqueeze(0))
+        head.eval()
         val = float(mean_ap(_scores(head, rows, sizes["val"], "val", c, device), val_labels))
         result.val_map.append(val)
         result.train_loss.append(total / max(steps, 1))

@@ -33,7 +33,9 @@ class JobData:
     test_labels: torch.Tensor  # (Nt, C)
     meta: dict[str, Any]
     pseudo: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # CLIP caches the loss reads
-    clean_train: torch.Tensor | None = None  # (N, C) clean labels: only MIME's released ground-truth prior reads them
+    # (clean, observed) labels of the whole training file (train and val rows): only MIME's released
+    # ground-truth prior reads them
+    train_file: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -100,7 +102,8 @@ def load_job_data(job: Any, home: str | os.PathLike[str] | None = None, labels: 
         test_labels=t(label_matrix(df, "labels", "test")),
         meta=meta,
         pseudo={src: load_pseudo(job.dataset, src, home) for src in pseudo_sources([job.loss])},
-        clean_train=t(clean_train),
+        train_file=(t(np.concatenate([clean_train, label_matrix(df, "labels", "val")])),
+                    t(np.concatenate([observed_train, label_matrix(df, "observed", "val")]))),
     )
 
 
@@ -116,8 +119,8 @@ def build_job_loss(job: Any, data: JobData, seed: int) -> nn.Module:
     from spmlbench.train.configs import attach_pseudo
 
     attach_pseudo(loss, data.pseudo)
-    if hasattr(loss.batched, "set_ground_truth") and data.clean_train is not None:
-        loss.batched.set_ground_truth(data.clean_train)  # used only with MIME's prior = ground_truth
+    if hasattr(loss.batched, "set_ground_truth") and data.train_file is not None:
+        loss.batched.set_ground_truth(*data.train_file)  # used only with MIME's prior = ground_truth
     return loss
 
 

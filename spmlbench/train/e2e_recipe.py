@@ -12,10 +12,13 @@ import dataclasses
 @dataclasses.dataclass(frozen=True)
 class E2ERecipe:
     """Resolved end-to-end settings for one job (``early_stop``: ``none``, ``no_improve`` or ``drop:<points>``;
-    the head trains at ``head_lr_mult x lr``, the backbone at ``lr``)."""
+    the head trains at ``head_lr_mult x lr``, the backbone at ``lr``; ``momentum`` and ``weight_decay``:
+    ``optimizer = "sgd"`` only)."""
 
     family: str
     optimizer: str
+    momentum: float
+    weight_decay: float
     lr: float
     head_lr_mult: float
     batch_size: int

@@ -2,12 +2,15 @@
 backbone's feature map with a variational information bottleneck per class.
 
 ``F (B, D, h, w)`` + a sine positional encoding -> 1 encoder layer (4 heads, FFN 4D, dropout 0.1) -> 2 decoder
-layers without self-attention, whose C learned queries attend to the encoded map -> per class ``h_c`` ->
+layers without self-attention, whose C learned queries attend to the encoded map, then the decoder's final
+LayerNorm (``lib_lagc/models/encoder.py`` ``decoder_norm``) -> per class ``h_c`` ->
 ``MLP(D -> D -> 2 z_dim)``: ``mu_c``, ``sigma_c = exp(clamp(s / 2, -6, 6))``; ``z_c`` is the mean of ``samples``
 reparameterised draws (also at evaluation, as released); ``logit_c = W_c . z_c + b_c`` (one linear map per
 class). ``penalty()`` is ``beta * KL``, ``KL = -1/2 mean(1 + 2 log sigma - mu^2 - sigma^2)``, of the last forward.
-Post-norm layers and DETR's positional encoding (added to queries and keys, not values) are our reading:
-the spec gives the sizes, not these details.
+Post-norm layers, DETR's positional encoding added to queries and keys (not values), as released.
+Initialisation as released: the transformer's matrices xavier-uniform (``Encoder._reset_parameters``), the
+queries N(0, 1) (``nn.Embedding``), ``proj`` PyTorch's default ``nn.Linear`` init, the per-class ``W_c``
+and ``b_c`` uniform in ``+-1 / sqrt(z_dim)`` (``GroupWiseLinear.reset_parameters``).
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ from torch import Tensor, nn
 
 
 def sine_position(h: int, w: int, dim: int, device: torch.device) -> Tensor:
-    """DETR's normalised sine encoding ``(h w, dim)``: half the channels for y, half for x."""
+    """DETR's normalised sine encoding ``(h w, dim)``: half the channels for y, half for x; positions
+    ``i / (h + 1e-6) 2 pi`` as released (``PositionEmbeddingSine(normalize=True)``)."""
     half = dim // 2
-    ys = (torch.arange(1, h + 1, device=device, dtype=torch.float32) / h) * 2 * math.pi
-    xs = (torch.arange(1, w + 1, device=device, dtype=torch.float32) / w) * 2 * math.pi
+    ys = (torch.arange(1, h + 1, device=device, dtype=torch.float32) / (h + 1e-6)) * 2 * math.pi
+    xs = (torch.arange(1, w + 1, device=device, dtype=torch.float32) / (w + 1e-6)) * 2 * math.pi
     freq = 10000 ** (2 * (torch.arange(half, device=device) // 2) / half)
     py, px = ys[:, None] / freq, xs[:, None] / freq  # (h, half), (w, half)
     py = torch.stack([py[:, 0::2].sin(), py[:, 1::2].cos()], dim=2).flatten(1)
@@ -55,14 +59,14 @@ class MIMEHead(nn.Module):
         heads = heads if dim % heads == 0 else 1
         self.encoder = _Block(dim, heads, 4 * dim, dropout)
         self.decoders = nn.ModuleList([_Block(dim, heads, 4 * dim, dropout) for _ in range(2)])
-        self.queries = nn.Parameter(torch.empty(num_classes, dim))
-        self.proj = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 2 * z_dim))
-        self.weight = nn.Parameter(torch.empty(num_classes, z_dim))
-        self.bias = nn.Parameter(torch.zeros(num_classes))
-        self.samples, self.beta, self.z_dim = int(samples), float(beta), int(z_dim)
-        for p in self.parameters():
+        self.norm = nn.LayerNorm(dim)
+        for p in [*self.encoder.parameters(), *self.decoders.parameters()]:
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
+        self.queries = nn.Parameter(torch.randn(num_classes, dim))
+        self.proj = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 2 * z_dim))
+        self.weight, self.bias = group_linear(num_classes, z_dim)
+        self.samples, self.beta, self.z_dim = int(samples), float(beta), int(z_dim)
         self._kl: Tensor | None = None
 
     def forward(self, fmap: Tensor) -> Tensor:
@@ -74,13 +78,20 @@ class MIMEHead(nn.Module):
         tgt = torch.zeros_like(q)
         for layer in self.decoders:
             tgt = layer(tgt + q, mem + pos, mem, tgt)
-        z, self._kl = vib_sample(self.proj(tgt), self.z_dim, self.samples)  # (B, C, 2 z) -> (B, C, z)
+        z, self._kl = vib_sample(self.proj(self.norm(tgt)), self.z_dim, self.samples)  # (B, C, 2 z) -> (B, C, z)
         return (z * self.weight).sum(dim=-1) + self.bias
 
     def penalty(self) -> Tensor:
         """``beta * KL`` of the last forward (added to the loss by the trainer)."""
         assert self._kl is not None, "forward first"
         return self.beta * self._kl
+
+
+def group_linear(num_classes: int, z_dim: int) -> tuple[nn.Parameter, nn.Parameter]:
+    """``(W (C, z_dim), b (C,))`` uniform in ``+-1 / sqrt(z_dim)``, as the release's ``GroupWiseLinear``."""
+    bound = 1.0 / math.sqrt(z_dim)
+    return (nn.Parameter(torch.empty(num_classes, z_dim).uniform_(-bound, bound)),
+            nn.Parameter(torch.empty(num_classes).uniform_(-bound, bound)))
 
 
 def vib_sample(stats: Tensor, z_dim: int, samples: int) -> tuple[Tensor, Tensor]:
@@ -94,13 +105,13 @@ def vib_sample(stats: Tensor, z_dim: int, samples: int) -> tuple[Tensor, Tensor]
 
 class VIBHead(nn.Module):
     """MIME's bottleneck on pooled features ``(B, D)`` (loss ``mime_vib``, linear mode; a re-design): one
-    ``MLP(D -> D -> C 2 z_dim)`` gives every class its ``mu_c``, ``sigma_c``; then as :class:`MIMEHead`."""
+    ``MLP(D -> D -> C 2 z_dim)`` gives every class its ``mu_c``, ``sigma_c``; then as :class:`MIMEHead` (its
+    initialisations included)."""
 
     def __init__(self, dim: int, num_classes: int, *, z_dim: int = 256, samples: int = 10, beta: float = 1e-4) -> None:
         super().__init__()
         self.proj = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, num_classes * 2 * z_dim))
-        self.weight = nn.Parameter(nn.init.xavier_uniform_(torch.empty(num_classes, z_dim)))
-        self.bias = nn.Parameter(torch.zeros(num_classes))
+        self.weight, self.bias = group_linear(num_classes, z_dim)
         self.c, self.z_dim, self.samples, self.beta = num_classes, int(z_dim), int(samples), float(beta)
         self._kl: Tensor | None = None
 

@@ -123,4 +123,5 @@ register_loss("aevlp", params=AEVLPParams, formula=aevlp_loss,
               title="AEVLP: GPR loss with DAMP CLIP pseudo-labels", paper="Tran et al., ICCV", year=2025,
               citation="Tran et al. AEVLP (GPR loss with DAMP pseudo-labels). ICCV 2025. "
                        "Code: github.com/Fsoft-AIC/AEVLP (0bad82a).",
-              stateful=True, scheduled=True, batched=AEVLPLoss, pseudo="damp", step_cost=2.0, order=180)
+              stateful=True, scheduled=True, batched=AEVLPLoss, pseudo="damp", step_cost=2.0, order=180,
+              reference="Fsoft-AIC/AEVLP@0bad82a:losses.py")

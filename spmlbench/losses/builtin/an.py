@@ -34,4 +34,5 @@ def an_loss(hp: ANParams, logits: Tensor, observed: Tensor) -> Tensor:
 
 
 register_loss("an", params=ANParams, formula=an_loss, title="Assume negative", **COLE,
-              fused="spmlbench.losses.fused.cole:ANLoss", order=20)
+              fused="spmlbench.losses.fused.cole:ANLoss", order=20,
+              reference="elijahcole/single-positive-multi-label@89152d5:losses.py")

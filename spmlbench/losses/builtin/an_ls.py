@@ -38,4 +38,5 @@ def an_ls_loss(hp: ANLSParams, logits: Tensor, observed: Tensor) -> Tensor:
 
 
 register_loss("an_ls", params=ANLSParams, formula=an_ls_loss, title="Assume negative with label smoothing",
-              **COLE, fused="spmlbench.losses.fused.cole:ANLSLoss", step_cost=1.3, order=30)
+              **COLE, fused="spmlbench.losses.fused.cole:ANLSLoss", step_cost=1.3, order=30,
+              reference="elijahcole/single-positive-multi-label@89152d5:losses.py")

@@ -47,4 +47,5 @@ register_loss("asl", params=ASLParams, formula=asl_loss, title="Asymmetric loss 
               paper="Ben-Baruch et al., ICCV", year=2021,
               citation="Ben-Baruch, Ridnik, Zamir, Noy, Friedman, Protter, Zelnik-Manor. Asymmetric Loss for "
                        "Multi-Label Classification. ICCV 2021.",
-              fused="spmlbench.losses.fused.robust:ASLLoss", step_cost=1.7, order=130)
+              fused="spmlbench.losses.fused.robust:ASLLoss", step_cost=1.7, order=130,
+              reference="Alibaba-MIIL/ASL@8c9e0bd:src/loss_functions/losses.py")

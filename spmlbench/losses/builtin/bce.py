@@ -34,4 +34,5 @@ def bce_loss(hp: BCEParams, logits: Tensor, labels: Tensor) -> Tensor:
 
 
 register_loss("bce", params=BCEParams, formula=bce_loss, title="Full-label BCE (upper bound, clean labels)",
-              **COLE, uses_clean_labels=True, fused="spmlbench.losses.fused.cole:BCELoss", order=10)
+              **COLE, uses_clean_labels=True, fused="spmlbench.losses.fused.cole:BCELoss", order=10,
+              reference="elijahcole/single-positive-multi-label@89152d5:losses.py")

@@ -36,4 +36,5 @@ def boostlu_ll_cp_loss(hp: BoostLULLCpParams, logits: Tensor, observed: Tensor, 
 
 register_loss("boostlu_ll_cp", params=BoostLULLCpParams, formula=boostlu_ll_cp_loss, title="BoostLU + large loss permanent correction", **BOOSTLU,
               scheduled=True, vectorize="loop", stateful=True, batched=LLCpLoss, fused="spmlbench.losses.fused.ll:LLCpLoss", head="boostlu",
-              step_cost=1.2, order=93)
+              step_cost=1.2, order=93,
+              reference="youngwk/BridgeGapExplanationPAMC@4a1986c:losses.py", version=2)

@@ -36,4 +36,5 @@ def boostlu_ll_ct_loss(hp: BoostLULLCtParams, logits: Tensor, observed: Tensor, 
 
 register_loss("boostlu_ll_ct", params=BoostLULLCtParams, formula=boostlu_ll_ct_loss, title="BoostLU + large loss temporary correction", **BOOSTLU,
               scheduled=True, vectorize="loop", fused="spmlbench.losses.fused.ll:LLCtLoss", head="boostlu",
-              step_cost=1.2, order=92)
+              step_cost=1.2, order=92,
+              reference="youngwk/BridgeGapExplanationPAMC@4a1986c:losses.py", version=2)

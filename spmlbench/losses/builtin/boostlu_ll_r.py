@@ -36,4 +36,5 @@ def boostlu_ll_r_loss(hp: BoostLULLRParams, logits: Tensor, observed: Tensor, st
 
 register_loss("boostlu_ll_r", params=BoostLULLRParams, formula=boostlu_ll_r_loss, title="BoostLU + large loss rejection", **BOOSTLU,
               scheduled=True, vectorize="loop", fused="spmlbench.losses.fused.ll:LLRLoss", head="boostlu",
-              step_cost=1.2, order=91)
+              step_cost=1.2, order=91,
+              reference="youngwk/BridgeGapExplanationPAMC@4a1986c:losses.py", version=2)

@@ -35,4 +35,5 @@ def em_loss(hp: EMParams, logits: Tensor, observed: Tensor) -> Tensor:
 
 
 register_loss("em", params=EMParams, formula=em_loss, title="Entropy maximisation", **EM_PAPER,
-              fused="spmlbench.losses.fused.em:EMLoss", step_cost=1.1, order=100)
+              fused="spmlbench.losses.fused.em:EMLoss", step_cost=1.1, order=100,
+              reference="Correr-Zhou/SPML-AckTheUnknown@ae1ccaf:losses.py")

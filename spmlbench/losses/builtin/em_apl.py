@@ -122,4 +122,5 @@ class EMAPLLoss(RecordsObserved, BatchedLoss):
 register_loss("em_apl", params=EMAPLParams, formula=em_apl_loss,
               title="Entropy maximisation + asymmetric pseudo-labelling", **EM_PAPER, stateful=True,
               scheduled=True, batched=EMAPLLoss, fused="spmlbench.losses.fused.em:EMAPLLoss", step_cost=2.2,
-              order=110)
+              order=110,
+              reference="Correr-Zhou/SPML-AckTheUnknown@ae1ccaf:losses.py")

@@ -44,4 +44,5 @@ def epr_loss(hp: EPRParams, logits: Tensor, observed: Tensor) -> Tensor:
 
 
 register_loss("epr", params=EPRParams, formula=epr_loss, title="Expected positive regulariser", **COLE,
-              fused="spmlbench.losses.fused.cole:EPRLoss", step_cost=1.4, order=50)
+              fused="spmlbench.losses.fused.cole:EPRLoss", step_cost=1.4, order=50,
+              reference="elijahcole/single-positive-multi-label@89152d5:losses.py")

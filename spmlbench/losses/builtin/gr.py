@@ -95,4 +95,5 @@ register_loss("gr", params=GRParams, formula=gr_loss, title="Generalized robust 
               year=2024, citation="Chen et al. Boosting Single Positive Multi-label Classification with "
                                   "Generalized Robust Loss. IJCAI 2024.",
               scheduled=True, vectorize="loop", fused="spmlbench.losses.fused.gr:GRLossBatched",
-              single="spmlbench.losses.fused.gr:GRLoss", step_cost=1.4, order=160)
+              single="spmlbench.losses.fused.gr:GRLoss", step_cost=1.4, order=160,
+              reference="yan4xi1/GRLoss@5e13f7f:losses.py")

@@ -37,4 +37,5 @@ def hill_loss(hp: HillParams, logits: Tensor, observed: Tensor) -> Tensor:
 
 
 register_loss("hill", params=HillParams, formula=hill_loss, title="Hill loss", **ZHANG,
-              fused="spmlbench.losses.fused.robust:HillLoss", step_cost=1.8, order=140)
+              fused="spmlbench.losses.fused.robust:HillLoss", step_cost=1.8, order=140,
+              reference="xinyu1205/robust-loss-mlml@dcfa4d5:src/loss_functions/losses.py")

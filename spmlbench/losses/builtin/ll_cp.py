@@ -105,4 +105,5 @@ class LLCpLoss(RecordsObserved, BatchedLoss):
 
 register_loss("ll_cp", params=LLCpParams, formula=ll_cp_loss, title="Large loss permanent correction",
               **LARGE_LOSS, stateful=True, scheduled=True, batched=LLCpLoss,
-              fused="spmlbench.losses.fused.ll:LLCpLoss", step_cost=2.1, order=90)
+              fused="spmlbench.losses.fused.ll:LLCpLoss", step_cost=2.1, order=90,
+              reference="snucml/LargeLossMatters@5025d16:losses.py", version=2)

@@ -36,4 +36,5 @@ def ll_ct_loss(hp: LLCtParams, logits: Tensor, observed: Tensor, step: Step) -> 
 
 register_loss("ll_ct", params=LLCtParams, formula=ll_ct_loss, title="Large loss temporary correction",
               **LARGE_LOSS, scheduled=True, vectorize="loop", fused="spmlbench.losses.fused.ll:LLCtLoss",
-              step_cost=1.2, order=80)
+              step_cost=1.2, order=80,
+              reference="snucml/LargeLossMatters@5025d16:losses.py", version=2)

@@ -36,4 +36,5 @@ def ll_r_loss(hp: LLRParams, logits: Tensor, observed: Tensor, step: Step) -> Te
 
 
 register_loss("ll_r", params=LLRParams, formula=ll_r_loss, title="Large loss rejection", **LARGE_LOSS,
-              scheduled=True, vectorize="loop", fused="spmlbench.losses.fused.ll:LLRLoss", step_cost=1.2, order=70)
+              scheduled=True, vectorize="loop", fused="spmlbench.losses.fused.ll:LLRLoss", step_cost=1.2, order=70,
+              reference="snucml/LargeLossMatters@5025d16:losses.py", version=2)

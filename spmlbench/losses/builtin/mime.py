@@ -1,16 +1,25 @@
 """MIME (Liu et al., ICML 2023), as released (palm-biaoliu/mime@62a0f66: ``loss_VIB``, ``set_pseudo_labeling``).
 
 The model is a query-transformer head with a variational bottleneck (``spmlbench.train.mime_head``; its KL term
-``beta * KL(N(mu, sigma) || N(0, 1))`` is added by the head). Per entry, with ``p = sigmoid(z / T)`` and the
-training target ``t`` (the observed labels, then the pseudo-label matrix)::
+``beta * KL(N(mu, sigma) || N(0, 1))`` is added by the head). Per entry, with ``p = sigmoid(z / T)``, the release's
+``neg_log(x) = -log(x + eps)`` (``eps = 1e-5``, ``utils/losses.py``) and the training target ``t`` (the observed
+labels, then the pseudo-label matrix)::
 
-    t = 1:  -log p          t = 0:  -log(1 - p)          t = -1:  0 (ignored)
+    t = 1:  -log(p + eps)          t = 0:  -log(1 - p + eps)          t = -1:  0 (ignored)
 
-averaged over B x C. Pseudo-labels after each epoch ``e >= warmup_epoch``: per class ``pi_c = (n_obs_c / N) / E``
-and ``n_c = int(pi_c N)``; the ``n_c`` unlabelled training images with the highest ``p_c`` are ignored (-1),
-observed positives stay 1, the rest 0. ``E = mean_i 1 / |Y_i|``: the released code computes it from the
-ground-truth training labels (a leak); by default here ``E = 1 / expected_num_pos`` (the dataset's published
-expected positives per image), ``prior = "ground_truth"`` uses the clean labels as released.
+averaged over B x C (``eps`` caps an entry near 11.5 and gives saturated wrong entries almost no gradient).
+Pseudo-labels after each epoch ``e >= warmup_epoch`` (a pass over the training images with the model in train
+mode, as released; ``pl_pass = "eval"`` runs it in eval mode): per class ``pi_c = (n_obs_c / N) / E`` and
+``n_c = int(pi_c N_pred)``; the ``n_c`` unlabelled predicted images with the highest ``p_c`` are ignored (-1),
+observed positives stay 1, the rest 0. ``E = mean_i 1 / |Y_i|`` (a row without positives adds 0): the released
+code counts ``E`` and ``n_obs_c / N`` over the whole training file (validation rows included) with the
+ground-truth labels (a leak; ``prior = "ground_truth"``); by default here ``E = 1 / expected_num_pos`` (the
+dataset's published expected positives per image) and ``n_obs_c / N`` over the training split.
+
+The release's pass uses a ``drop_last`` loader: only ``N_pred = B floor(N / B)`` shuffled rows are predicted
+(the others are never ignored), and observed positives are copied for row indices ``< N_pred`` only, so the
+last rows lose theirs. ``drop_last_fix = True`` (the default, a departure) predicts every row and keeps every
+observed positive; ``False`` reproduces the release (``B`` is the training batch size the loss last saw).
 """
 
 from __future__ import annotations
@@ -19,7 +28,6 @@ import dataclasses
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from spmlbench.errors import ConfigError
@@ -28,11 +36,13 @@ from spmlbench.losses.hparams import HParams
 from spmlbench.losses.registry import register_loss
 
 PRIORS = ("expected", "ground_truth")
+PASSES = ("train", "eval")
 
 
 @dataclasses.dataclass(frozen=True)
 class MIMEParams(HParams):
-    """MIME: ``warmup_epoch`` per dataset (2; CUB 5), the VIB's ``beta`` and ``z_dim``, the class prior."""
+    """MIME: ``warmup_epoch`` per dataset (2; CUB 5), the VIB's ``beta`` and ``z_dim``, the class prior, the
+    release's ``neg_log`` ``eps``; switches ``pl_pass`` (``train`` as released) and ``drop_last_fix``."""
 
     loss = "mime"
     warmup_epoch: int = 2
@@ -42,6 +52,9 @@ class MIMEParams(HParams):
     samples: int = 10
     prior: str = "expected"
     expected_num_pos: float | None = None
+    eps: float = 1e-5
+    pl_pass: str = "train"
+    drop_last_fix: bool = True
 
     def check(self) -> None:
         self.require("warmup_epoch", self.warmup_epoch >= 1, ">= 1 (1-based epoch)")
@@ -50,23 +63,36 @@ class MIMEParams(HParams):
         self.require("z_dim", self.z_dim >= 1, ">= 1")
         self.require("samples", self.samples >= 1, ">= 1")
         self.require("prior", self.prior in PRIORS, f"one of {', '.join(PRIORS)}")
+        self.require("pl_pass", self.pl_pass in PASSES, f"one of {', '.join(PASSES)}")
+        self.nonnegative("eps")
         if self.prior == "expected":
             self.require("expected_num_pos", self.expected_num_pos is not None and self.expected_num_pos > 0,
                          "> 0 (the dataset's expected positives per image)")
 
 
+def neg_log(x: Tensor, eps: float) -> Tensor:
+    """The release's ``neg_log``: ``-log(x + eps)``."""
+    return -torch.log(x + eps)
+
+
 def mime_loss(hp: MIMEParams, logits: Tensor, observed: Tensor, target: Tensor) -> Tensor:
-    """Per entry: ``-log p`` where ``target == 1``, ``-log(1 - p)`` where 0, 0 where -1 (``observed`` positives
-    are always 1 in the target)."""
-    z = logits / hp.T
+    """Per entry: ``-log(p + eps)`` where ``target == 1``, ``-log(1 - p + eps)`` where 0, 0 where -1, with
+    ``p = sigmoid(z / T)`` (``observed`` positives are always 1 in the target)."""
+    p = torch.sigmoid(logits / hp.T)
     pos = (target == 1) | observed
-    loss = F.softplus(torch.where(pos, -z, z))
+    loss = torch.where(pos, neg_log(p, hp.eps), neg_log(1 - p, hp.eps))
     return torch.where(~pos & (target == -1), torch.zeros_like(loss), loss)
 
 
 def class_prior(observed: Tensor, mean_inverse_cardinality: float) -> Tensor:
     """``pi_c = (n_obs_c / N) / E`` per class (``observed (N, C)``, ``E = mean_i 1 / |Y_i|``)."""
-    return observed.float().mean(dim=0) / mean_inverse_cardinality
+    return observed.double().mean(dim=0) / mean_inverse_cardinality
+
+
+def mean_inverse_cardinality(labels: Tensor) -> float:
+    """``E = mean_i 1 / |Y_i|`` over the rows of ``labels (N, C)``; a row without positives adds 0 (``countE``)."""
+    sizes = (labels > 0.5).double().sum(dim=1)
+    return float(torch.where(sizes > 0, 1.0 / sizes.clamp_min(1), 0.0).mean())
 
 
 def ignore_counts(prior: Tensor, n: int) -> list[int]:
@@ -74,12 +100,13 @@ def ignore_counts(prior: Tensor, n: int) -> list[int]:
     return [int(v) for v in (prior.double() * n).tolist()]
 
 
-def pseudo_targets(p: Tensor, observed: Tensor, counts: list[int]) -> Tensor:
-    """int8 ``(N, C)``: 1 observed, -1 on the ``counts[c]`` unlabelled rows with the highest ``p[:, c]`` (ties:
-    the lower row first), 0 elsewhere."""
+def pseudo_targets(p: Tensor, observed: Tensor, counts: list[int], predicted: Tensor | None = None) -> Tensor:
+    """int8 ``(N, C)``: 1 observed, -1 on the ``counts[c]`` unlabelled ``predicted`` rows (default every row)
+    with the highest ``p[:, c]`` (ties: the lower row first), 0 elsewhere."""
     out = observed.to(torch.int8).clone()
     for c, k in enumerate(counts):
-        free = torch.nonzero(~observed[:, c]).flatten()
+        free = ~observed[:, c] if predicted is None else ~observed[:, c] & predicted
+        free = torch.nonzero(free).flatten()
         k = min(k, free.numel())
         if k > 0:
             order = torch.sort(-p[free, c], stable=True).indices[:k]
@@ -99,17 +126,36 @@ class MIMELoss(BatchedLoss):
         assert num_train is not None
         self.register_buffer("target", torch.zeros(self.num_configs, num_train, num_classes, dtype=torch.int8))
         self.register_buffer("observed", torch.zeros(num_train, num_classes, dtype=torch.bool))
-        self.mean_inverse_cardinality: float | None = None  # ground-truth E (prior = ground_truth only)
+        self.ground_truth: tuple[float, Tensor] | None = None  # (E, n_obs_c / N) of the train file (ground_truth)
+        self.batch_size = 0  # the largest training batch seen (drop_last_fix = False)
+        self.seed = 0
 
     def init_state(self, observed_train: Tensor, seed: Any = 0) -> None:
         """The (N, C) observed matrix: every config's target until its first pseudo-labelling."""
         self.observed.copy_(observed_train.to(self.observed.device) > 0.5)
         self.target.copy_(self.observed.to(torch.int8).expand_as(self.target))
+        first = seed[0] if isinstance(seed, (list, tuple)) and seed else seed
+        self.seed = int(first) if isinstance(first, int) else 0
 
-    def set_ground_truth(self, clean_train: Tensor) -> None:
-        """``E = mean_i 1 / |Y_i|`` of the clean training labels (``prior = "ground_truth"``, as released)."""
-        sizes = clean_train.float().sum(dim=1).clamp_min(1)
-        self.mean_inverse_cardinality = float((1.0 / sizes).mean())
+    def set_ground_truth(self, clean_file: Tensor, observed_file: Tensor) -> None:
+        """``E`` and ``n_obs_c / N`` of the whole training file (train and val rows; ``prior = "ground_truth"``,
+        as released: ``utils/countExpected.py`` ``count_estimate_``)."""
+        self.ground_truth = (mean_inverse_cardinality(clean_file), (observed_file > 0.5).double().mean(dim=0))
+
+    def predict_in_train_mode(self) -> bool:
+        """Whether the pseudo-labelling pass runs the model in train mode (``pl_pass = "train"``, as released)."""
+        return self.hparams[0].pl_pass == "train"  # type: ignore[attr-defined]
+
+    def predicted_rows(self, n: int) -> tuple[int, Tensor | None]:
+        """``(N_pred, predicted mask or None)``: every row, or with ``drop_last_fix = False`` the release's
+        ``B floor(N / B)`` rows of a shuffled pass (seeded by the run's seed and the epoch)."""
+        if self.hparams[0].drop_last_fix or self.batch_size < 1:  # type: ignore[attr-defined]
+            return n, None
+        n_pred = (n // self.batch_size) * self.batch_size
+        gen = torch.Generator().manual_seed(self.seed * 1009 + self.epoch)
+        mask = torch.zeros(n, dtype=torch.bool)
+        mask[torch.randperm(n, generator=gen)[:n_pred]] = True
+        return n_pred, mask.to(self.observed.device)
 
     @torch.no_grad()
     def end_epoch(self, predict_train: PredictFn | None = None) -> None:
@@ -120,23 +166,27 @@ class MIMELoss(BatchedLoss):
         if predict_train is None:
             raise ConfigError("mime: end_epoch needs predict_train (train-set logits) for pseudo-labelling")
         p = torch.sigmoid(predict_train().float().to(self.observed.device))
-        n = self.observed.shape[0]
+        n_pred, predicted = self.predicted_rows(self.observed.shape[0])
         for m in active:
             hp = self.hparams[m]
             if hp.prior == "ground_truth":  # type: ignore[attr-defined]
-                if self.mean_inverse_cardinality is None:
+                if self.ground_truth is None:
                     raise ConfigError("mime.prior=ground_truth: the trainer gives no clean labels; use prior=expected")
-                e = self.mean_inverse_cardinality
+                prior = self.ground_truth[1].to(self.observed.device) / self.ground_truth[0]
             else:
-                e = 1.0 / float(hp.expected_num_pos)  # type: ignore[attr-defined]
-            counts = ignore_counts(class_prior(self.observed, e), n)
-            self.target[m] = pseudo_targets(p[m], self.observed, counts)
+                prior = class_prior(self.observed, 1.0 / float(hp.expected_num_pos))  # type: ignore[attr-defined]
+            self.target[m] = pseudo_targets(p[m], self.observed, ignore_counts(prior, n_pred), predicted)
+            if predicted is not None:  # the release copies observed positives for row indices < N_pred only
+                self.target[m, n_pred:].clamp_(max=0)
 
     def forward(self, logits: Tensor, observed: Tensor, index: Tensor | None = None) -> Tensor:
         """Per-config values (M,) of :func:`mime_loss` (autograd; the head adds its KL term)."""
         z, s = self.check_inputs(logits, observed, index)
         assert index is not None
+        self.batch_size = max(self.batch_size, int(z.shape[1]))
         t = rows_of(self.target, index).to(z.device)
+        if not self.hparams[0].drop_last_fix:  # type: ignore[attr-defined]
+            s = s & (t == 1)  # rows whose positive the release's pass dropped train it as 0
         return self.per_config_means(mime_loss, z, s, t)
 
 
@@ -144,4 +194,5 @@ register_loss("mime", params=MIMEParams, formula=mime_loss, title="MIME: variati
               paper="Liu et al., ICML", year=2023,
               citation="Liu et al. Revisiting Pseudo-Label for Single-Positive Multi-Label Learning (MIME). ICML 2023. "
                        "Code: github.com/palm-biaoliu/mime (62a0f66).",
-              stateful=True, scheduled=True, batched=MIMELoss, head="mime", step_cost=2.0, order=155)
+              stateful=True, scheduled=True, batched=MIMELoss, head="mime", step_cost=2.0, order=155,
+              reference="palm-biaoliu/mime@62a0f66:utils/losses.py", version=2)

@@ -31,4 +31,5 @@ register_loss("mime_vib", params=MIMEVIBParams, formula=mime_vib_loss,
               paper="Liu et al., ICML", year=2023,
               citation="After Liu et al. Revisiting Pseudo-Label for Single-Positive Multi-Label Learning (MIME). "
                        "ICML 2023; the pooled-feature head is spmlbench's re-design.",
-              stateful=True, scheduled=True, batched=MIMELoss, trainer="mime_vib", step_cost=2.0, order=156)
+              stateful=True, scheduled=True, batched=MIMELoss, trainer="mime_vib", step_cost=2.0, order=156,
+              reference="palm-biaoliu/mime@62a0f66:utils/losses.py", version=2)

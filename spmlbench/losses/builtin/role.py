@@ -131,4 +131,5 @@ class ROLELoss(BatchedLoss):
 
 register_loss("role", params=ROLEParams, formula=role_loss, title="Regularised online label estimation", **COLE,
               stateful=True, batched=ROLELoss, fused="spmlbench.losses.fused.cole:ROLEFusedLoss",
-              step_cost=6.0, order=60)
+              step_cost=6.0, order=60,
+              reference="elijahcole/single-positive-multi-label@89152d5:losses.py")

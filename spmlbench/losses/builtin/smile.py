@@ -167,4 +167,5 @@ register_loss("smile", params=SMILEParams, formula=smile_loss, title="SMILE: lab
               paper="Xu et al., NeurIPS", year=2022,
               citation="Xu et al. One Positive Label is Sufficient: Single-Positive Multi-Label Learning with Label "
                        "Enhancement (SMILE). NeurIPS 2022. Code: github.com/palm-ml/smile (8feb9b8).",
-              stateful=True, batched=SMILELoss, trainer="smile", head="smile", step_cost=3.0, order=95)
+              stateful=True, batched=SMILELoss, trainer="smile", head="smile", step_cost=3.0, order=95,
+              reference="palm-ml/smile@8feb9b8:train_smile2.py")

@@ -43,4 +43,5 @@ def splc_loss(hp: SPLCParams, logits: Tensor, observed: Tensor, step: Step) -> T
 
 
 register_loss("splc", params=SPLCParams, formula=splc_loss, title="Self-paced loss correction", **ZHANG,
-              scheduled=True, fused="spmlbench.losses.fused.robust:SPLCLoss", step_cost=1.7, order=150)
+              scheduled=True, fused="spmlbench.losses.fused.robust:SPLCLoss", step_cost=1.7, order=150,
+              reference="xinyu1205/robust-loss-mlml@dcfa4d5:src/loss_functions/losses.py")

@@ -83,4 +83,5 @@ register_loss("vlpl", params=VLPLParams, formula=vlpl_loss, title="Vision-langua
               paper="Xing et al., CVPRW", year=2024,
               citation="Xing et al. Vision-Language Pseudo-Labels for Single-Positive Multi-Label Learning. "
                        "CVPR Workshops 2024. Code: github.com/mvrl/VLPL (ed09b59).",
-              stateful=True, scheduled=True, batched=VLPLLoss, pseudo="vlpl", step_cost=1.5, order=170)
+              stateful=True, scheduled=True, batched=VLPLLoss, pseudo="vlpl", step_cost=1.5, order=170,
+              reference="mvrl/VLPL@ed09b59:losses.py")

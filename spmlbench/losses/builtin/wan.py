@@ -35,4 +35,5 @@ def wan_loss(hp: WANParams, logits: Tensor, observed: Tensor) -> Tensor:
 
 
 register_loss("wan", params=WANParams, formula=wan_loss, title="Weighted assume negative", **COLE,
-              fused="spmlbench.losses.fused.cole:WANLoss", step_cost=1.15, order=40)
+              fused="spmlbench.losses.fused.cole:WANLoss", step_cost=1.15, order=40,
+              reference="elijahcole/single-positive-multi-label@89152d5:losses.py")

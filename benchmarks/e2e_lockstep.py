@@ -1,0 +1,148 @@
+"""Lockstep end-to-end training against separate runs, in the same process: image-steps/s, decodes, memory.
+
+M jobs of one seed (M losses, the linear head) train on the same synthetic JPEGs two ways, each in a fresh
+child process so that its peak RSS is its own:
+
+* separate: ``train_e2e`` once per job (each decodes, resizes and flips every image itself);
+* lockstep: ``train_lockstep`` on the M jobs (one decode per batch, every model steps on it).
+
+Reported: image-steps/s (M x training images x timed epochs / training time), images decoded per second, peak
+RSS (CPU) or peak GPU memory per model, GPU utilisation over the training (CUDA, from nvidia-smi where present),
+and the ratio. The numbers the two give are equal (tests/test_lockstep.py checks bit for bit on the CPU).
+
+    python benchmarks/e2e_lockstep.py --models 8                      # CPU: resnet18 at 48 px, 64 images
+    python benchmarks/e2e_lockstep.py --models 8 --device cuda        # CUDA: resnet50 at 448 px, 256 images
+    python benchmarks/e2e_throughput.py --lockstep 8                  # the same, through the throughput script
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+LOSSES = ("an", "an_ls", "wan", "focal", "asl", "hill", "gr", "epr", "role", "em", "ll_r", "ll_ct", "ll_cp", "splc",
+          "em_apl", "bce")
+
+
+def _jobs(models: int, backbone: str, epochs: int, batch: int) -> list:
+    from spmlbench.experiments.jobs import JobSpec
+
+    hp = {"epr": (("expected_num_pos", 2.0),), "role": (("expected_num_pos", 2.0),)}
+    return [JobSpec("benchimg", loss, hp.get(loss, ()), "e2e", 0, 1200, 1200, f"{backbone}:none", epochs, batch, 1e-5,
+                    "clean", "none") for loss in LOSSES[:models]]
+
+
+def _child(args: argparse.Namespace) -> dict:
+    """One variant in this process: its training seconds (timed epochs), decodes and peak memory."""
+    from e2e_throughput import make_images
+
+    from spmlbench.experiments.recipes import job_recipes
+    from spmlbench.runtime import resolve_device
+    from spmlbench.train.e2e import train_e2e
+    from spmlbench.train.lockstep import train_lockstep
+
+    dev = resolve_device(args.device)
+    with tempfile.TemporaryDirectory(prefix="spml-lockstep-") as tmp:
+        home = Path(tmp)
+        w, h = (int(v) for v in args.source_size.split("x"))
+        make_images(home, args.images, w, h)
+        jobs = _jobs(args.models, args.backbone, args.epochs, args.batch_size)
+        recipes = [job_recipes(j, {"eval_batch_size": 64})[0] for j in jobs]
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        t0 = time.perf_counter()
+        if args.only == "lockstep":
+            results = train_lockstep(jobs, recipes, [home / f"w{i}" for i in range(len(jobs))], home=home, device=dev,
+                                     workers=args.workers, image_size=args.image_size)
+        else:
+            results = [train_e2e(j, recipe=r, home=home, device=dev, workdir=home / f"w{i}", workers=args.workers,
+                                 progress=False, image_size=args.image_size) for i, (j, r) in enumerate(zip(jobs, recipes))]
+        wall = time.perf_counter() - t0
+        failed = [r.error for r in results if r.status != "ok"]
+        if failed:
+            raise SystemExit(f"{args.only}: {failed[0]}")
+        # lockstep: one train_s list shared by the group (each member records the group's epoch time)
+        train_s = results[0].train_s[-1] if args.only == "lockstep" else sum(r.train_s[-1] for r in results)
+    peak = (torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    decodes = args.images * (1 if args.only == "lockstep" else args.models)
+    return {"variant": args.only, "train_s": train_s, "wall_s": wall, "image_steps_s": args.models * args.images / train_s,
+            "decoded_s": decodes / train_s, "peak_gib": peak, "peak_gib_per_model": peak / args.models,
+            "device": results[0].device}
+
+
+def main() -> None:
+    """Parse options; run each variant in a child process; print the comparison."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", type=int, default=8, help=f"jobs trained together (at most {len(LOSSES)})")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--images", type=int, help="training images (CUDA 256, CPU 64)")
+    ap.add_argument("--image-size", type=int, help="input size (CUDA 448, CPU 48)")
+    ap.add_argument("--source-size", help="WxH of the JPEGs (CUDA 500x375, CPU 96x72)")
+    ap.add_argument("--backbone", help="CUDA resnet50, CPU resnet18")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=2, help="the last epoch is timed")
+    ap.add_argument("--workers", type=int, default=None, help="decode workers (default: the trainer's)")
+    ap.add_argument("--only", choices=("lockstep", "separate"), help=argparse.SUPPRESS)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    from spmlbench.runtime import resolve_device
+
+    cuda = resolve_device(args.device).type == "cuda"
+    args.images = args.images or (256 if cuda else 64)
+    args.image_size = args.image_size or (448 if cuda else 48)
+    args.source_size = args.source_size or ("500x375" if cuda else "96x72")
+    args.backbone = args.backbone or ("resnet50" if cuda else "resnet18")
+    if args.only:
+        print(json.dumps(_child(args)))
+        return
+    out = {}
+    for variant in ("separate", "lockstep"):
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--only", variant]
+        util = _gpu_util_start() if cuda else None
+        res = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parent)
+        if res.returncode != 0:
+            raise SystemExit(res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"{variant} failed")
+        out[variant] = json.loads(res.stdout.strip().splitlines()[-1])
+        if util is not None:
+            out[variant]["gpu_util_pct"] = _gpu_util_stop(util)
+    ratio = out["lockstep"]["image_steps_s"] / out["separate"]["image_steps_s"]
+    if args.json:
+        print(json.dumps({**out, "ratio": ratio}))
+        return
+    print(f"device {out['lockstep']['device']}  {args.backbone} @ {args.image_size}px  batch {args.batch_size}  "
+          f"{args.models} models  {args.images} train images")
+    print(f"{'variant':<10}{'image-steps/s':>15}{'decoded/s':>11}{'peak GiB/model':>16}{'GPU util %':>12}")
+    for v in ("separate", "lockstep"):
+        r = out[v]
+        print(f"{v:<10}{r['image_steps_s']:>15.1f}{r['decoded_s']:>11.1f}{r['peak_gib_per_model']:>16.3f}"
+              f"{r.get('gpu_util_pct', float('nan')):>12.1f}")
+    print(f"lockstep / separate: {ratio:.2f}x image-steps/s")
+
+
+def _gpu_util_start() -> subprocess.Popen | None:
+    """nvidia-smi sampling the GPU's utilisation every 200 ms (None without nvidia-smi)."""
+    try:
+        return subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                                 "-lms", "200"], stdout=subprocess.PIPE, text=True)
+    except OSError:
+        return None
+
+
+def _gpu_util_stop(proc: subprocess.Popen) -> float:
+    proc.terminate()
+    text, _ = proc.communicate(timeout=10)
+    values = [float(v) for v in text.split() if v.replace(".", "", 1).isdigit()]
+    return sum(values) / len(values) if values else float("nan")
+
+
+if __name__ == "__main__":
+    main()

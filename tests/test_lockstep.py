@@ -1,0 +1,58 @@
+"""Lockstep end-to-end training equals separate runs, bit for bit on the CPU, and resumes after a kill."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from spmlbench.train.lockstep import can_join, lockstep_key, train_lockstep
+from test_e2e import SIZE, Job, _run, expected_positives, micro, recipe, tiny  # noqa: F401 - fixtures
+
+LOSSES = ("an", "gr", "role", "em", "ll_r")
+
+
+def _jobs(home: Path, backbone: str, epochs: int = 2, seed: int = 0) -> list:
+    hp = {"role": expected_positives(home)}
+    return [Job(loss=loss, hparams=hp.get(loss), backbone=backbone, epochs=epochs, seed=seed, lr=1e-3)
+            for loss in LOSSES]
+
+
+def _lockstep(home: Path, root: Path, jobs: list, **kw) -> list:
+    return train_lockstep(jobs, [recipe(j) for j in jobs], [root / f"{i}" for i in range(len(jobs))], home=home,
+                          device="cpu", workers=0, image_size=SIZE, **kw)
+
+
+def test_lockstep_equals_separate_runs_bit_for_bit(tiny: Path, micro: str, tmp_path: Path) -> None:
+    jobs = _jobs(tiny, micro, epochs=3)
+    assert all(can_join(j) for j in jobs) and len({lockstep_key(j, recipe(j)) for j in jobs}) == 1
+    together = _lockstep(tiny, tmp_path / "lock", jobs)
+    for i, job in enumerate(jobs):
+        alone = _run(tiny, tmp_path / "alone" / str(i), job)
+        got = together[i]
+        assert got.status == "ok" and alone.status == "ok", (job.loss, got.error, alone.error)
+        assert got.val_map == alone.val_map and got.train_loss == alone.train_loss, job.loss
+        assert got.test_map == alone.test_map and got.test_ap == alone.test_ap, job.loss
+        assert got.best_epoch == alone.best_epoch
+
+
+def test_a_head_of_its_own_trains_apart(tiny: Path, micro: str) -> None:
+    assert not can_join(Job(loss="boostlu_ll_r", backbone=micro))
+    assert not can_join(Job(loss="an", backbone=micro, mode="linear-init"))
+    a, b = Job(loss="an", backbone=micro, seed=0), Job(loss="an", backbone=micro, seed=1)
+    assert lockstep_key(a, recipe(a)) != lockstep_key(b, recipe(b))  # another seed: another batch order
+
+
+def test_a_killed_group_resumes_every_job(tiny: Path, micro: str, tmp_path: Path) -> None:
+    jobs = _jobs(tiny, micro, epochs=3)
+    whole = _lockstep(tiny, tmp_path / "whole", jobs)
+
+    def kill(epoch: int, step: int, _n: int) -> None:
+        if epoch == 2 and step == 2:
+            raise KeyboardInterrupt  # mid-epoch, as SIGKILL would leave the work folders
+    with pytest.raises(KeyboardInterrupt):
+        _lockstep(tiny, tmp_path / "killed", jobs, progress=kill)
+    (tmp_path / "killed" / "1" / "last.pt").unlink()  # one job behind the others: it catches up alone
+    resumed = _lockstep(tiny, tmp_path / "killed", jobs)
+    for a, b in zip(whole, resumed):
+        assert (a.val_map, a.test_map, a.test_ap) == (b.val_map, b.test_map, b.test_ap)
