@@ -294,7 +294,7 @@ def test_missing_clip_weights_offline_is_one_line(monkeypatch: pytest.MonkeyPatc
         clip_mod.load_clip("ViT-B-16-quickgelu", "openai", torch.device("cpu"))
     text = str(err.value)
     assert "\n" not in text and text.startswith("ViT-B-16-quickgelu/openai: CLIP weights not available (OSError)")
-    assert "hf.co/timm/vit_base_patch16_clip_224.openai" in text and "--clip-pretrained none" in text
+    assert "hf.co/timm/vit_base_patch16_clip_224.openai" in text and "--weights none" in text
     with pytest.raises(ConfigError, match="no such weights"):
         clip_mod.load_clip("ViT-B-16-quickgelu", "laion9b", torch.device("cpu"))
 
