@@ -13,7 +13,7 @@ from spmlbench.cli.help import HELPERS
 @app.command(rich_help_panel=HELPERS)
 def cite(
     losses: Optional[list[str]] = typer.Argument(None, help="Loss names (comma lists allowed); default: every "
-                                                "built-in method.", metavar="[LOSS,...]", show_default=False),
+                                                "built-in method.", metavar="LOSS,...", show_default=False),
     experiment: Optional[str] = typer.Option(None, "--experiment", "-e", help="Cite every method of this experiment "
                                              "(table1, ablation-gr, ... or a .toml path)."),
     plugin: list[str] = typer.Option([], "--plugin", metavar="<file.py|module>",
