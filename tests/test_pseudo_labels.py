@@ -1,5 +1,5 @@
 """CLIP pseudo-labels (VLPL, AEVLP): the rules and losses against hand-derived numbers
-(../shared/spec/methods-wave2.md sections 4-5), the cache, and an offline digits run end to end."""
+(docs/methods.md, vlpl and aevlp), the cache, and an offline digits run end to end."""
 
 from __future__ import annotations
 

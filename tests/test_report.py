@@ -91,7 +91,7 @@ def test_published_numbers_and_difference(results) -> None:
     out, vals = results
     df = main_csv(build_report(out))
     row = df[(df["method"] == "gr") & (df["dataset"] == "voc")].iloc[0]
-    assert row["published"] == pytest.approx(89.83)  # Chen et al. 2024, reference-results.md
+    assert row["published"] == pytest.approx(89.83)  # Chen et al. 2024, docs/published-results.md
     mean = statistics.mean(vals[("voc", "gr", s)] for s in SEEDS)
     assert row["diff"] == pytest.approx(mean - 89.83, abs=1e-9)
     bce = df[(df["method"] == "bce") & (df["dataset"] == "voc")].iloc[0]
@@ -255,7 +255,7 @@ def test_fixed_point_experiment_finds_its_runs_beside_a_selected_grid(tmp_path: 
 
 
 def test_cells_match_the_dataset_defaults_of_gr() -> None:
-    """GR's beta is set per dataset (losses.md: [0, 10, -2, -8] on COCO): a cell at the defaults takes a
+    """GR's beta is set per dataset (docs/methods.md: [0, 10, -2, -8] on COCO): a cell at the defaults takes a
     record at its dataset's beta only, and a wT-bT grid record never fills the q2-q3 grid's default point."""
     from spmlbench.experiments.spec import load_experiment
     from spmlbench.report.load import match_experiment, with_selection

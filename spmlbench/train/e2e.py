@@ -153,7 +153,7 @@ def _predict(run: _Run, rows: np.ndarray, features: bool = False) -> torch.Tenso
 
 
 def scores_map(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, list[float]]:
-    """(mAP x100, per-class AP x100) of float32 sigmoid scores (protocol.md section 6)."""
+    """(mAP x100, per-class AP x100) of float32 sigmoid scores (docs/protocol.md, section 6)."""
     from spmlbench.train.evaluate import average_precision
 
     ap = average_precision(torch.sigmoid(logits.float()), labels.to(logits.device))
