@@ -199,6 +199,7 @@ def test_cache_round_trip_resume_and_refusals(home: Path, monkeypatch: pytest.Mo
         pseudo.load_pseudo("tiny", "damp", home)
 
 
+@pytest.mark.slow
 @pytest.mark.clip
 def test_offline_digits_pseudo_labels_then_run(cli, home: Path) -> None:
     from spmlbench.experiments.records import load_records
@@ -218,6 +219,7 @@ def test_offline_digits_pseudo_labels_then_run(cli, home: Path) -> None:
     assert all(10 < v < 100 for v in df["test_map"])
 
 
+@pytest.mark.slow
 @pytest.mark.clip
 def test_e2e_and_linear_init_train_with_the_cache(home: Path, tmp_path: Path) -> None:
     from spmlbench.experiments.jobs import JobSpec
