@@ -129,13 +129,13 @@ def main() -> None:
     if parts:
         print(f"CPU time / wall time: {sum(p.cpu_s for p in parts) / batched_s:.2f} "
               f"({sum(p.cpu_s for p in parts):.1f} s CPU in {batched_s:.1f} s)")
-    ref_s, ref_n = reference_time(data, cfgs, args)
     batched_rate = len(cfgs) * args.epochs / batched_s
-    ref_rate = ref_n / ref_s
     steps = num_steps(sizes[0], args.batch_size) * args.epochs
     print(f"whole sweep wall time: {batched_s:.1f} s ({len(cfgs)} configs x {args.epochs} epochs, "
-          f"{batched_s / steps * 1e3:.2f} ms per step of all configs)")
-    print(f"batched: {batched_rate:.3f} config-epochs/s")
+          f"{batched_s / steps * 1e3:.2f} ms per step of all configs)")  # before the (long) reference sample
+    print(f"batched: {batched_rate:.3f} config-epochs/s", flush=True)
+    ref_s, ref_n = reference_time(data, cfgs, args)
+    ref_rate = ref_n / ref_s
     print(f"reference loop: {ref_rate:.4f} config-epochs/s ({ref_n} config-epochs, one per loss, in {ref_s:.1f} s"
           f"{', scaled from ' + str(args.ref_steps) + ' and ' + str(2 * args.ref_steps) + ' steps' if args.ref_steps else ''})")
     print(f"ratio: {batched_rate / ref_rate:.1f}x")
