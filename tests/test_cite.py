@@ -3,8 +3,22 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+
+import pytest
 
 from spmlbench.data.citations import bibtex, cited_losses, load_citations
+
+
+@pytest.fixture
+def restore_registry() -> Iterator[None]:
+    """A test that loads a plugin leaves the registry as it found it."""
+    from spmlbench.losses import LOSSES
+
+    before = dict(LOSSES._entries)
+    yield
+    LOSSES._entries.clear()
+    LOSSES._entries.update(before)
 
 
 def keys(text: str) -> list[str]:
@@ -39,7 +53,7 @@ def test_cite_an_experiment_and_the_default(cli) -> None:
     assert keys(cli("cite").out) == keys("\n".join(bibtex(cited_losses())))
 
 
-def test_cite_a_plugin_from_its_text_and_an_unknown_name_fails(cli) -> None:
+def test_cite_a_plugin_from_its_text_and_an_unknown_name_fails(cli, restore_registry) -> None:
     res = cli("cite", "an_weighted", "--plugin", "examples/my_loss.py", "--no-suite")
     assert res.code == 0 and keys(res.out) == ["an_weighted"] and "@misc{an_weighted" in res.out
     bad = cli("cite", "nope")
