@@ -1,5 +1,5 @@
-"""The repository is self-contained: nothing points outside it (no ``shared/`` paths, no spec document it
-does not ship), and every ``docs/...`` page the code or the data files name exists."""
+"""The repository is self-contained: nothing points outside it (no path into the developers' spec folder,
+no document it does not ship), and every ``docs/...`` page the code or the data files name exists."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ TEXT_SUFFIXES = {".py", ".md", ".toml", ".csv", ".sh", ".txt", ".cff", ".cfg", "
 # A spec document named without a path (the developers' specs are not shipped; docs/ holds their facts).
 BARE_SPEC = re.compile(r"(?<![\w/.-])(protocol|losses|reference-results|methods-wave2|DESIGN)\.md")
 DOCS_REF = re.compile(r"docs/[\w./-]+?\.md")
+OUTSIDE = "shared" + "/"  # spelled in two parts, so that this file passes the grep it stands for
 
 
 def repo_text_files() -> list[Path]:
@@ -37,7 +38,7 @@ def test_no_file_points_outside_the_repository() -> None:
         except UnicodeDecodeError:
             continue
         for n, line in enumerate(text.splitlines(), 1):
-            if path.name != Path(__file__).name and ("shared/" in line or BARE_SPEC.search(line)):
+            if OUTSIDE in line or BARE_SPEC.search(line):
                 offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()[:100]}")
     assert not offenders, "\n".join(offenders)
 
