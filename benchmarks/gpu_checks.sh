@@ -13,9 +13,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 step gpu_tests 120 "$py" -m pytest -q -m gpu -p no:cacheprovider tests/
 step loss_step 60 "$py" benchmarks/loss_step.py --device cuda --steps 600 --rounds 6
 # COCO sizes: 2 of the 25 epochs (16,418 of 205,225 steps; the full sweep is about 12.5x this run's time,
-# see docs/gpu.md); the reference loop on 2 config-epochs of 8,209 steps each after a warm-up one
-step linear_sweep_coco 100 "$py" benchmarks/linear_sweep.py --coco --device cuda --epochs 2 --ref-configs 2
-step linear_sweep_voc 60 "$py" benchmarks/linear_sweep.py --device cuda --ref-configs 4
+# see docs/gpu.md); the reference loop timed on 500 and 1,000 steps of each loss's epoch, scaled (--ref-steps)
+step linear_sweep_coco 100 "$py" benchmarks/linear_sweep.py --coco --device cuda --epochs 2 --ref-steps 500
+step linear_sweep_voc 60 "$py" benchmarks/linear_sweep.py --device cuda --ref-steps 500
 step feature_extraction 90 "$py" benchmarks/feature_extraction.py --device cuda --cuda-images 1024
 step e2e_throughput 90 "$py" benchmarks/e2e_throughput.py --device cuda --images 512
 step e2e_lockstep 70 "$py" benchmarks/e2e_throughput.py --lockstep 8 --device cuda --images 96

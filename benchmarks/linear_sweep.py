@@ -17,6 +17,7 @@ The last lines print the whole-sweep wall time, both throughputs (config-epochs 
     python benchmarks/linear_sweep.py --processes 1      # one process (default auto: one per core, as spmlbench run)
     python benchmarks/linear_sweep.py --coco --epochs 1 --ref-steps 200   # COCO-sized, CPU
     python benchmarks/linear_sweep.py --coco --device cuda
+    python benchmarks/linear_sweep.py --size cub --epochs 1     # CUB-sized (312 classes); also --size nuswide
     python benchmarks/linear_sweep.py --select --noise 2   # Cole's protocol with (lr, batch) selection
 """
 
@@ -36,6 +37,8 @@ from spmlbench.train.reference import train_reference
 
 VOC = (4574, 1143, 5823, 20, 1.5)
 COCO = (65665, 16416, 40137, 80, 2.9)
+# train / val / test rows, classes, average positives per image of each benchmark (docs/protocol.md)
+SIZES = {"voc": VOC, "coco": COCO, "nuswide": (120000, 30000, 60260, 81, 1.9), "cub": (4795, 1199, 5794, 312, 31.4)}
 
 
 def synthetic(sizes: tuple[int, int, int, int, float], dim: int, seed: int = 0, noise: float = 0.5) -> LinearData:
@@ -71,7 +74,8 @@ def configs(losses: list[str], seeds: list[int], epochs: int, batch: int, avg_po
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--coco", action="store_true", help="COCO sizes (65,665/16,416/40,137, 80 classes)")
+    ap.add_argument("--coco", action="store_true", help="COCO sizes (65,665/16,416/40,137, 80 classes): --size coco")
+    ap.add_argument("--size", choices=sorted(SIZES), default="voc", help="the benchmark whose sizes to generate")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--epochs", type=int, default=25)
     ap.add_argument("--seeds", type=int, default=3)
@@ -89,7 +93,7 @@ def main() -> None:
                          "each loss's selected point (benchmarks/linear_select.py)")
     ap.add_argument("--noise", type=float, default=0.5, help="feature noise of the generator (the issue's runs: 2.0)")
     args = ap.parse_args()
-    sizes = COCO if args.coco else VOC
+    sizes = COCO if args.coco else SIZES[args.size]
     torch.set_num_threads(args.threads)  # a benchmark script: both loops run under the same setting
     processes = None if args.processes == "auto" else int(args.processes)
     data = synthetic(sizes, args.dim, noise=args.noise)
@@ -125,13 +129,13 @@ def main() -> None:
     if parts:
         print(f"CPU time / wall time: {sum(p.cpu_s for p in parts) / batched_s:.2f} "
               f"({sum(p.cpu_s for p in parts):.1f} s CPU in {batched_s:.1f} s)")
-    ref_s, ref_n = reference_time(data, cfgs, args)
     batched_rate = len(cfgs) * args.epochs / batched_s
-    ref_rate = ref_n / ref_s
     steps = num_steps(sizes[0], args.batch_size) * args.epochs
     print(f"whole sweep wall time: {batched_s:.1f} s ({len(cfgs)} configs x {args.epochs} epochs, "
-          f"{batched_s / steps * 1e3:.2f} ms per step of all configs)")
-    print(f"batched: {batched_rate:.3f} config-epochs/s")
+          f"{batched_s / steps * 1e3:.2f} ms per step of all configs)")  # before the (long) reference sample
+    print(f"batched: {batched_rate:.3f} config-epochs/s", flush=True)
+    ref_s, ref_n = reference_time(data, cfgs, args)
+    ref_rate = ref_n / ref_s
     print(f"reference loop: {ref_rate:.4f} config-epochs/s ({ref_n} config-epochs, one per loss, in {ref_s:.1f} s"
           f"{', scaled from ' + str(args.ref_steps) + ' and ' + str(2 * args.ref_steps) + ' steps' if args.ref_steps else ''})")
     print(f"ratio: {batched_rate / ref_rate:.1f}x")

@@ -59,7 +59,7 @@ def test_linear_mode_needs_the_map_cache_or_is_refused(tmp_path: Path) -> None:
     assert not {"boostlu_ll_r", "boostlu_ll_ct", "boostlu_ll_cp"} & set(default_losses())
 
 
-@pytest.mark.parametrize("loss", ["boostlu_ll_r", "boostlu_ll_cp"])
+@pytest.mark.parametrize("loss", ["boostlu_ll_r", pytest.param("boostlu_ll_cp", marks=pytest.mark.slow)])
 def test_e2e_trains_the_boostlu_head(loss: str, home: Path, tmp_path: Path) -> None:
     from test_pseudo_labels import _dataset
 
@@ -142,6 +142,7 @@ def test_frozen_boostlu_with_alpha_one_is_the_linear_probe() -> None:
     assert boosted.val_map != boost.val_map
 
 
+@pytest.mark.slow
 def test_linear_init_hands_the_linear_head_to_the_boostlu_head(home: Path, tmp_path: Path) -> None:
     from test_pseudo_labels import _dataset
 

@@ -16,9 +16,11 @@ def test_unknown_command_exits_2(cli) -> None:
 
 
 def test_console_script_runs() -> None:
+    import torch
+
     out = subprocess.run([sys.executable, "-m", "spmlbench", "version"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "torch 2.14.1" in out.stdout
+    assert f"torch {torch.__version__}" in out.stdout  # the environment's own torch
 
 
 def test_tables_sent_to_a_pipe_are_not_cut_to_80_columns() -> None:

@@ -13,7 +13,7 @@ from spmlbench.cli.help_doc import command_names, help_text
 DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 
 RUN_PANELS = {
-    "Selection": ["--dataset", "--datasets", "--losses", "--plugin", "--seeds", "--mode", "--backbone", "--experiment"],
+    "Selection": ["--datasets", "--losses", "--plugin", "--seeds", "--mode", "--backbone", "--experiment"],
     "Training": ["--epochs", "--batch-size", "--lr", "--recipe", "--select", "--lr-grid", "--batch-grid", "--val",
                  "--early-stop", "--set", "--grid", "--device",
                  "--reference-loop"],
@@ -41,8 +41,8 @@ def test_root_help_lists_commands_in_a_new_users_order() -> None:
     assert list(got) == ["Options", "Pipeline (in the order a run needs them)", "Helpers"]
     pipeline = re.findall(r"│ (\S+)\s{2,}", got["Pipeline (in the order a run needs them)"])
     assert pipeline == ["prepare", "features", "pseudo-labels", "run", "report"]
-    assert command_names()[:7] == ["prepare", "features", "pseudo-labels", "run", "report", "datasets", "losses"]
-    assert "version" in got["Helpers"] and "pin-zenodo" in got["Helpers"]
+    assert command_names()[:8] == ["prepare", "features", "pseudo-labels", "run", "report", "datasets", "losses", "cite"]
+    assert "version" in got["Helpers"] and "pin-zenodo" in got["Helpers"] and "cite" in got["Helpers"]
 
 
 def test_run_help_panels_in_order_with_their_options() -> None:
@@ -63,7 +63,8 @@ def test_flags_show_no_value_and_choices_show_values() -> None:
     assert "<clean|observed>" in option_line(text, "--val") and "[default: clean]" in option_line(text, "--val")
     assert "<linear|e2e|linear-init>" in option_line(text, "--mode")
     assert "<local|ray>" in option_line(text, "--executor") and "[default: local]" in option_line(text, "--executor")
-    assert "[default: (digits)]" in option_line(text, "--dataset")  # a None default is still explained
+    assert "[default: (digits)]" in option_line(text, "--datasets")  # a None default is still explained
+    assert not re.search(r"│ --dataset\b", text)  # the old name is a hidden alias
     assert "[default: (the loss's recipe)]" in option_line(text, "--epochs")
 
 

@@ -10,7 +10,7 @@ import pytest
 from spmlbench.errors import ConfigError
 from spmlbench.experiments.spec import available_experiments, load_experiment
 
-# The 16 registry names of losses.md, written out independently of the spec file.
+# The 16 registry names of docs/methods.md, written out independently of the spec file.
 SIXTEEN = {"bce", "an", "an_ls", "wan", "epr", "role", "focal", "asl", "hill", "splc",
            "ll_r", "ll_ct", "ll_cp", "em", "em_apl", "gr"}
 

@@ -28,7 +28,7 @@ SMALL = dict(weights="none", image_size=16, progress=False, device="cpu")
 
 
 def _reference_transform(size: int) -> transforms.Compose:
-    """The papers' test transform (protocol.md section 5) built from torchvision."""
+    """The papers' test transform (docs/protocol.md, section 5) built from torchvision."""
     return transforms.Compose(
         [
             transforms.Resize((size, size)),

@@ -1,4 +1,4 @@
-"""Cole et al. 2021 losses against values derived from losses.md with independent numpy formulas."""
+"""Cole et al. 2021 losses against values derived from docs/methods.md with independent numpy formulas."""
 
 from __future__ import annotations
 

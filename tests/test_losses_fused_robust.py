@@ -199,6 +199,12 @@ def _sigmoid_hitting(target: float, start: float) -> float:
     raise AssertionError(f"no z with sigmoid(z) == {target}")
 
 
+TORCH_2_13 = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < (2, 14)
+
+
+# Observed on torch 2.13.0+cpu: autograd passes clamp's full gradient at its bounds there, none at the upper
+# bound and half at a tensor lower bound from 2.14; the fused ASL gradient follows 2.14 on every version.
+@pytest.mark.skipif(TORCH_2_13, reason="torch < 2.14: autograd's gradient of clamp at its bounds differs")
 def test_asl_clamp_ties_follow_autograd() -> None:
     """x == 1 (the clamp at 1 passes no gradient at its bound) and x == eps (half the gradient)."""
     z_tie = -_sigmoid_hitting(0.75, math.log(3.0))  # unobserved: sigmoid(-z) = 0.75, + clip 0.25 == 1

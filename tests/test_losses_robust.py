@@ -1,4 +1,4 @@
-"""Focal, ASL, Hill, SPLC against numpy formulas from losses.md (and SPLC's switch at epoch 2)."""
+"""Focal, ASL, Hill, SPLC against numpy formulas from docs/methods.md (and SPLC's switch at epoch 2)."""
 
 from __future__ import annotations
 

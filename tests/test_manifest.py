@@ -1,4 +1,4 @@
-"""Dataset manifests: they load, and their facts match protocol.md (values typed in here by hand)."""
+"""Dataset manifests: they load, and their facts match docs/protocol.md (values typed in here by hand)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from spmlbench.errors import DataError
 
 DATASETS = ["coco", "cub", "digits", "nuswide", "voc"]
 
-# protocol.md section 2, typed from the spec (not from the manifests).
+# docs/protocol.md section 2, typed from it (not from the manifests).
 VOC_CLASSES = (
     "aeroplane bicycle bird boat bottle bus car cat chair cow diningtable dog horse motorbike "
     "person pottedplant sheep sofa train tvmonitor"

@@ -128,6 +128,7 @@ def test_head_shapes_and_its_kl_penalty() -> None:
     assert float(head.penalty().detach()) == pytest.approx(0.0, abs=1e-7)
 
 
+@pytest.mark.slow
 def test_e2e_trains_mime_with_its_stem_frozen(home: Path, tmp_path: Path) -> None:
     from test_pseudo_labels import _dataset
 

@@ -260,16 +260,16 @@ def test_prepare_errors_are_one_line(cli, home: Path, args: tuple[str, ...], nee
     assert list(home.iterdir()) == []
 
 
-# --- End-to-end bit-exactness: the real `prepare --from` path against protocol.md sections 3-4 ----
+# --- End-to-end bit-exactness: the real `prepare --from` path against docs/protocol.md sections 3-4 ----
 #
-# The two functions below are a direct transcription of protocol.md sections 3 and 4, written
+# The two functions below are a direct transcription of docs/protocol.md sections 3 and 4, written
 # here on purpose (not imported from spmlbench nor from test_protocol) so the comparison is
 # independent of both. The raw trees are random and large enough that every protocol step
 # (file-name sort, drop, full-file sampling before the split, negative shuffle) changes the result.
 
 
 def spec_section_4(y: np.ndarray, seed: int = 1200) -> np.ndarray:
-    """protocol.md section 4, line by line."""
+    """docs/protocol.md section 4, line by line."""
     rng = np.random.RandomState(seed)  # fresh generator for each file
     s = np.zeros(y.shape, dtype=np.int8)
     for i in range(y.shape[0]):  # each row, in file order
@@ -282,7 +282,7 @@ def spec_section_4(y: np.ndarray, seed: int = 1200) -> np.ndarray:
 
 
 def spec_section_3(n: int) -> tuple[list[int], list[int]]:
-    """protocol.md section 3, line by line."""
+    """docs/protocol.md section 3, line by line."""
     n_2 = int(round(0.2 * n))
     n_1 = n - n_2
     perm = np.random.RandomState(1200).permutation(n)
@@ -313,7 +313,7 @@ def random_voc_tree(root: Path, rng: np.random.RandomState) -> dict[str, list]:
 
 
 def check_against_spec(df, train_rows: list, test_rows: list, label_seed: int) -> None:
-    """labels.parquet == protocol.md applied by hand to the expected formatted files."""
+    """labels.parquet == docs/protocol.md applied by hand to the expected formatted files."""
     n = len(train_rows)
     y_train = np.array([r for _, r in train_rows], dtype=np.int8)
     y_test = np.array([r for _, r in test_rows], dtype=np.int8)

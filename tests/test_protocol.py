@@ -1,4 +1,4 @@
-"""Single-positive sampling and the train/val split against protocol.md sections 3-4."""
+"""Single-positive sampling and the train/val split against docs/protocol.md sections 3-4."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """CLIP pseudo-labels (VLPL, AEVLP): the rules and losses against hand-derived numbers
-(../shared/spec/methods-wave2.md sections 4-5), the cache, and an offline digits run end to end."""
+(docs/methods.md, vlpl and aevlp), the cache, and an offline digits run end to end."""
 
 from __future__ import annotations
 
@@ -199,6 +199,7 @@ def test_cache_round_trip_resume_and_refusals(home: Path, monkeypatch: pytest.Mo
         pseudo.load_pseudo("tiny", "damp", home)
 
 
+@pytest.mark.slow
 @pytest.mark.clip
 def test_offline_digits_pseudo_labels_then_run(cli, home: Path) -> None:
     from spmlbench.experiments.records import load_records
@@ -218,6 +219,7 @@ def test_offline_digits_pseudo_labels_then_run(cli, home: Path) -> None:
     assert all(10 < v < 100 for v in df["test_map"])
 
 
+@pytest.mark.slow
 @pytest.mark.clip
 def test_e2e_and_linear_init_train_with_the_cache(home: Path, tmp_path: Path) -> None:
     from spmlbench.experiments.jobs import JobSpec
@@ -294,7 +296,7 @@ def test_missing_clip_weights_offline_is_one_line(monkeypatch: pytest.MonkeyPatc
         clip_mod.load_clip("ViT-B-16-quickgelu", "openai", torch.device("cpu"))
     text = str(err.value)
     assert "\n" not in text and text.startswith("ViT-B-16-quickgelu/openai: CLIP weights not available (OSError)")
-    assert "hf.co/timm/vit_base_patch16_clip_224.openai" in text and "--clip-pretrained none" in text
+    assert "hf.co/timm/vit_base_patch16_clip_224.openai" in text and "--weights none" in text
     with pytest.raises(ConfigError, match="no such weights"):
         clip_mod.load_clip("ViT-B-16-quickgelu", "laion9b", torch.device("cpu"))
 

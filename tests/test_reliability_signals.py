@@ -9,6 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from spmlbench import procinfo
 from spmlbench.cli import RESUME
 from test_reliability_locks import cli_env, spmlbench_cmd
@@ -62,6 +64,7 @@ def wait_training(proc: subprocess.Popen, out: Path, workers: int) -> list[int]:
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_workers_releases_locks_and_exits_143(cli, home: Path, tmp_path: Path) -> None:
     assert cli("prepare", "digits").code == 0
     out = tmp_path / "res"
@@ -82,6 +85,7 @@ def test_sigterm_stops_the_workers_releases_locks_and_exits_143(cli, home: Path,
     assert all(p.suffix == ".parquet" and not p.name.startswith(".") for p in (out / "records").glob("*"))
 
 
+@pytest.mark.slow
 def test_ctrl_c_prints_the_resume_hint_and_exits_130(cli, home: Path, tmp_path: Path) -> None:
     assert cli("prepare", "digits").code == 0
     out = tmp_path / "res"
@@ -99,6 +103,7 @@ def test_ctrl_c_prints_the_resume_hint_and_exits_130(cli, home: Path, tmp_path: 
     assert not list((out / "locks").iterdir())
 
 
+@pytest.mark.slow
 def test_workers_exit_when_their_caller_is_killed(cli, home: Path, tmp_path: Path) -> None:
     """kill -9 runs no cleanup: the workers notice their caller is gone and exit on their own."""
     assert cli("prepare", "digits").code == 0

@@ -121,7 +121,7 @@ def test_published_numbers_and_difference(results) -> None:
     out, vals = results
     df = main_csv(build_report(out))
     row = df[(df["method"] == "gr") & (df["dataset"] == "voc")].iloc[0]
-    assert row["published"] == pytest.approx(89.83)  # Chen et al. 2024, reference-results.md
+    assert row["published"] == pytest.approx(89.83)  # Chen et al. 2024, docs/published-results.md
     mean = statistics.mean(vals[("voc", "gr", s)] for s in SEEDS)
     assert row["diff"] == pytest.approx(mean - 89.83, abs=1e-9)
     bce = df[(df["method"] == "bce") & (df["dataset"] == "voc")].iloc[0]

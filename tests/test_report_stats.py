@@ -152,6 +152,7 @@ def test_cli_console_shows_rank_table(tmp_path: Path, cli) -> None:
     assert "verdict" in res.out and "p (Holm)" in res.out
 
 
+@pytest.mark.slow
 def test_cli_report_plots_cd_diagrams(tmp_path: Path, cli) -> None:
     from PIL import Image
 

@@ -69,6 +69,7 @@ def test_failed_job_is_reported_and_its_record_skipped_on_rerun(cli, home: Path,
     assert "error: 1 of 2 jobs failed" in r.err
 
 
+@pytest.mark.slow
 def test_processes_split_the_run_with_the_same_results(cli, home: Path, tmp_path: Path) -> None:
     write_dataset(home)
     args = ("run", "--recipe", "paper", "--dataset", "voc", "--losses", "an,gr,role", "--seeds", "0,1", "--epochs", "2", "--device", "cpu")
@@ -82,6 +83,7 @@ def test_processes_split_the_run_with_the_same_results(cli, home: Path, tmp_path
     assert (a["test_map"] - b["test_map"]).abs().max() < 1e-4  # equal up to matmul rounding across thread counts
 
 
+@pytest.mark.slow
 def test_digits_small_run_offline(cli, home: Path, tmp_path: Path) -> None:
     out = tmp_path / "res"
     r = cli("run", "--recipe", "paper", "--losses", "bce,an", "--seeds", "0,1", "--epochs", "4", "--out", str(out))

@@ -127,8 +127,11 @@ def test_ray_executor_gets_the_jobs_and_options(cli, home: Path, tmp_path: Path,
         calls.append((list(jobs), Path(out_dir), kw))
         return RunSummary()
 
+    from spmlbench.experiments.ray_executor import import_ray  # the real check, against the fake ray below
+
     fake = types.ModuleType("spmlbench.experiments.ray_executor")
     fake.run_jobs_ray = fake_run_jobs_ray
+    fake.import_ray = import_ray  # `run` imports both from this module when it runs
     monkeypatch.setitem(sys.modules, "ray", types.ModuleType("ray"))
     monkeypatch.setitem(sys.modules, "spmlbench.experiments.ray_executor", fake)
     write_dataset(home)

@@ -151,6 +151,7 @@ def run_script(tmp_path: Path, home: Path, out: Path, kill: bool) -> subprocess.
                             text=True, env=env)
 
 
+@pytest.mark.slow
 def test_resume_after_kill(home: Path, tmp_path: Path) -> None:
     write_dataset(home, n=120)
     out = tmp_path / "res"
@@ -168,6 +169,7 @@ def test_resume_after_kill(home: Path, tmp_path: Path) -> None:
     assert len(load_records(out)) == 6 and not list((out / "locks").iterdir())
 
 
+@pytest.mark.slow
 def test_two_concurrent_runs(home: Path, tmp_path: Path) -> None:
     write_dataset(home, n=120)
     out = tmp_path / "res"

@@ -148,6 +148,7 @@ def test_selected_jobs_keeps_unrun_seeds_at_the_chosen_point() -> None:
     assert (keep[0].lr, keep[0].batch_size) == (best["lr"], best["batch_size"])
 
 
+@pytest.mark.slow
 def test_run_then_report_mark_and_show_the_selected_points(tmp_path: Path) -> None:
     """End to end on digits: seed 0 trains both points, seed 1 only the selected one; records carry
     ``selected`` equal to an independent computation; a re-run skips everything; the report shows the point."""

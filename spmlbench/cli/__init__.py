@@ -18,6 +18,7 @@ from spmlbench.cli import pseudo_cmd  # noqa: F401,E402
 from spmlbench.cli import run_cmd  # noqa: F401,E402
 from spmlbench.cli import report_cmd  # noqa: F401,E402
 from spmlbench.cli import manifest_cmd  # noqa: F401,E402
+from spmlbench.cli import cite_cmd  # noqa: F401,E402
 
 
 PIPE_COLUMNS = 160  # output width when stdout is a file or pipe and COLUMNS is unset

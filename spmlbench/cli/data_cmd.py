@@ -11,8 +11,7 @@ import typer
 from rich.table import Table
 
 from spmlbench.cli.app import app, console, err_console
-from spmlbench.cli.help import HELPERS, HOME_DEFAULT, OUTPUT, PIPELINE, PROTOCOL, SOURCE, choices
-from spmlbench.data.protocol import PROTOCOL_SEED
+from spmlbench.cli.help import HELPERS, HOME_DEFAULT, OUTPUT, PIPELINE, PROTOCOL, PROTOCOL_SEED, SOURCE, choices
 from spmlbench.errors import ConfigError
 
 

@@ -30,8 +30,16 @@ PIPELINE = "Pipeline (in the order a run needs them)"
 HELPERS = "Helpers"
 
 HOME_DEFAULT = "$SPMLBENCH_HOME or the platform data dir"  # every --home
-REPORT_FORMATS = ("console", "md", "latex", "csv", "html")  # report.render.FORMATS, without importing the report
-COMMAND_ORDER = ("prepare", "features", "pseudo-labels", "run", "report", "datasets", "losses", "runs", "version")  # a new user's path; then the rest
+# Library constants the help screens show, copied so that ``spmlbench --help`` imports neither torch nor
+# pandas (tests/test_cli_imports.py checks each against its source).
+REPORT_FORMATS = ("console", "md", "latex", "csv", "html")  # spmlbench.report.render.FORMATS
+RUN_MODES = ("linear", "e2e", "linear-init")  # spmlbench.experiments.jobs.MODES
+DEFAULT_DATASET = "digits"  # spmlbench.experiments.plan.DEFAULT_DATASET
+DEFAULT_SEEDS = (0, 1, 2)  # spmlbench.experiments.plan.DEFAULT_SEEDS
+LINEAR_RECIPES = ("cole", "paper")  # spmlbench.experiments.recipes.LINEAR_RECIPES
+SELECT_RULES = ("first-seed", "each-seed", "mean")  # spmlbench.experiments.recipes.SELECT_RULES
+PROTOCOL_SEED = 1200  # spmlbench.data.protocol.PROTOCOL_SEED
+COMMAND_ORDER = ("prepare", "features", "pseudo-labels", "run", "report", "datasets", "losses", "cite", "runs", "version")  # a new user's path; then the rest
 
 
 def choices(values: Iterable[Any]) -> str:

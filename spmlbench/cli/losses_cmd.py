@@ -12,13 +12,14 @@ from spmlbench.cli.app import app, console
 from spmlbench.cli.help import HELPERS
 from spmlbench.errors import ConfigError
 from spmlbench.cli.parse import load_plugin_options
-from spmlbench.losses import check_override, defaults_source, fmt, list_losses, loss_info, resolve_hparams
 
 # Switches and the log epsilon are listed by --json but left out of the table's short column.
 _HIDDEN_IN_TABLE = {"eps", "use_k", "use_v", "schedule", "lag", "linear_init"}
 
 
 def _key_hparams(name: str, dataset: str | None) -> str:
+    from spmlbench.losses import fmt, loss_info, resolve_hparams
+
     info = loss_info(name)
     shown: dict[str, Any] = dict(info.defaults)
     if dataset is not None and _resolvable(name, dataset):
@@ -38,6 +39,8 @@ def _key_hparams(name: str, dataset: str | None) -> str:
 
 
 def _resolvable(name: str, dataset: str) -> bool:
+    from spmlbench.losses import resolve_hparams
+
     try:
         resolve_hparams(name, dataset)
     except ConfigError:  # a required value without a default for this dataset
@@ -46,6 +49,8 @@ def _resolvable(name: str, dataset: str) -> bool:
 
 
 def _as_json(dataset: str | None) -> list[dict[str, Any]]:
+    from spmlbench.losses import defaults_source, list_losses, loss_info, resolve_hparams
+
     rows = []
     for name in list_losses():
         info = loss_info(name)
@@ -71,6 +76,8 @@ def losses(
                                      help="Also list the losses of this plugin file or module (repeatable)."),
 ) -> None:
     """List every loss: registry name, paper, year, key hyperparameters with defaults, stateful or not."""
+    from spmlbench.losses import check_override, defaults_source, fmt, list_losses, loss_info
+
     load_plugin_options(plugin)
     if check:
         for text in check:

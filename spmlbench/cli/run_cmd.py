@@ -4,27 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from spmlbench.atomic import writable_dir
 from spmlbench.cli.app import app, console, err_console
-from spmlbench.cli.help import E2E, OUTPUT, PIPELINE, SCALE_OUT, SELECTION, TRAINING, choices
+from spmlbench.cli.help import (DEFAULT_DATASET, DEFAULT_SEEDS, E2E, LINEAR_RECIPES, OUTPUT, PIPELINE, RUN_MODES,
+                                SCALE_OUT, SELECT_RULES, SELECTION, TRAINING, choices)
 from spmlbench.cli.parse import _split, load_plugin_options, parse_losses, parse_numbers, parse_seeds
-from spmlbench.cli.run_view import RichRunProgress, report_run
 from spmlbench.errors import ConfigError
-from spmlbench.experiments.jobs import MODES, JobSpec, check_image_options
-from spmlbench.experiments.execute import run_plan
-from spmlbench.experiments.inputs import ensure_inputs
-from spmlbench.experiments.plan import DEFAULT_DATASET, DEFAULT_SEEDS, RunRequest, plan_run
-from spmlbench.experiments.recipes import LINEAR_RECIPES, SELECT_RULES, check_choice
-from spmlbench.experiments.ray_executor import import_ray
-from spmlbench.experiments.runner import RunProgress, RunSummary, run_jobs
-from spmlbench.data.store import test_class_warning
-from spmlbench.experiments.selection import planned_stages, untrained_groups
-from spmlbench.runtime import resolve_device
+
+if TYPE_CHECKING:  # the library is imported inside the command: `spmlbench --help` loads no torch
+    from spmlbench.experiments.jobs import JobSpec
+    from spmlbench.experiments.runner import RunProgress, RunSummary
 
 DEFAULT_SEEDS_TEXT = ",".join(map(str, DEFAULT_SEEDS))
 EXECUTORS = ("local", "ray")
@@ -33,10 +25,10 @@ EXECUTORS = ("local", "ray")
 @app.command(rich_help_panel=PIPELINE)
 def run(
     ctx: typer.Context,
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="dataset to run on", show_default=DEFAULT_DATASET,
-                                          rich_help_panel=SELECTION),
-    datasets: Optional[str] = typer.Option(None, "--datasets", help="comma list of datasets (narrows an experiment)",
-                                           metavar="<name,...>", rich_help_panel=SELECTION),
+    datasets: Optional[str] = typer.Option(None, "--datasets", help="comma list of datasets to run on (narrows an experiment)",
+                                           metavar="<name,...>", show_default=DEFAULT_DATASET,
+                                           rich_help_panel=SELECTION),
+    dataset: Optional[str] = typer.Option(None, "--dataset", hidden=True, help="old name of --datasets (one dataset)"),
     losses: str = typer.Option("all", "--losses", help="comma list of loss names, or all", metavar="<all|name,...>",
                                rich_help_panel=SELECTION),
     plugin: list[str] = typer.Option([], "--plugin", help="your own losses: a .py file or module (repeatable)",
@@ -70,7 +62,7 @@ def run(
     grid: list[str] = typer.Option([], "--grid", help="loss.param=v1,v2,... (repeatable, cartesian)",
                                    metavar="<loss.param=v1,v2,...>", rich_help_panel=TRAINING),
     mode: Optional[str] = typer.Option(None, "--mode", help="linear (cached features), e2e or linear-init",
-                                       metavar=choices(MODES), show_default="linear", rich_help_panel=SELECTION),
+                                       metavar=choices(RUN_MODES), show_default="linear", rich_help_panel=SELECTION),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda", metavar=choices(("auto", "cpu", "cuda")),
                                rich_help_panel=TRAINING),
     out: Path = typer.Option(Path("results"), "--out", help="results folder", rich_help_panel=OUTPUT),
@@ -120,6 +112,20 @@ def run(
     Modes: linear (heads on cached features, many configs at once), e2e (fine-tune the backbone
     on images with each loss's paper recipe) and linear-init (linear phase, then e2e).
     """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from spmlbench.atomic import writable_dir
+    from spmlbench.cli.run_view import RichRunProgress, report_run
+    from spmlbench.data.store import test_class_warning
+    from spmlbench.experiments.execute import run_plan
+    from spmlbench.experiments.inputs import ensure_inputs
+    from spmlbench.experiments.jobs import MODES, check_image_options
+    from spmlbench.experiments.plan import RunRequest, plan_run
+    from spmlbench.experiments.recipes import check_choice
+    from spmlbench.experiments.runner import run_jobs
+    from spmlbench.experiments.selection import planned_stages, untrained_groups
+    from spmlbench.runtime import resolve_device
+
     say = lambda msg: err_console.print(msg, markup=False, highlight=False)  # noqa: E731
     load_plugin_options(plugin)
     ray_opts = _ray_options(executor, address, gpus_per_job, cpus_per_job)
@@ -200,6 +206,8 @@ def command_line(ctx: typer.Context) -> str:
 
 def _merge(summaries: Sequence[RunSummary]) -> RunSummary:
     """One summary of a run's stages."""
+    from spmlbench.experiments.runner import RunSummary
+
     total = RunSummary()
     for s in summaries:
         for name in ("ran", "skipped", "by_others", "failed"):
@@ -221,6 +229,8 @@ def _ray_options(executor: str, address: str | None, gpus: float | None, cpus: f
         raise ConfigError(f"--gpus-per-job {gpus}: must be >= 0")
     if cpus is not None and not cpus > 0:
         raise ConfigError(f"--cpus-per-job {cpus}: must be > 0")
+    from spmlbench.experiments.ray_executor import import_ray
+
     import_ray()  # ConfigError with the install hint when the extra is missing
     opts: dict[str, Any] = {}
     if address is not None:

@@ -10,7 +10,7 @@ What is checked (each failure names the file, the problem and the fix):
 - train and val rows: ``observed`` holds at most one positive, exactly one when the clean row has
   any, and it is one of the clean positives. Rows without any clean positive keep no observed
   positive: the protocol keeps them (NUS-WIDE's about 22% unlabelled rows, CUB images with no
-  attribute; spec/protocol.md section 2).
+  attribute; docs/protocol.md, section 2).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The community SPML protocol (protocol.md sections 3-4): single-positive sampling and the val split.
+"""The community SPML protocol (docs/protocol.md, sections 3-4): single-positive sampling and the val split.
 
 Both steps are bit-exact to the reference: numpy's legacy ``RandomState`` with seed 1200, a fresh
 generator per formatted file for the sampling (the negative shuffle consumes draws too), and one

@@ -1,7 +1,7 @@
 """Dataset registry: name -> adapter (manifest, default backbone, raw files, format function).
 
 An adapter's ``format`` turns raw data (extracted archives or the user's folder) into the two
-formatted files of protocol.md section 1: official train (image list + clean matrix) and
+formatted files of docs/protocol.md, section 1: official train (image list + clean matrix) and
 official val, our test. Everything after that (sampling, split, storage) is shared.
 """
 

@@ -1,6 +1,6 @@
 """Pin a manifest's Zenodo files: read sizes and md5 from the record's API and write them in.
 
-protocol.md section 2: the NUS-WIDE formatted files of Zenodo record 10162606 must be pinned from
+docs/protocol.md, section 2: the NUS-WIDE formatted files of Zenodo record 10162606 must be pinned from
 ``https://zenodo.org/api/records/<id>`` by tooling, not typed by hand. ``pin_manifest`` reads the
 record's JSON (``files[].key``, ``files[].size``, ``files[].checksum = "md5:<hex>"``), sets
 ``size`` and ``md5`` on every ``[[files]]`` entry of the manifest whose name the record holds, and

@@ -63,7 +63,7 @@ def load_clip(name: str, pretrained: str, device: torch.device, seed: int = 0) -
             root.setLevel(level)
     else:
         if pretrained not in oc.list_pretrained_tags_by_model(name):
-            raise ConfigError(f"--clip-pretrained {pretrained!r}: no such weights for {name}; choose one of "
+            raise ConfigError(f"--weights {pretrained!r}: no such weights for {name}; choose one of "
                               f"{', '.join(oc.list_pretrained_tags_by_model(name)) or 'none'}")
         try:
             model = oc.create_model(name, pretrained=pretrained)
@@ -74,7 +74,7 @@ def load_clip(name: str, pretrained: str, device: torch.device, seed: int = 0) -
                 f"{name}/{pretrained}: CLIP weights not available ({type(exc).__name__}); on a machine with network "
                 f"run python -c \"import open_clip; open_clip.create_model('{name}', pretrained='{pretrained}')\" "
                 f"(downloads {where} into the Hugging Face cache, ~/.cache/huggingface; set HF_HOME to move it) "
-                "and copy that cache here, or pass --clip-pretrained none for random weights") from None
+                "and copy that cache here, or pass --weights none for random weights") from None
     size = model.visual.image_size
     size = int(size[0] if isinstance(size, (tuple, list)) else size)
     return Clip(model.to(device).eval(), oc.get_tokenizer(name), size, name, pretrained)

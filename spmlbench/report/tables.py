@@ -214,7 +214,7 @@ def caveats(mode: str, datasets: Sequence[str], rows: Sequence[str]) -> list[str
         "(CUB ~1) is within seed noise."
     )
     if bases & {"epr", "role"}:
-        out.append("EPR and ROLE use the oracle expected number of positives per image (protocol.md section 7).")
+        out.append("EPR and ROLE use the oracle expected number of positives per image (docs/protocol.md, section 7).")
     if "nuswide" in datasets:
         out.append(
             "NUS-WIDE subsets differ between papers (Cole's re-crawl vs the official list used by Zhou et al. "
@@ -269,7 +269,7 @@ def paired_table(paired: pd.DataFrame, reference: pd.DataFrame, settings: dict[s
         "'(within band)' = significant but |Δ| ≤ band; 'unclear' = |Δ| > band but not significant; "
         "'no clear difference' = neither. Few seeds give the test little power: 'no clear difference' is not "
         "evidence of equality.",
-        "Band (second line of evidence, not a test): the published seed-noise band, reference-results.md "
+        "Band (second line of evidence, not a test): the published seed-noise band, docs/published-results.md "
         "(seed std 0.1–0.5 on VOC/COCO/NUS-WIDE and up to 1.8 on CUB in Zhou et al. 2022: a gap under ~0.5, "
         "CUB ~1, is within seed noise); datasets without a published band use the default 0.5.",
     ]

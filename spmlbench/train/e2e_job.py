@@ -132,7 +132,7 @@ def predict(run: Run, rows: np.ndarray, features: bool = False, train_mode: bool
 
 
 def scores_map(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, list[float]]:
-    """(mAP x100, per-class AP x100) of float32 sigmoid scores (protocol.md section 6)."""
+    """(mAP x100, per-class AP x100) of float32 sigmoid scores (docs/protocol.md, section 6)."""
     from spmlbench.train.evaluate import average_precision
 
     ap = average_precision(torch.sigmoid(logits.float()), labels.to(logits.device))

@@ -1,4 +1,4 @@
-"""Mean average precision (protocol.md section 6), vectorised in torch with scikit-learn semantics.
+"""Mean average precision (docs/protocol.md, section 6), vectorised in torch with scikit-learn semantics.
 
 Per class: sort scores in descending order; at every *distinct* score threshold ``t`` take
 precision ``P(t) = TP(t) / (TP(t) + FP(t))`` and recall ``R(t) = TP(t) / n_pos``; AP is

@@ -1,4 +1,4 @@
-"""Image datasets for end-to-end training with the protocol transform (protocol.md section 5).
+"""Image datasets for end-to-end training with the protocol transform (docs/protocol.md, section 5).
 
 Transform (all papers): ``Image.open(...).convert("RGB")`` -> ``Resize((S, S))`` (no crop, aspect
 not kept, S = 448) -> ``RandomHorizontalFlip(0.5)`` for training only -> ``ToTensor`` -> ImageNet

@@ -1,4 +1,4 @@
-"""MS-COCO 2014 -> formatted files (protocol.md section 2).
+"""MS-COCO 2014 -> formatted files (docs/protocol.md, section 2).
 
 Class order = ``categories`` sorted by id (train and val must agree). Only images with at least
 one annotation are kept (``iscrowd`` included); rows are sorted by the image id as a decimal

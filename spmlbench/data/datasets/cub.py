@@ -1,4 +1,4 @@
-"""CUB-200-2011 with its 312 binary attributes as labels -> formatted files (protocol.md section 2).
+"""CUB-200-2011 with its 312 binary attributes as labels -> formatted files (docs/protocol.md, section 2).
 
 Files are located by searching the extracted tree. Label = ``is_present`` (certainty ignored, no
 threshold), pivoted by (image_id, attribute_id) with every pair required exactly once; extra

@@ -1,4 +1,4 @@
-"""NUS-WIDE (81 concepts, Cole et al.'s community subset) -> formatted files (protocol.md section 2).
+"""NUS-WIDE (81 concepts, Cole et al.'s community subset) -> formatted files (docs/protocol.md, section 2).
 
 Labels and image lists come from the Zenodo files ``formatted_{train,val}_{images,labels}.npy``;
 the images from the user's own ``Flickr/`` folder (or ``Flickr.zip``) obtained from NUS: the

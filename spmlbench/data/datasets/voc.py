@@ -1,4 +1,4 @@
-"""PASCAL VOC 2012 -> formatted files (protocol.md section 2).
+"""PASCAL VOC 2012 -> formatted files (docs/protocol.md, section 2).
 
 Reads ``ImageSets/Main/<class>_{train,val}.txt``; a value of ``1`` is positive, ``0``
 (difficult) and ``-1`` negative. Only images with at least one positive are kept, sorted by

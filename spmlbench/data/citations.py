@@ -1,0 +1,89 @@
+"""BibTeX of the suite and of every built-in method (``data_manifests/citations.toml``).
+
+``spmlbench cite`` prints them; a method whose name the file does not hold (a plugin loss) is cited
+from the text its ``register_loss(citation=...)`` gives, as a ``@misc`` entry.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from spmlbench.data.manifest import manifests_dir
+from spmlbench.errors import ConfigError, DataError
+
+CITATIONS_FILE = "citations.toml"
+
+
+@dataclass(frozen=True)
+class Citations:
+    """The parsed citations file: the suite's entry, each paper's entry, each loss's paper keys."""
+
+    suite: str
+    papers: dict[str, str]
+    losses: dict[str, tuple[str, ...]]
+
+
+@lru_cache(maxsize=4)
+def _load(path: str) -> Citations:
+    try:
+        with open(path, "rb") as fh:
+            raw: dict[str, Any] = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise DataError(f"{path}: cannot read the citations file ({exc})") from None
+    papers = {key: str(entry["bibtex"]).strip() for key, entry in raw.get("papers", {}).items()}
+    losses = {name: tuple(keys) for name, keys in raw.get("losses", {}).items()}
+    for name, keys in losses.items():
+        for key in keys:
+            if key not in papers:
+                raise DataError(f"{path}: loss {name!r} cites {key!r}, which has no [papers.{key}] entry")
+    return Citations(suite=str(raw["suite"]).strip(), papers=papers, losses=losses)
+
+
+def load_citations() -> Citations:
+    """The citations of ``data_manifests/citations.toml`` (cached)."""
+    return _load(str(manifests_dir() / CITATIONS_FILE))
+
+
+def cited_losses() -> list[str]:
+    """The loss names the citations file holds BibTeX for."""
+    return list(load_citations().losses)
+
+
+def misc_entry(name: str, text: str) -> str:
+    """A ``@misc`` BibTeX entry for a method known only by its citation text (a plugin loss)."""
+    key = re.sub(r"[^A-Za-z0-9_]", "_", name)
+    note = text.replace("{", "(").replace("}", ")")
+    return "@misc{" + key + ",\n  title = {" + name + "},\n  note  = {" + note + "}\n}"
+
+
+def bibtex(names: Sequence[str], extra: Mapping[str, str] | None = None, suite: bool = True) -> list[str]:
+    """The BibTeX entries to cite for ``names`` (each paper once, in first-cited order), then the suite's.
+
+    ``extra`` maps a name the file does not hold to its citation text (a ``@misc`` entry is made);
+    a name found in neither raises ConfigError.
+    """
+    cites = load_citations()
+    extra = dict(extra or {})
+    out: list[str] = []
+    seen: set[str] = set()
+    for name in names:
+        if name in cites.losses:
+            for key in cites.losses[name]:
+                if key not in seen:
+                    seen.add(key)
+                    out.append(cites.papers[key])
+        elif name in extra:
+            if name not in seen:
+                seen.add(name)
+                out.append(misc_entry(name, extra[name]))
+        else:
+            raise ConfigError(f"{name!r}: no citation known; known losses: {', '.join(cites.losses)} "
+                              "(a plugin loss: add --plugin FILE)")
+    if suite:
+        out.append(cites.suite)
+    return out
