@@ -56,3 +56,21 @@ def test_a_killed_group_resumes_every_job(tiny: Path, micro: str, tmp_path: Path
     resumed = _lockstep(tiny, tmp_path / "killed", jobs)
     for a, b in zip(whole, resumed):
         assert (a.val_map, a.test_map, a.test_ap) == (b.val_map, b.test_map, b.test_ap)
+
+
+def test_the_runner_groups_jobs_and_records_the_same_numbers(tiny: Path, micro: str, tmp_path: Path) -> None:
+    """run_jobs(lockstep=True) trains one group per seed and writes the records --no-lockstep writes."""
+    import pyarrow.parquet as pq
+
+    from spmlbench.experiments.runner import cohorts, run_jobs
+
+    jobs = [*_jobs(tiny, micro, epochs=2, seed=0), *_jobs(tiny, micro, epochs=2, seed=1)]
+    assert sorted(len(c) for c in cohorts(jobs, lockstep=True)) == [5, 5]
+    assert all(len(c) == 1 for c in cohorts(jobs, lockstep=False))
+    for name, flag in (("lock", True), ("sep", False)):
+        summary = run_jobs(jobs, tmp_path / name, home=tiny, device="cpu", workers=0, lockstep=flag)
+        assert len(summary.ran) == len(jobs) and not summary.failed
+    for j in jobs:
+        a, b = (pq.read_table(tmp_path / name / "records" / f"{j.job_id}.parquet").to_pylist()[0]
+                for name in ("lock", "sep"))
+        assert (a["val_map"], a["test_map"], a["test_ap"]) == (b["val_map"], b["test_map"], b["test_ap"]), j.loss
