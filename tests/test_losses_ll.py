@@ -153,7 +153,7 @@ def test_sgd_recipe_builds_the_releases_sgd() -> None:
     from torch import nn
 
     from spmlbench.experiments.recipes import e2e_recipe
-    from spmlbench.train.e2e import _optimizer
+    from spmlbench.train.e2e_job import build_optimizer as _optimizer
 
     model = SimpleNamespace(backbone=nn.Linear(3, 3), head=nn.Linear(3, 2))
     opt = _optimizer(model, nn.Module(), e2e_recipe("ll_r", "voc"), torch.device("cpu"), exact=True)  # type: ignore[arg-type]

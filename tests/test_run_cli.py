@@ -45,7 +45,7 @@ def test_skip_and_force(cli, home: Path, tmp_path: Path) -> None:
             "--grid", "gr.q3=1,1.5")
     r = cli(*args)
     assert r.code == 0, r.err
-    assert "6 jobs run" in r.out and "gr (q3=1.5)" in r.out and "an" in r.out
+    assert "6 jobs run" in r.out and "GR Loss (q3=1.5)" in r.out and "AN" in r.out  # the paper's names
     assert "mean ± std over seeds" in r.out and "selected on val" not in r.out  # --recipe paper: one point
     r = cli(*args)
     assert r.code == 0 and "6 finished jobs skipped" in r.out and "0 jobs run" in r.out

@@ -174,7 +174,7 @@ def test_run_then_report_mark_and_show_the_selected_points(tmp_path: Path) -> No
         assert set(sub.loc[sub["selected"].astype(bool), "job_id"]) == want
         assert json.loads(s1["selection"])["rule"] == "first-seed"
     an = df[(df["loss"] == "an") & df["selected"].astype(bool)].iloc[0]
-    assert f"@{an['lr']:g}/16" in res.output and "@lr/batch: selected on val" in res.output
+    assert f"@{an['lr']:g}/16" in res.output and "@lr/batch: the point selected on val" in " ".join(res.output.split())
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "0 jobs run" in again.output, again.output
     rep = runner.invoke(app, ["report", "--results", str(out), "--grid-points", "--format", "md"])

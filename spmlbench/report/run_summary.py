@@ -58,7 +58,11 @@ def run_summary(out_dir: str | os.PathLike[str], run_id: str) -> Table:
         means = [stat[(r, ds)]["mean"] for r in rows if (r, ds) in stat and base_loss(r) not in upper]
         if means:
             best[ds] = max(means)
-    failed = data.missing.groupby(["loss", "dataset"]).size().to_dict() if not data.missing.empty else {}
+    lost_by: dict[tuple[str, str], str] = {}  # (row, dataset) -> "1 failed, 2 not run"
+    if not data.missing.empty:
+        for (row, ds), sub in data.missing.groupby(["loss", "dataset"], sort=False):
+            counts = sub["status"].replace({"missing": "not run"}).value_counts(sort=False)
+            lost_by[(str(row), str(ds))] = ", ".join(f"{n} {status}" for status, n in counts.items())
     points = _points(data.grid)
     ref_label = row_label(ref, reference, settings) if ref else ""
     header = ["Method", *(dataset_label(ds, settings) for ds in datasets)] + ([f"vs {ref_label}"] if ref else [])
@@ -68,14 +72,14 @@ def run_summary(out_dir: str | os.PathLike[str], run_id: str) -> Table:
         cells = [Cell(label)]
         for ds in datasets:
             st = stat.get((row, ds))
-            lost = failed.get((row, ds), 0)
+            lost = lost_by.get((row, ds), "")
             if st is None:
-                cells.append(Cell(MISSING + (f" ({lost} without result)" if lost else "")))
+                cells.append(Cell(MISSING + (f" ({lost})" if lost else "")))
                 continue
             mean = float(st["mean"])
             text = fmt(mean, float(st["std"])) + points.get((row, ds), "")
             if lost:
-                text += f" ({lost} without result)"
+                text += f" ({lost})"
             is_best = ds in best and base_loss(row) not in upper and math.isclose(mean, best[ds])
             cells.append(Cell(text, bold=is_best))
         if ref:
