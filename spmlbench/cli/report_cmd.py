@@ -84,23 +84,8 @@ def report(
         console.print(f"report written to {out}", highlight=False)
     if plots_dir is not None:
         console.print(f"{len(rep.figures)} figures in {plots_dir}", highlight=False)
-    for line in _empty_class_warnings(results_dir):
+    for line in rep.warnings:
         err_console.print(line, markup=False, highlight=False, soft_wrap=True)
-
-
-def _empty_class_warnings(results_dir: Path) -> list[str]:
-    """A warning per dataset of the records with a class that has AP 0 in every finished record (no test
-    positive), stating the AP policy (:func:`spmlbench.data.label_checks.empty_class_warning`)."""
-    from spmlbench.data.label_checks import empty_class_warning, zero_ap_classes
-    from spmlbench.experiments.records import load_records
-
-    df = load_records(results_dir)
-    if df.empty or "test_ap" not in df:
-        return []
-    done = df[df["status"] == "ok"]
-    found = (empty_class_warning(f"{results_dir / 'records'} ({ds})", zero_ap_classes(g["test_ap"]), [])
-             for ds, g in done.groupby("dataset"))
-    return [w for w in found if w]
 
 
 @app.command(rich_help_panel=HELPERS)

@@ -148,6 +148,18 @@ def with_titles(settings: dict[str, Any], manifests: list[dict[str, Any]]) -> di
     return {**settings, "titles": titles}
 
 
+def empty_class_warnings(runs: pd.DataFrame, where: str) -> list[str]:
+    """A warning per dataset of the report's runs with a class that has AP 0 in every record (no test positive),
+    stating the AP policy (:func:`spmlbench.data.label_checks.empty_class_warning`)."""
+    from spmlbench.data.label_checks import empty_class_warning, zero_ap_classes
+
+    if runs.empty or "test_ap" not in runs:
+        return []
+    found = (empty_class_warning(f"{where}/records ({ds})", zero_ap_classes(g["test_ap"]), [])
+             for ds, g in runs.groupby("dataset"))
+    return [w for w in found if w]
+
+
 def build_report(
     results_dir: str | os.PathLike[str],
     experiment: str | None = None,
@@ -192,7 +204,7 @@ def build_report(
     title = f"spmlbench report: {exp.name}" if exp else "spmlbench report"
     desc = exp.description if exp else ("Records without a run manifest." if not chosen else "")
     prov = provenance(runs, missing, where, chosen, n_unlisted)
-    report = Report(title, desc, tables, provenance_lines(prov))
+    report = Report(title, desc, tables, provenance_lines(prov), warnings=empty_class_warnings(runs, where))
     if plots_dir is not None:
         from spmlbench.report.plots import make_plots
 

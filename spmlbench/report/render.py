@@ -27,6 +27,7 @@ class Report:
     provenance: list[str]
     figures: list[Path] = dataclasses.field(default_factory=list)
     figure_notes: list[str] = dataclasses.field(default_factory=list)
+    warnings: list[str] = dataclasses.field(default_factory=list)  # one line each, for stderr
 
 
 def _md_escape(text: str) -> str:
