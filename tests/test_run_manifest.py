@@ -1,5 +1,7 @@
 """A table shows what was run: run manifests, and a report that joins on job ids.
 
+The tests on the shared results folder are marked slow (about 90 s of CPU for its seven runs; CI runs them).
+
 One results folder on digits holds a default-style run with its (lr, batch) grid, a ``--epochs 3`` preview, a
 ``--grid`` run of GR beside it, table1, the ablation-gr and grid-gr experiments and a plugin run: the four
 combinations that once gave silent wrong tables (e5332b0, 308ca60, d6bf4d9, f9ffec0). Each run's report must
@@ -125,6 +127,7 @@ def check_main(folder: Folder, name: str, tmp_path: Path) -> dict[tuple[Any, ...
     return want
 
 
+@pytest.mark.slow
 def test_every_run_wrote_a_manifest_with_its_cells(folder: Folder) -> None:
     assert len(set(folder.run_ids.values())) == len(RUNS)
     m = manifest(folder, "default")
@@ -137,6 +140,7 @@ def test_every_run_wrote_a_manifest_with_its_cells(folder: Folder) -> None:
     assert table1["name"] == "table1" and len(table1["sha256"]) == 64 and "[[groups]]" in table1["toml"]
 
 
+@pytest.mark.slow
 def test_the_same_command_updates_its_run(folder: Folder) -> None:
     before = manifest(folder, "preview")
     code, _ = call("run", *RUNS["preview"], "--out", str(folder.out), "--processes", "1")
@@ -146,6 +150,7 @@ def test_the_same_command_updates_its_run(folder: Folder) -> None:
     assert after["created"] == before["created"] and after["cells"] == before["cells"]
 
 
+@pytest.mark.slow
 def test_default_run_reports_its_own_selected_point(folder: Folder, tmp_path: Path) -> None:
     """e5332b0: a GR grid beside the default run never becomes 'GR'; the paired test uses the default GR."""
     want = check_main(folder, "default", tmp_path)
@@ -156,6 +161,7 @@ def test_default_run_reports_its_own_selected_point(folder: Folder, tmp_path: Pa
     assert {k[0] for k in grid} == {"gr (q2=0.01)", "gr (q2=0.1)"}
 
 
+@pytest.mark.slow
 def test_a_preview_never_mixes_into_table1(folder: Folder, tmp_path: Path) -> None:
     """308ca60: table1's rows read table1's jobs (2 epochs), the preview's its own (1 epoch)."""
     table1 = check_main(folder, "table1", tmp_path)
@@ -167,6 +173,7 @@ def test_a_preview_never_mixes_into_table1(folder: Folder, tmp_path: Path) -> No
     assert table1[("an", "digits")] == check_main(folder, "default", tmp_path)[("an", "digits")]
 
 
+@pytest.mark.slow
 def test_ablation_rows_read_their_fixed_point(folder: Folder, tmp_path: Path) -> None:
     """f9ffec0: the ablation's baseline row is filled beside a default run that selected another point."""
     cells = listed_cells(folder, "ablation")
@@ -180,6 +187,7 @@ def test_ablation_rows_read_their_fixed_point(folder: Folder, tmp_path: Path) ->
         assert_same(got[key], value)
 
 
+@pytest.mark.slow
 def test_grid_cells_read_their_own_jobs(folder: Folder, tmp_path: Path) -> None:
     """d6bf4d9: the q2-q3 grid's default point is its own job, never a wT-bT record."""
     cells = listed_cells(folder, "grid-gr")
@@ -195,6 +203,7 @@ def test_grid_cells_read_their_own_jobs(folder: Folder, tmp_path: Path) -> None:
                 assert r["mean"] == pytest.approx(hit["test_map"].mean(), abs=1e-9)
 
 
+@pytest.mark.slow
 def test_plugin_run_compares_the_plugin_with_its_baselines(folder: Folder, tmp_path: Path) -> None:
     check_main(folder, "plugin", tmp_path)
     tables = report_csv(folder, "plugin", tmp_path, "--reference", "an_weighted", "--plugin", EXAMPLE)
@@ -203,6 +212,7 @@ def test_plugin_run_compares_the_plugin_with_its_baselines(folder: Folder, tmp_p
     assert label == "Assume negative, weighted negatives"  # the registry title the run recorded
 
 
+@pytest.mark.slow
 def test_report_shows_the_latest_run_by_default(folder: Folder, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     capsys.readouterr()
     latest = max((json.loads(p.read_text()) for p in (folder.out / "runs").glob("*.json")), key=lambda m: m["updated"])
@@ -214,6 +224,7 @@ def test_report_shows_the_latest_run_by_default(folder: Folder, tmp_path: Path, 
     assert code == 0 and all(rid in text for rid in folder.run_ids.values())
 
 
+@pytest.mark.slow
 def test_a_swapped_record_is_rerun(folder: Folder, capsys: pytest.CaptureFixture[str]) -> None:
     """A record file holding another job's result under this job's name is not taken as finished."""
     cells = manifest(folder, "plugin")["cells"]
@@ -232,15 +243,17 @@ def test_a_swapped_record_is_rerun(folder: Folder, capsys: pytest.CaptureFixture
     assert row["test_map"] == pq.read_table(io.BytesIO(keep)).to_pylist()[0]["test_map"]  # retrained: the same
 
 
-def test_a_new_loss_version_reruns_only_its_jobs(folder: Folder, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_new_loss_version_reruns_only_its_jobs(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from spmlbench.experiments.inputs import ensure_inputs
     from spmlbench.experiments.plan import RunRequest, plan_run
     from spmlbench.experiments.runner import run_jobs
     from spmlbench.losses import LOSSES
 
-    monkeypatch.setenv("SPMLBENCH_HOME", str(folder.home))
     request = RunRequest(losses=["an", "gr"], seeds=[0], epochs=1, lr=0.01, batch_size=8)
-    out = folder.out / "versions"
+    out = tmp_path / "versions"
+    ensure_inputs(plan_run(request).missing, None)  # digits, prepared offline
     first = plan_run(request)
+    assert not first.missing and not first.provisional
     assert run_jobs(first.jobs, out).ran == [j.job_id for j in first.jobs]
     monkeypatch.setitem(LOSSES._entries, "an", dataclasses.replace(LOSSES.get("an"), version=2))
     second = plan_run(request)
@@ -264,6 +277,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(cli, home: Path, tmp_path: P
     assert not out.exists() and list(home.iterdir()) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("columns", [80, 120])
 def test_console_output_never_cuts_a_number(folder: Folder, columns: int, capsys: pytest.CaptureFixture[str]) -> None:
     """At 80 and 120 columns, the run's own table and the reports print every number whole (no ellipsis)."""
@@ -286,3 +300,29 @@ def test_console_output_never_cuts_a_number(folder: Folder, columns: int, capsys
         for (row, _ds), (_n, mean, std) in stats(listed_cells(folder, name), ["row", "dataset"]).items():
             assert f"{mean:.2f} ± {std:.2f}" in text, (name, row)
     assert "vs GR Loss" in run_table and "ref." in run_table  # the compact paired column
+
+
+def test_an_edited_then_reverted_plugin_reports_what_ran(home: Path, tmp_path: Path, cli) -> None:
+    """A plugin run at v1 (seed 0), edited to v2 (seeds 0-1), reverted to v1 (seeds 0-1): the report is the last
+    run's, v1 on both seeds, never v2's seed 0 beside v1's seed 1 (each version has its own job ids and records)."""
+    plugin, out = tmp_path / "p.py", tmp_path / "res"
+    v1 = Path(EXAMPLE).read_text()
+    v2 = v1.replace("neg_weight: float = 0.5", "neg_weight: float = 0.05")
+    assert v2 != v1
+    runs = []
+    for text, seeds in ((v1, "0"), (v2, "0,1"), (v1, "0,1")):
+        plugin.write_text(text)
+        res = cli("run", "--losses", "an_weighted", "--plugin", str(plugin), "--seeds", seeds, "--epochs", "1",
+                  "--lr", "0.01", "--batch-size", "16", "--out", str(out), "--processes", "1")
+        assert res.code == 0, res.err
+        runs.append(max((out / "runs").glob("*.json"), key=lambda p: json.loads(p.read_text())["updated"]).stem)
+    assert len(set(runs)) == 3  # another source is another run
+    listed = [json.loads((out / "runs" / f"{runs[2]}.json").read_text())["cells"]]
+    ids = [c["selected"] for c in listed[0]]
+    recs = [pq.read_table(out / "records" / f"{i}.parquet").to_pylist()[0] for i in ids]
+    assert {r["loss_source"] for r in recs} == {json.loads((out / "runs" / f"{runs[0]}.json").read_text())
+                                                ["plugins"][0]["sha256"]}  # v1's source
+    want = statistics.mean(r["test_map"] for r in recs)
+    res = cli("report", "--results", str(out), "--format", "csv", "--plugin", str(plugin))
+    got = pd.read_csv(io.StringIO(res.out)).set_index("method").loc["an_weighted"]
+    assert res.code == 0 and int(got["n"]) == 2 and got["mean"] == pytest.approx(want, abs=1e-9)
