@@ -306,13 +306,13 @@ def test_an_edited_then_reverted_plugin_reports_what_ran(home: Path, tmp_path: P
     """A plugin run at v1 (seed 0), edited to v2 (seeds 0-1), reverted to v1 (seeds 0-1): the report is the last
     run's, v1 on both seeds, never v2's seed 0 beside v1's seed 1 (each version has its own job ids and records)."""
     plugin, out = tmp_path / "p.py", tmp_path / "res"
-    v1 = Path(EXAMPLE).read_text()
+    v1 = Path(EXAMPLE).read_text().replace('"an_weighted"', '"an_edited"')  # a name of its own in this process
     v2 = v1.replace("neg_weight: float = 0.5", "neg_weight: float = 0.05")
     assert v2 != v1
     runs = []
     for text, seeds in ((v1, "0"), (v2, "0,1"), (v1, "0,1")):
         plugin.write_text(text)
-        res = cli("run", "--losses", "an_weighted", "--plugin", str(plugin), "--seeds", seeds, "--epochs", "1",
+        res = cli("run", "--losses", "an_edited", "--plugin", str(plugin), "--seeds", seeds, "--epochs", "1",
                   "--lr", "0.01", "--batch-size", "16", "--out", str(out), "--processes", "1")
         assert res.code == 0, res.err
         runs.append(max((out / "runs").glob("*.json"), key=lambda p: json.loads(p.read_text())["updated"]).stem)
@@ -324,5 +324,5 @@ def test_an_edited_then_reverted_plugin_reports_what_ran(home: Path, tmp_path: P
                                                 ["plugins"][0]["sha256"]}  # v1's source
     want = statistics.mean(r["test_map"] for r in recs)
     res = cli("report", "--results", str(out), "--format", "csv", "--plugin", str(plugin))
-    got = pd.read_csv(io.StringIO(res.out)).set_index("method").loc["an_weighted"]
+    got = pd.read_csv(io.StringIO(res.out)).set_index("method").loc["an_edited"]
     assert res.code == 0 and int(got["n"]) == 2 and got["mean"] == pytest.approx(want, abs=1e-9)
