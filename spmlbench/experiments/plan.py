@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
 from typing import Any
 
 from spmlbench.data.store import check_protocol
@@ -35,7 +34,6 @@ from spmlbench.experiments.jobs import JobSpec, expand_jobs, parse_grid, parse_s
 DEFAULT_DATASET = "digits"
 DEFAULT_SEEDS = (0, 1, 2)
 MAIN_GROUP = "main"
-Say = Callable[[str], None]
 
 __all__ = ["DEFAULT_DATASET", "DEFAULT_SEEDS", "MAIN_GROUP", "Plan", "PlanCell", "RunRequest", "check_requirements",
            "plan_run"]
@@ -126,8 +124,8 @@ class _Inputs:
                 if not d.prepared and (d.meta.get("expected_positives") or {}).get("paper") is None]
 
 
-def plan_run(request: RunRequest, say: Say = lambda _msg: None) -> Plan:
-    """The jobs and cells of ``request``; reads, never writes (``say`` is kept for callers; unused)."""
+def plan_run(request: RunRequest) -> Plan:
+    """The jobs and cells of ``request``; reads, never writes."""
     from spmlbench.experiments.recipes import SELECT_RULES, check_choice, linear_protocol
 
     rule = check_choice("select", request.select, SELECT_RULES) if request.select else linear_protocol().select
