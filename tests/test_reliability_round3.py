@@ -20,6 +20,8 @@ from test_linear_support import write_dataset
 from test_loss_plugins import restore_registry  # noqa: F401 - fixture: each test ends with the built-ins only
 from test_reliability_inputs import RUN, one_line
 from test_run_experiment import write_spec
+from test_run_modes import E2E, write_images
+from test_e2e import micro  # noqa: F401 - fixture: backbone name "micro" resolves to a two-conv net
 
 MY_LOSS = (Path(__file__).resolve().parents[1] / "examples" / "my_loss.py").read_text(encoding="utf-8")
 FORMULA = "    return torch.where(observed, -torch.log(p + hp.eps), -hp.neg_weight * torch.log(1 - p + hp.eps))\n"
@@ -109,14 +111,33 @@ def test_plugin_check_raising_and_plugin_names(cli, home: Path, tmp_path: Path) 
     write_dataset(home, n=40)
     out = tmp_path / "r"
     path = plugin(tmp_path, "check.py", 'self.positive("neg_weight", "eps")', "1 / (self.neg_weight - 0.25)")
-    one_line(cli(*RUN, "--losses", "an,an_weighted", "--plugin", path, "--set", "an_weighted.neg_weight=0.25",
-                 "--out", str(out)),
-             f"{path}:21: an_weighted hyperparameters (neg_weight=0.25): check() raised ZeroDivisionError")
+    res = cli(*RUN, "--losses", "an,an_weighted", "--plugin", path, "--set", "an_weighted.neg_weight=0.25",
+              "--out", str(tmp_path / "ok"))  # refused at planning, before: now only that loss's jobs fail
+    check_raising_fails_only_that_loss(res, tmp_path / "ok", path)
     one_line(cli(*RUN, "--losses", "an", "--plugin", "../x", "--out", str(out)),
              "--plugin ../x: no such file or importable module")
     one_line(cli(*RUN, "--losses", "an", "--plugin", "os", "--out", str(out)),  # accepted silently, before
              "--plugin os: the module registered no loss")
     assert not out.exists()
+
+
+def check_raising_fails_only_that_loss(res, out: Path, path: str) -> None:
+    """Exit 1, the one line naming the plugin's check() line, ``an`` recorded and ``an_weighted`` failed."""
+    assert res.code == 1 and "Traceback" not in res.err, res.err
+    problem = f"{path}:21: an_weighted hyperparameters (eps=1e-05, neg_weight=0.25): check() raised ZeroDivisionError"
+    assert problem in " ".join(res.out.split()), res.out
+    df = load_records(out).set_index("loss")
+    assert df.loc["an", "status"] == "ok" and 0 < df.loc["an", "test_map"] <= 100, df
+    assert df.loc["an_weighted", "status"] == "failed" and "ZeroDivisionError" in df.loc["an_weighted", "error"]
+    assert res.err.strip().splitlines()[-1].startswith("error: 1 of 2 jobs failed"), res.err
+
+
+def test_plugin_check_raising_in_an_e2e_lockstep_group(cli, home: Path, tmp_path: Path, micro: str) -> None:
+    write_images(home)
+    path = plugin(tmp_path, "check.py", 'self.positive("neg_weight", "eps")', "1 / (self.neg_weight - 0.25)")
+    res = cli("run", *E2E[:2], "--losses", "an,an_weighted", *E2E[4:], "--mode", "e2e", "--plugin", path,
+              "--set", "an_weighted.neg_weight=0.25", "--out", str(tmp_path / "ok"))
+    check_raising_fails_only_that_loss(res, tmp_path / "ok", path)
 
 
 def test_select_with_every_grid_point_failing(cli, home: Path, tmp_path: Path) -> None:

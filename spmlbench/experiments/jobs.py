@@ -15,7 +15,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from spmlbench.errors import ConfigError
+from spmlbench.errors import ConfigError, LossError
 from spmlbench.experiments.recipes import LINEAR_RECIPES, check_choice, e2e_recipe, linear_protocol, paper_recipe
 from spmlbench.train.early_stop import canonical_rule
 from spmlbench.train.configs import TrainConfig, freeze_hparams
@@ -133,11 +133,13 @@ def parse_grid(text: str) -> tuple[str, str, list[Any]]:
 def resolve_hparams(loss: str, dataset: str, overrides: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:
     """All hyperparameters of ``loss`` on ``dataset``: paper < dataset defaults < ``overrides``.
 
-    Where the loss needs the expected number of positives and the dataset has no published value
+    A ``check()`` that raises (a plugin's bug, :class:`~spmlbench.errors.LossError`) gives the unchecked
+    values: the job is planned and fails alone when its loss is built. Where the loss needs the expected number of positives and the dataset has no published value
     (e.g. ``digits``), it comes from the labels metadata (``expected_positives``).
     """
-    from spmlbench.losses import dataset_defaults, loss_info
+    from spmlbench.losses import dataset_defaults, get_loss, loss_info
     from spmlbench.losses import resolve_hparams as resolve
+    from spmlbench.losses.hparams import unchecked_hparams
 
     over = dict(overrides)
     info = loss_info(loss)
@@ -147,7 +149,10 @@ def resolve_hparams(loss: str, dataset: str, overrides: Mapping[str, Any], meta:
             value = exp.get("paper") if exp.get("paper") is not None else exp.get("computed")
             if value is not None:
                 over["expected_num_pos"] = float(value)
-    return resolve(loss, dataset, **over).as_dict()
+    try:
+        return resolve(loss, dataset, **over).as_dict()
+    except LossError:  # a plugin's check() raised: its jobs exist and fail when trained, the others run
+        return unchecked_hparams(get_loss(loss).params, dataset_defaults(loss, dataset), over)
 
 
 def check_image_size(image_size: int | None) -> None:

@@ -18,7 +18,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
 
-from spmlbench.errors import ConfigError
+from spmlbench.errors import ConfigError, LossError
 
 H = TypeVar("H", bound="HParams")
 
@@ -147,11 +147,12 @@ def _kind_word(kind: Any, length: int | None) -> str:
     return "a valid value"
 
 
-def make_hparams(cls: type[H], defaults: Mapping[str, Any] | None = None,
-                 overrides: Mapping[str, Any] | None = None) -> H:
-    """Build ``cls`` from per-dataset ``defaults`` then user ``overrides`` (validated, coerced).
+def coerce_values(cls: type[H], defaults: Mapping[str, Any] | None = None,
+                  overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The values ``cls`` gets from per-dataset ``defaults`` then user ``overrides``, coerced to the field
+    types but not yet checked by ``cls.check()``.
 
-    Unknown names raise ConfigError listing the known ones.
+    Unknown names or values of the wrong type raise ConfigError listing the known ones.
     """
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -163,6 +164,18 @@ def make_hparams(cls: type[H], defaults: Mapping[str, Any] | None = None,
                 raise ConfigError(f"{cls.loss}.{key}: unknown hyperparameter; known: {known}")
             length = fields[key].metadata.get("length")
             values[key] = _coerce(cls.loss, key, hints[key], value, length)
+    return values
+
+
+def make_hparams(cls: type[H], defaults: Mapping[str, Any] | None = None,
+                 overrides: Mapping[str, Any] | None = None) -> H:
+    """Build ``cls`` from per-dataset ``defaults`` then user ``overrides`` (validated, coerced).
+
+    Unknown names and out-of-range values raise ConfigError; a ``check()`` that raises anything else
+    (a plugin's bug) raises :class:`~spmlbench.errors.LossError` naming its file and line, which fails
+    that loss's jobs only.
+    """
+    values = coerce_values(cls, defaults, overrides)
     try:
         return cls(**values)
     except ConfigError:
@@ -171,8 +184,17 @@ def make_hparams(cls: type[H], defaults: Mapping[str, Any] | None = None,
         path = getattr(sys.modules.get(cls.__module__), "__file__", None) or cls.__module__
         line = raising_line(exc, str(path)) or "?"
         given = ", ".join(f"{k}={fmt(v)}" for k, v in values.items()) or "the defaults"
-        raise ConfigError(f"{path}:{line}: {cls.loss} hyperparameters ({given}): check() raised "
-                          f"{type(exc).__name__}: {exc}; fix check() or the values") from None
+        raise LossError(f"{path}:{line}: {cls.loss} hyperparameters ({given}): check() raised "
+                        f"{type(exc).__name__}: {exc}; fix check() or the values", cls.loss) from None
+
+
+def unchecked_hparams(cls: type[H], defaults: Mapping[str, Any] | None = None,
+                      overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Every field of ``cls`` (its defaults < ``defaults`` < ``overrides``), coerced but not checked: the
+    hyperparameters of a job whose ``check()`` raises, so that the job exists and fails when it is built."""
+    values = coerce_values(cls, defaults, overrides)
+    out = {f.name: values.get(f.name, f.default) for f in dataclasses.fields(cls)}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
 
 def raising_line(exc: BaseException, path: str) -> int | None:

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from spmlbench.atomic import atomic_write_text
-from spmlbench.errors import SpmlError
+from spmlbench.errors import LossError, SpmlError
 from spmlbench.runtime import backend_flags, device_label, resolve_device
 from spmlbench.train import checkpoint as ckpt
 from spmlbench.train.e2e_data import backbone_and_weights, job_dict
@@ -105,18 +105,23 @@ def train_e2e(
                 weights=weights, image_size=image_size, labels=labels, hooks=hooks or Hooks(),
                 fingerprint=fp, history=history, settings=settings,
             )
+    except LossError as exc:  # the loss's own code (a plugin) raised: this job fails, the sweep goes on
+        return failed_result(history, dev, settings, str(exc), time.perf_counter() - t0)
     except SpmlError:
         raise
     except Exception as exc:  # noqa: BLE001 - a failed job becomes a failed record, not a crash of the sweep
-        return TrainResult(
-            status="failed", val_map=list(history["val_map"]), train_loss=list(history["train_loss"]),
-            best_epoch=int(history["best_epoch"]), test_map=math.nan, test_ap=[],
-            epochs_run=len(history["val_map"]), device=device_label(dev),
-            wall_s=float(history["wall_s"]) + time.perf_counter() - t0,
-            error=f"{type(exc).__name__}: {exc}", settings=settings,
-        )
+        return failed_result(history, dev, settings, f"{type(exc).__name__}: {exc}", time.perf_counter() - t0)
     save_result(workdir, fp, result)
     return result
+
+
+def failed_result(history: dict[str, Any], dev: torch.device, settings: dict[str, Any], error: str,
+                  extra_s: float = 0.0) -> TrainResult:
+    """A failed :class:`TrainResult` carrying the epochs finished so far (``history``) and the one-line ``error``."""
+    return TrainResult(
+        status="failed", val_map=list(history["val_map"]), train_loss=list(history["train_loss"]),
+        best_epoch=int(history["best_epoch"]), test_map=math.nan, test_ap=[], epochs_run=len(history["val_map"]),
+        device=device_label(dev), wall_s=float(history["wall_s"]) + extra_s, error=error, settings=settings)
 
 
 def job_settings(job: Any, recipe: E2ERecipe, dev: torch.device, exact: bool, backbone: str, weights: str,

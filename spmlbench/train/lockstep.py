@@ -30,7 +30,8 @@ from typing import Any
 import torch
 
 from spmlbench.runtime import backend_flags, resolve_device
-from spmlbench.train.e2e import StepFn, job_settings, load_cached_result, save_result
+from spmlbench.errors import LossError, SpmlError
+from spmlbench.train.e2e import StepFn, failed_result, job_settings, load_cached_result, save_result
 from spmlbench.train.e2e_data import backbone_and_weights
 from spmlbench.train.e2e_job import (
     JobState,
@@ -112,12 +113,16 @@ def train_lockstep(jobs: Sequence[Any], recipes: Sequence[E2ERecipe], workdirs: 
             member = _Member(i, None, rng, settings, fp, wd)  # type: ignore[arg-type]
             history: dict[str, Any] = {"val_map": [], "train_loss": [], "train_s": [], "best_epoch": 0,
                                        "stopped": False, "wall_s": 0.0}
-            with _own_rng(member):
-                member.state = setup_job(
-                    job, home=home, dev=dev, workdir=wd, exact=exact, workers=workers, progress=None,
-                    init_head=None, init_loss_state=None, recipe=recipe, backbone=backbone, weights=weights,
-                    image_size=size, labels=None, hooks=Hooks(), fingerprint=fp, history=history,
-                    settings=settings)
+            try:
+                with _own_rng(member):
+                    member.state = setup_job(
+                        job, home=home, dev=dev, workdir=wd, exact=exact, workers=workers, progress=None,
+                        init_head=None, init_loss_state=None, recipe=recipe, backbone=backbone, weights=weights,
+                        image_size=size, labels=None, hooks=Hooks(), fingerprint=fp, history=history,
+                        settings=settings)
+            except LossError as exc:  # the loss's own code raised while it was built: this job fails alone
+                results[i] = failed_result(history, dev, settings, str(exc))
+                continue
             members.append(member)
         _epochs(members, results, progress)
         for m in members:
@@ -129,20 +134,17 @@ def train_lockstep(jobs: Sequence[Any], recipes: Sequence[E2ERecipe], workdirs: 
 
 
 def _guard(member: _Member, fn: Any) -> Any:
-    """``fn()``, or a failed result for this member (its history so far) when it raises."""
-    from spmlbench.errors import SpmlError
-    from spmlbench.runtime import device_label
-
+    """``fn()``, or a failed result for this member (its history so far) when it raises (a user error other
+    than the loss's own, :class:`~spmlbench.errors.LossError`, stops the group)."""
     try:
         return fn()
+    except LossError as exc:
+        return failed_result(member.state.history, member.state.run.device, member.settings, str(exc))
     except SpmlError:
         raise
     except Exception as exc:  # noqa: BLE001 - one job's failure must not stop the group
-        h = member.state.history
-        return TrainResult(status="failed", val_map=list(h["val_map"]), train_loss=list(h["train_loss"]),
-                           best_epoch=int(h["best_epoch"]), test_map=float("nan"), test_ap=[],
-                           epochs_run=len(h["val_map"]), device=device_label(member.state.run.device),
-                           wall_s=float(h["wall_s"]), error=f"{type(exc).__name__}: {exc}", settings=member.settings)
+        return failed_result(member.state.history, member.state.run.device, member.settings,
+                             f"{type(exc).__name__}: {exc}")
 
 
 def _epochs(members: list[_Member], results: list[TrainResult | None], progress: StepFn | None) -> None:
