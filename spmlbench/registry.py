@@ -32,6 +32,10 @@ class Registry(Generic[T]):
         """Register ``entry`` under ``name``."""
         self.register(name)(entry)
 
+    def remove(self, name: str) -> None:
+        """Drop ``name`` (a module registering it again replaces its entry)."""
+        self._entries.pop(name, None)
+
     def get(self, name: str) -> T:
         """Return the entry for ``name``; an unknown name raises ConfigError listing the known ones."""
         try:

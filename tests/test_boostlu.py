@@ -10,7 +10,8 @@ import torch
 
 from spmlbench.errors import ConfigError
 from spmlbench.experiments.jobs import JobSpec
-from spmlbench.train.e2e_model import BoostLUHead, build_model
+from spmlbench.heads.builtin.boostlu import BoostLUHead
+from spmlbench.train.e2e_model import build_model
 
 
 def test_boost_and_pooling_by_hand() -> None:
@@ -120,7 +121,7 @@ def test_frozen_boostlu_with_alpha_one_is_the_linear_probe() -> None:
     import numpy as np
     from test_linear_support import synthetic_data
 
-    from spmlbench.train.cached_heads import train_boostlu_maps
+    from spmlbench.train.cached_heads import train_cached_head
     from spmlbench.train.configs import LinearData, TrainConfig
     from spmlbench.train.linear import train_linear
 
@@ -134,11 +135,11 @@ def test_frozen_boostlu_with_alpha_one_is_the_linear_probe() -> None:
                       base.y_train, base.s_train, base.y_val, base.s_val, base.y_test, maps=maps.numpy(),
                       split_rows=rows)
     common = dict(seed=2, lr=1e-2, batch_size=8, epochs=4)
-    boost = train_boostlu_maps(data, TrainConfig(loss="boostlu_ll_r", hparams=(("alpha", 1.0),), **common))
+    boost = train_cached_head(data, TrainConfig(loss="boostlu_ll_r", hparams=(("alpha", 1.0),), **common))
     plain = train_linear(data, [TrainConfig(loss="ll_r", **common)])[0]
     assert boost.val_map == pytest.approx(plain.val_map, abs=1e-3)  # float rounding only (autograd vs fused)
     assert boost.test_map == pytest.approx(plain.test_map, abs=1e-3)
-    boosted = train_boostlu_maps(data, TrainConfig(loss="boostlu_ll_r", hparams=(("alpha", 5.0),), **common))
+    boosted = train_cached_head(data, TrainConfig(loss="boostlu_ll_r", hparams=(("alpha", 5.0),), **common))
     assert boosted.val_map != boost.val_map
 
 

@@ -75,7 +75,7 @@ def test_a_bare_tuple_field_takes_a_list_of_numbers() -> None:
     import dataclasses
 
     from spmlbench.losses import HParams
-    from spmlbench.losses.hparams import make_hparams
+    from spmlbench.hparams import make_hparams
 
     @dataclasses.dataclass(frozen=True)
     class P(HParams):

@@ -100,7 +100,7 @@ def test_drop_last_switch_reproduces_the_release_pass() -> None:
 
 
 def test_head_has_the_released_norm_and_initialisations() -> None:
-    from spmlbench.train.mime_head import MIMEHead
+    from spmlbench.heads.builtin.mime import MIMEHead
 
     torch.manual_seed(0)
     head = MIMEHead(64, 40, z_dim=16).requires_grad_(False)
@@ -114,7 +114,7 @@ def test_head_has_the_released_norm_and_initialisations() -> None:
 
 
 def test_head_shapes_and_its_kl_penalty() -> None:
-    from spmlbench.train.mime_head import MIMEHead
+    from spmlbench.heads.builtin.mime import MIMEHead
 
     torch.manual_seed(0)
     head = MIMEHead(16, 3, z_dim=4, samples=5, beta=0.5).eval()
@@ -158,16 +158,16 @@ def test_mime_vib_linear_variant_is_seeded_pseudo_labels_and_dispatched() -> Non
     from test_linear_support import synthetic_data
 
     from spmlbench.experiments.executors import LocalExecutor
-    from spmlbench.train.cached_heads import train_mime_vib
+    from spmlbench.train.cached_heads import train_cached_head
     from spmlbench.train.configs import TrainConfig
-    from spmlbench.train.mime_head import VIBHead
+    from spmlbench.heads.builtin.vib import VIBHead
 
     head = VIBHead(6, 3, z_dim=2, samples=4, beta=0.5)
     assert head(torch.randn(5, 6)).shape == (5, 3) and float(head.penalty().detach()) > 0
     data = synthetic_data()
     hp = (("expected_num_pos", 1.5), ("warmup_epoch", 1), ("z_dim", 8))
     cfg = TrainConfig(loss="mime_vib", hparams=hp, seed=1, lr=1e-2, batch_size=16, epochs=3)
-    a, b = train_mime_vib(data, cfg), train_mime_vib(data, cfg)
+    a, b = train_cached_head(data, cfg), train_cached_head(data, cfg)
     assert a.ok and a.epochs_run == 3 and a.val_map == b.val_map and a.test_ap == b.test_ap
     job = JobSpec(dataset=data.dataset, loss="mime_vib", hparams=hp, mode="linear", seed=1, label_seed=1200,
                   split_seed=1200, backbone="pixels", epochs=3, batch_size=16, lr=1e-2, val="clean", early_stop="none")

@@ -33,7 +33,7 @@ HOME_DEFAULT = "$SPMLBENCH_HOME or the platform data dir"  # every --home
 # Library constants the help screens show, copied so that ``spmlbench --help`` imports neither torch nor
 # pandas (tests/test_cli_imports.py checks each against its source).
 REPORT_FORMATS = ("console", "md", "latex", "csv", "html")  # spmlbench.report.render.FORMATS
-RUN_MODES = ("linear", "e2e", "linear-init")  # spmlbench.experiments.jobs.MODES
+RUN_MODES = ("linear", "e2e", "linear-init")  # spmlbench.modes.MODES
 DEFAULT_DATASET = "digits"  # spmlbench.experiments.plan.DEFAULT_DATASET
 DEFAULT_SEEDS = (0, 1, 2)  # spmlbench.experiments.plan.DEFAULT_SEEDS
 LINEAR_RECIPES = ("cole", "paper")  # spmlbench.experiments.recipes.LINEAR_RECIPES

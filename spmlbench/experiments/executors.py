@@ -79,11 +79,9 @@ class LocalExecutor:
         for job in jobs:
             if job.mode != "linear":
                 raise ConfigError(f"--mode {job.mode}: not a linear job; the runner trains it with train_image_job")
-        from spmlbench.losses import LOSSES
-
         from spmlbench.train.methods import linear_trainer
 
-        own = [i for i, j in enumerate(jobs) if linear_trainer(LOSSES.get(j.loss))]  # methods with their own trainer
+        own = [i for i, j in enumerate(jobs) if linear_trainer(j.loss)]  # methods with their own trainer
         if own:
             out: list[Any] = [None] * len(jobs)
             rest = [i for i in range(len(jobs)) if i not in own]
@@ -94,7 +92,7 @@ class LocalExecutor:
             from spmlbench.train.methods import method_trainer
 
             for i in own:
-                fn = method_trainer(str(linear_trainer(LOSSES.get(jobs[i].loss))))
+                fn = method_trainer(str(linear_trainer(jobs[i].loss)))
                 out[i] = fn(data, jobs[i].train_config(), device=self.device, progress=progress)
             return out
         configs = [j.train_config() for j in jobs]

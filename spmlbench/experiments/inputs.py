@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from spmlbench.errors import ConfigError, DataError
+from spmlbench.modes import LINEAR
 
 E2E_BACKBONE = "resnet50"
 Say = Callable[[str], None]
@@ -73,7 +74,7 @@ def default_backbone(dataset: str, mode: str, backbone: str | None) -> str:
 
     if backbone:
         return backbone
-    return get_adapter(dataset).default_backbone if mode == "linear" else E2E_BACKBONE
+    return get_adapter(dataset).default_backbone if mode == LINEAR else E2E_BACKBONE
 
 
 def data_inputs(dataset: str, backbone: str, linear: bool, ds: DatasetInputs,
@@ -102,22 +103,13 @@ def data_inputs(dataset: str, backbone: str, linear: bool, ds: DatasetInputs,
 
 
 def mode_problems(jobs: Sequence[Any]) -> None:
-    """ConfigError when a job's loss cannot run in its mode (its head or trainer does not support it)."""
-    from spmlbench.losses import LOSSES
-    from spmlbench.train.e2e_model import LINEAR_INIT_HEADS
-    from spmlbench.train.methods import TRAINERS
+    """ConfigError when a job's method cannot run in its mode (its head does not train there)."""
+    from spmlbench.heads import method_of
 
     for j in jobs:
-        spec = LOSSES.get(j.loss)
-        head = spec.head
-        if head and j.mode == "linear-init" and head not in LINEAR_INIT_HEADS:
-            raise ConfigError(f"{j.loss}: LinearInit's linear head does not load into the {head} head; "
-                              f"run it with --mode e2e{' or --mode linear' if spec.trainer else ''}")
-        if head and not spec.trainer and j.mode == "linear" and head not in TRAINERS:
-            raise ConfigError(f"{j.loss}: trains the {head} head on the backbone's feature map, which linear mode's "
-                              "pooled features do not have; run it with --mode e2e or --mode linear-init")
-        if spec.trainer and not head and j.mode != "linear":
-            raise ConfigError(f"{j.loss}: has its own model and trainer on cached features; run it with --mode linear")
+        problem = method_of(j.loss).supports(j.mode)
+        if problem is not None:
+            raise ConfigError(problem)
 
 
 def missing_caches(jobs: Sequence[Any], home: str | os.PathLike[str] | None) -> list[MissingInput]:
@@ -132,7 +124,7 @@ def missing_caches(jobs: Sequence[Any], home: str | os.PathLike[str] | None) -> 
     for j in jobs:
         spec = LOSSES.get(j.loss)
         path = maps_path(j.dataset, j.backbone, home)
-        if reads_maps(spec) and j.mode == "linear" and not path.exists():
+        if reads_maps(j.loss) and j.mode == LINEAR and not path.exists():
             out.setdefault(str(path), MissingInput(
                 j.dataset, "maps", str(path), f"{j.loss} in linear mode trains its head on cached layer4 maps",
                 f"run 'spmlbench features {j.dataset} --backbone {j.backbone} --maps' or use --mode e2e"))

@@ -19,8 +19,8 @@ from spmlbench.errors import ConfigError, LossError
 from spmlbench.experiments.recipes import LINEAR_RECIPES, check_choice, e2e_recipe, linear_protocol, paper_recipe
 from spmlbench.train.early_stop import canonical_rule
 from spmlbench.train.configs import TrainConfig, freeze_hparams
+from spmlbench.modes import LINEAR, MODES
 
-MODES = ("linear", "e2e", "linear-init")
 VAL_MODES = ("clean", "observed")
 MAX_EPOCHS, MAX_BATCH = 10_000, 1_000_000  # beyond: a typo that would run for days, silently
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 4096
@@ -94,7 +94,7 @@ class JobSpec:
         End-to-end jobs (modes ``e2e``, ``linear-init``) each train alone: the key holds the job id.
         """
         key = (self.dataset, self.backbone, self.label_seed, self.split_seed, self.mode, self.batch_size, self.epochs)
-        return key if self.mode == "linear" else (*key, self.job_id)
+        return key if self.mode == LINEAR else (*key, self.job_id)
 
 
 def parse_set(text: str) -> tuple[str, str, Any]:
@@ -139,7 +139,7 @@ def resolve_hparams(loss: str, dataset: str, overrides: Mapping[str, Any], meta:
     """
     from spmlbench.losses import dataset_defaults, get_loss, loss_info
     from spmlbench.losses import resolve_hparams as resolve
-    from spmlbench.losses.hparams import unchecked_hparams
+    from spmlbench.hparams import unchecked_hparams
 
     over = dict(overrides)
     info = loss_info(loss)
@@ -264,14 +264,14 @@ def expand_jobs(
     for loss in losses:
         spec = LOSSES.get(loss)
         source = spec.source_hash or None
-        if mode == "linear" and recipe == "cole":
+        if mode == LINEAR and recipe == "cole":
             n_epochs, rule, points = protocol.epochs, protocol.early_stop, protocol.points(lr, batch_size)
             recipe_name = recipe
         else:
-            rec = paper_recipe(loss, dataset) if mode == "linear" else e2e_recipe(loss, dataset)
+            rec = paper_recipe(loss, dataset) if mode == LINEAR else e2e_recipe(loss, dataset)
             n_epochs, rule = rec.epochs, rec.early_stop
             points = [(float(lr if lr is not None else rec.lr), int(batch_size or rec.batch_size))]
-            recipe_name = recipe if mode == "linear" else rec.family
+            recipe_name = recipe if mode == LINEAR else rec.family
         if early_stop != "paper":
             rule = early_stop
         params = [p for p, _ in axes.get(loss, [])]

@@ -30,6 +30,7 @@ from spmlbench.experiments.inputs import (
     mode_problems,
 )
 from spmlbench.experiments.jobs import JobSpec, expand_jobs, parse_grid, parse_set
+from spmlbench.modes import LINEAR
 
 DEFAULT_DATASET = "digits"
 DEFAULT_SEEDS = (0, 1, 2)
@@ -155,7 +156,7 @@ def _plain_plan(request: RunRequest, inputs: _Inputs) -> tuple[list[JobSpec], li
     cells: list[PlanCell] = []
     for ds in request.datasets or [DEFAULT_DATASET]:
         bb = default_backbone(ds, mode, request.backbone)
-        meta = inputs.meta(ds, bb, mode == "linear")
+        meta = inputs.meta(ds, bb, mode == LINEAR)
         specs = expand_jobs(dataset=ds, losses=request.losses or default_losses(), seeds=request.seeds or DEFAULT_SEEDS,
                             meta=meta, backbone=bb, mode=mode, epochs=request.epochs, batch_size=request.batch_size,
                             lr=request.lr, val=request.val, early_stop=request.early_stop, sets=request.sets,

@@ -38,6 +38,7 @@ from spmlbench.atomic import atomic_path
 from spmlbench.errors import DataError
 from spmlbench.experiments.jobs import JobSpec
 from spmlbench.train.result import TrainResult
+from spmlbench.modes import LINEAR
 
 RECORDS_DIR = "records"
 DUMPS_DIR = "dumps"
@@ -110,7 +111,7 @@ def _linear_settings(spec: JobSpec) -> dict[str, Any]:
 
 def _settings(result: TrainResult, spec: JobSpec) -> str:
     settings = dict(result.settings)
-    if not settings and spec.mode == "linear":
+    if not settings and spec.mode == LINEAR:
         settings = _linear_settings(spec)
     phase = result.linear_phase
     if phase is not None:

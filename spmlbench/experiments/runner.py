@@ -36,6 +36,7 @@ from spmlbench.experiments.jobs import JobSpec
 from spmlbench.experiments.records import make_record, record_path, write_record
 from spmlbench.runtime import resolve_device
 from spmlbench.train.configs import EpochProgress, LinearData, linear_data, pseudo_sources
+from spmlbench.modes import LINEAR
 
 WORK_DIR = "work"
 
@@ -165,7 +166,7 @@ def is_finished(out_dir: str | os.PathLike[str], job: JobSpec, dumps: Collection
             rejected[job.job_id] = f"{path}: {problem}; re-running the job"
         return False
     sha = row.get("features_sha256")
-    want = (features or {}).get((job.dataset, job.backbone)) if job.mode == "linear" else None
+    want = (features or {}).get((job.dataset, job.backbone)) if job.mode == LINEAR else None
     if want and sha not in (want, None, ""):
         return False
     return job.job_id not in dumps or rec.dumps_complete(out_dir, job.job_id)
@@ -177,7 +178,7 @@ def current_features(jobs: Sequence[JobSpec], home: str | os.PathLike[str] | Non
     from spmlbench.paths import features_path
 
     out: dict[tuple[str, str], str] = {}
-    for key in {(j.dataset, j.backbone) for j in jobs if j.mode == "linear"}:
+    for key in {(j.dataset, j.backbone) for j in jobs if j.mode == LINEAR}:
         path = features_path(key[0], key[1], home)
         if path.exists():
             try:
@@ -280,7 +281,7 @@ def _run_all(jobs: list[JobSpec], out: Path, executor: Executor, *, home: str | 
                 # refresh the claims while training: another host judges them by their age
                 with locks.heartbeat(out, [j.job_id for j in claimed]):
                     progress.cohort(claimed)
-                    if claimed[0].mode == "linear":
+                    if claimed[0].mode == LINEAR:
                         results = _run_linear(claimed, out, cache, load, executor, progress, experiment, str(dev),
                                               dumps, home, verify)
                     else:
@@ -315,7 +316,6 @@ def _run_linear(claimed: list[JobSpec], out: Path, cache: dict[tuple[str, str], 
                 verify: bool = False) -> list[Any]:
     """Train one linear cohort, write its dumps and records."""
     from spmlbench.features.pseudo import load_pseudo
-    from spmlbench.losses import LOSSES
     from spmlbench.train.methods import reads_maps
 
     key = (claimed[0].dataset, claimed[0].backbone)
@@ -326,7 +326,7 @@ def _run_linear(claimed: list[JobSpec], out: Path, cache: dict[tuple[str, str], 
     for source in pseudo_sources(j.loss for j in claimed):  # CLIP pseudo-label caches, once per dataset
         if source not in ds.data.pseudo:
             ds.data.pseudo[source] = load_pseudo(key[0], source, home)
-    if ds.data.maps is None and any(reads_maps(LOSSES.get(j.loss)) for j in claimed):  # BoostLU, frozen
+    if ds.data.maps is None and any(reads_maps(j.loss) for j in claimed):  # BoostLU, frozen
         from spmlbench.features.maps import load_maps
 
         ds.data.maps = load_maps(key[0], key[1], home, verify=verify)

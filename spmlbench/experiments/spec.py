@@ -43,9 +43,9 @@ from typing import Any
 
 from spmlbench.errors import ConfigError
 from spmlbench.experiments.jobs import MAX_BATCH, MAX_EPOCHS
+from spmlbench.modes import MODES
 
 SPEC_VERSION = 1
-MODES = ("linear", "e2e", "linear-init")
 # JobSpec fields an experiment group may override (dataset/loss/hparams/seed/mode come from the spec).
 OVERRIDE_FIELDS = (
     "label_seed",

@@ -25,8 +25,10 @@ from typing import Any
 
 from spmlbench.errors import ConfigError, DataError
 from spmlbench.losses.base import BatchedLoss, SingleLoss
-from spmlbench.losses.hparams import HParams, fmt, make_hparams, parse_override
+from spmlbench.heads import method_of
+from spmlbench.hparams import HParams, fmt, make_hparams, parse_override
 from spmlbench.losses.plain import PlainBatched, Step, plain_class
+from spmlbench.losses.methods import compose_methods
 from spmlbench.losses.registry import LOSSES, LossDef, register_loss
 
 DEFAULTS_FILE = Path(__file__).resolve().parents[2] / "data_manifests" / "loss_defaults.toml"
@@ -63,6 +65,7 @@ def load_builtins() -> None:
 
 
 load_builtins()
+compose_methods()  # each head's methods (boostlu_ll_r, mime, mime_vib, smile, ...) as losses of their names
 
 
 @functools.cache
@@ -85,7 +88,7 @@ def default_losses() -> list[str]:
     pooled features (the CLIP pseudo-label losses, which read a cache built by ``spmlbench pseudo-labels``,
     the BoostLU losses, whose head needs the feature map of the end-to-end modes, and SMILE, a method with its
     own model and trainer (minutes per epoch at COCO size), run when named)."""
-    return [n for n in LOSSES.names() if not (LOSSES.get(n).pseudo or LOSSES.get(n).head or LOSSES.get(n).trainer)]
+    return [n for n in LOSSES.names() if not LOSSES.get(n).pseudo and method_of(n).plain]
 
 
 def dataset_defaults(name: str, dataset: str | None) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from spmlbench.errors import ConfigError
-from spmlbench.losses.hparams import HParams
+from spmlbench.hparams import HParams
 
 PredictFn = Callable[[], Tensor]
 

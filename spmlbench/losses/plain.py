@@ -26,7 +26,7 @@ from torch import Tensor
 
 from spmlbench.errors import LossError
 from spmlbench.losses.base import BatchedLoss
-from spmlbench.losses.hparams import raising_line
+from spmlbench.hparams import raising_line
 
 if typing.TYPE_CHECKING:
     from spmlbench.losses.registry import LossDef

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from spmlbench.errors import ConfigError
-from spmlbench.losses.hparams import raising_line
+from spmlbench.hparams import raising_line
 from spmlbench.losses.registry import LOSSES
 
 ENTRY_POINT_GROUP = "spmlbench.losses"

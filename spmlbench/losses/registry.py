@@ -2,7 +2,7 @@
 
 A loss is one module (``spmlbench/losses/builtin/<name>.py``, or a researcher's plugin file):
 
-1. its hyperparameter dataclass (a frozen :class:`~spmlbench.losses.hparams.HParams`),
+1. its hyperparameter dataclass (a frozen :class:`~spmlbench.hparams.HParams`),
 2. its plain per-config formula ``formula(hp, logits, observed[, step])`` written as the paper
    writes it (autograd; ``(B, C)`` logits -> per-entry ``(B, C)`` matrix, averaged over B x C, or a
    scalar that already holds the reference reduction),
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from spmlbench.errors import ConfigError
-from spmlbench.losses.hparams import HParams
+from spmlbench.hparams import HParams
 from spmlbench.registry import Registry
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -47,8 +47,6 @@ class LossDef:
     scheduled: bool = False  # changes with the epoch (GR, LL, SPLC, EM-APL)
     uses_clean_labels: bool = False  # trains on the clean labels (the BCE upper bound)
     pseudo: str | None = None  # needs a CLIP pseudo-label cache (``spmlbench pseudo-labels DS --source <this>``)
-    head: str | None = None  # a model head other than the linear one (``boostlu``: modes e2e and linear-init)
-    trainer: str | None = None  # a method with its own model and trainer on cached features (``smile``)
     batched: type | str | None = None  # hand-written batched form (state); None: derived from the formula
     fused: type | str | None = None  # optional fused value-and-gradient batched form
     single: type | str | None = None  # one-config wrapper with extra accessors (GR's k, v)
@@ -99,7 +97,12 @@ def _origin(formula: Formula) -> tuple[str, str]:
 
 
 class LossRegistry(Registry[LossDef]):
-    """Registered losses, listed by ``order`` then registration order."""
+    """Registered losses, listed by ``order`` then registration order; a method a head declares
+    (:mod:`spmlbench.losses.methods`) is registered here under its name too."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self._as_registered: dict[str, LossDef] = {}  # each loss as its own file registered it
 
     def add_def(self, definition: LossDef) -> None:
         """Register ``definition``; the same loss registered again from the same file replaces itself."""
@@ -110,6 +113,39 @@ class LossRegistry(Registry[LossDef]):
                                   f"registered by {old.origin}; give the new loss another name")
             del self._entries[definition.name]
         self._entries[definition.name] = definition
+        self._as_registered[definition.name] = definition
+
+    def add_method(self, definition: LossDef) -> None:
+        """Register a method's loss (its name may be its loss's: that loss trained with its paper's head)."""
+        old = self._entries.get(definition.name)
+        own = self._as_registered.get(definition.name)
+        if old is not None and old is not own and old.origin != definition.origin:
+            raise ConfigError(f"method {definition.name!r} from {definition.origin}: that name is already "
+                              f"registered by {old.origin}; give the new method another name")
+        if own is not None and own.formula is not definition.formula:
+            raise ConfigError(f"method {definition.name!r} from {definition.origin}: a loss of that name is "
+                              f"registered by {own.origin}; give the method another name")
+        self._entries.pop(definition.name, None)
+        self._entries[definition.name] = definition
+
+    def get(self, name: str) -> LossDef:
+        """The loss or method ``name``; ``<head>_<loss>`` composes that head with that loss on first use."""
+        if name not in self._entries:
+            from spmlbench.losses.methods import compose_named
+
+            compose_named(name)
+        return super().get(name)
+
+    def is_registered_loss(self, name: str) -> bool:
+        """Whether a loss file registered ``name`` (a loss, not only a method)."""
+        return name in self._as_registered
+
+    def as_registered(self, name: str) -> LossDef:
+        """Loss ``name`` as its own file registered it (before any method composed it with a head)."""
+        if name not in self._as_registered:
+            self.get(name)  # ConfigError listing the known names
+            raise ConfigError(f"loss {name!r} is a method, not a loss; compose a head with its loss instead")
+        return self._as_registered[name]
 
     def names(self) -> list[str]:
         """Registered names: built-ins in the canonical order, then plugins as registered."""
@@ -147,6 +183,12 @@ def _register(name: str, params: Any, formula: Any, title: str, paper: str, year
     origin, source_hash = _origin(formula) if callable(formula) else (str(caller), "")
     if not name.isidentifier() or name != name.lower():
         raise ConfigError(f"{origin}: loss name {name!r}: must be a lowercase identifier, e.g. 'my_loss'")
+    from spmlbench.heads import method_of
+
+    comp = method_of(name)
+    if comp.loss != name:  # a method's name (``boostlu_ll_r``) or ``<head>_<loss>``
+        raise ConfigError(f"{origin}: loss name {name!r} is method {name!r} (head {comp.head.name!r} with loss "
+                          f"{comp.loss!r}); give the loss a name that does not start with a head's name")
     if not callable(formula):
         raise ConfigError(f"{origin}: loss {name!r} has no formula; pass formula=<function (hp, logits, "
                           "observed) -> per-entry loss> or use @register_loss as a decorator")

@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 
 from spmlbench.report.stats import summarise
+from spmlbench.modes import LINEAR
 
 MISSING = "—"
 NOT_RUN = "n/a"
-CLIP_ROWS = ("vlpl", "aevlp")  # rows that need the clip extra (CLIP pseudo-labels)
 PARTIAL = "†"
 
 
@@ -74,6 +74,13 @@ def order_datasets(datasets: Sequence[str], settings: dict[str, Any]) -> list[st
     known = list(settings.get("dataset_labels", {}))
     uniq = list(dict.fromkeys(datasets))
     return [d for d in known if d in uniq] + [d for d in uniq if d not in known]
+
+
+def _reads_pseudo_labels(loss: str) -> bool:
+    """Whether a registered loss reads a CLIP pseudo-label cache (the clip extra); False for an unknown name."""
+    from spmlbench.losses import LOSSES
+
+    return loss in LOSSES and bool(LOSSES.get(loss).pseudo)
 
 
 def base_loss(row: str) -> str:
@@ -177,7 +184,7 @@ def main_table(
     notes = []
     if partial:
         notes.append(f"{PARTIAL} fewer seeds than the experiment asks for ({expected_seeds}).")
-    clip = [m.upper() for m in CLIP_ROWS if m in {base_loss(r) for r, _ in all_rows}]
+    clip = [m.upper() for m in dict.fromkeys(base_loss(r) for r, _ in all_rows) if _reads_pseudo_labels(m)]
     if clip:
         notes.append(f"{' and '.join(clip)} need the clip extra and a CLIP pseudo-label cache ('spmlbench "
                      "pseudo-labels DATASET --source vlpl|damp'); their pseudo-labels are seeded here (the released "
@@ -202,7 +209,7 @@ def caveats(mode: str, datasets: Sequence[str], rows: Sequence[str]) -> list[str
         "Published numbers: ResNet-50, 448 px, end-to-end fine-tuning unless noted; each number's source is in "
         "data_manifests/reference_results.csv.",
     ]
-    if mode == "linear":
+    if mode == LINEAR:
         out.append(
             "These runs are linear probes on frozen features, the published numbers end-to-end fine-tuning: "
             "compare rankings and gaps, not absolute levels."

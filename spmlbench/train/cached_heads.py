@@ -1,11 +1,10 @@
 """Heads other than the linear probe trained on cached inputs (linear mode), one config at a time:
 
-* BoostLU's frozen variant (:func:`train_boostlu_maps`): the BoostLU head (:class:`~spmlbench.train.e2e_model.
-  BoostLUHead`) on the cached layer4 maps (:mod:`spmlbench.features.maps`); with ``alpha = 1`` it trains the
-  plain linear probe on the average-pooled maps;
-* MIME's pooled-feature variant (:func:`train_mime_vib`, loss ``mime_vib``): a re-design, since the released
-  query transformer attends over the spatial map: a variational bottleneck head on the pooled features
-  (:class:`~spmlbench.train.mime_head.VIBHead`) with MIME's loss and pseudo-labelling.
+* a head that consumes the backbone's feature map (BoostLU's frozen variant) on the cached layer4 maps
+  (:mod:`spmlbench.features.maps`); with ``alpha = 1`` BoostLU trains the plain linear probe on the
+  average-pooled maps;
+* a head on pooled features (``mime_vib``'s variational bottleneck, a re-design of MIME's head) on the cached
+  pooled features.
 
 Matched seeds as in the linear trainer: the head's init and every epoch's minibatches come from the seed.
 """
@@ -24,7 +23,7 @@ from spmlbench.train.configs import EpochProgress, LinearData, ProgressFn, Train
 from spmlbench.train.early_stop import EarlyStop
 from spmlbench.train.evaluate import average_precision, mean_ap
 from spmlbench.train.result import TrainResult
-from spmlbench.train.seeding import epoch_orders, head_init
+from spmlbench.train.seeding import epoch_orders
 
 EVAL_ROWS = 256
 Rows = Callable[[str, np.ndarray], torch.Tensor]  # (split, positions in the split) -> float32 inputs
@@ -103,35 +102,23 @@ def train_head(data: LinearData, config: TrainConfig, head: nn.Module, rows: Row
     return result
 
 
-def train_boostlu_maps(data: LinearData, config: TrainConfig, *, device: str | torch.device = "cpu",
-                       progress: ProgressFn | None = None) -> TrainResult:
-    """One BoostLU config on the cached layer4 maps (the seed's linear-head init in the 1x1 conv)."""
+def train_cached_head(data: LinearData, config: TrainConfig, *, device: str | torch.device = "cpu",
+                      progress: ProgressFn | None = None) -> TrainResult:
+    """One config of a method whose head trains on cached inputs (its head's ``consumes``: the layer4 maps or the
+    pooled features). The head is built, and trained, under the config's seed (its init and any sampling)."""
+    from spmlbench.heads import method_of
     from spmlbench.losses import resolve_hparams
-    from spmlbench.train.e2e_model import BoostLUHead
 
-    if data.maps is None:
-        raise ConfigError(f"{config.loss}: linear mode trains the BoostLU head on cached layer4 maps; run "
+    head_def = method_of(config.loss).head
+    maps = head_def.consumes == "map"
+    if maps and data.maps is None:
+        raise ConfigError(f"{config.loss}: linear mode trains the {head_def.name} head on cached layer4 maps; run "
                           f"'spmlbench features {data.dataset} --maps' first")
     dev = torch.device(device)
     hp = resolve_hparams(config.loss, data.dataset, **config.hparams_dict())
-    d, c = int(data.maps.shape[1]), data.num_classes
-    head = BoostLUHead(d, c, float(getattr(hp, "alpha", 1.0))).to(dev)
-    w, b = head_init(config.seed, d, c)
-    with torch.no_grad():
-        head.weight.copy_(w)
-        head.bias.copy_(b)
-    return train_head(data, config, head, _map_rows(data, dev), device=dev, progress=progress)
-
-
-def train_mime_vib(data: LinearData, config: TrainConfig, *, device: str | torch.device = "cpu",
-                   progress: ProgressFn | None = None) -> TrainResult:
-    """One ``mime_vib`` config: MIME's loss and pseudo-labelling with a VIB head on the pooled features."""
-    from spmlbench.losses import resolve_hparams
-    from spmlbench.train.mime_head import VIBHead
-
-    dev = torch.device(device)
-    hp = resolve_hparams(config.loss, data.dataset, **config.hparams_dict())
+    dim = int(data.maps.shape[1]) if maps else data.dim
+    rows = _map_rows(data, dev) if maps else _pooled_rows(data, dev)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        head = VIBHead(data.dim, data.num_classes, z_dim=hp.z_dim, samples=hp.samples, beta=hp.beta).to(dev)
-        return train_head(data, config, head, _pooled_rows(data, dev), device=dev, progress=progress)
+        head = head_def.build(dim, data.num_classes, config.seed, hp).to(dev)
+        return train_head(data, config, head, rows, device=dev, progress=progress)

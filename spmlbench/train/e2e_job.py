@@ -64,16 +64,14 @@ class Run:
     feature_loss: bool = False  # the loss reads the batch's pooled features (SMILE)
 
 
-HEAD_OPTIONS = {"linear": (), "boostlu": ("alpha",), "mime": ("z_dim", "samples", "beta"), "smile": ()}
+def model_head(job: Any) -> tuple[str, Any]:
+    """The head the job's method trains (:func:`spmlbench.heads.method_of`; ``linear`` for a plain loss) and the
+    job's hyperparameters, which hold the head's options."""
+    from spmlbench.heads import method_of
+    from spmlbench.losses import resolve_hparams
 
-
-def model_head(job: Any) -> tuple[str, dict[str, Any]]:
-    """The head the job's loss trains (registry ``head``; ``linear`` for most) and its hyperparameters."""
-    from spmlbench.losses import LOSSES
-
-    head = LOSSES.get(job.loss).head or "linear"
-    hp = job_hparams(job)
-    return head, {k: hp[k] for k in HEAD_OPTIONS.get(head, ()) if k in hp}
+    hp = resolve_hparams(job.loss, getattr(job, "dataset", None), **job_hparams(job))
+    return method_of(job.loss).head.name, hp
 
 
 def prepare_input(run: Run, x: torch.Tensor) -> torch.Tensor:

@@ -9,9 +9,8 @@ models share the device one after another on one stream. Each job keeps its own 
 every epoch, so a killed group resumes every job from its own last epoch (a job behind the others catches up
 first, alone).
 
-Who can join (:func:`lockstep_key`): mode ``e2e`` jobs whose loss trains the linear head with no model or loop
-of its own (no registry ``head`` or ``trainer``, no per-batch features): a head of its own (BoostLU, MIME,
-SMILE) runs apart. Jobs join when they agree on dataset, seed, protocol seeds, backbone and weights, image size,
+Who can join (:func:`lockstep_key`): mode ``e2e`` jobs of a plain method (the linear head with a loss, no
+trainer of its own, no per-batch features): a method with its own head (BoostLU, MIME, SMILE) runs apart. Jobs join when they agree on dataset, seed, protocol seeds, backbone and weights, image size,
 batch size, eval batch size and numerics; their epoch counts may differ (the orders of the first epochs are the
 same stream). On the CPU the numbers equal separate runs bit for bit (the same kernels on the same inputs);
 the global RNG of each job is kept apart (seeded with the job's seed, as :func:`spmlbench.train.e2e.train_e2e`
@@ -50,12 +49,11 @@ from spmlbench.train.result import TrainResult
 
 def can_join(job: Any) -> bool:
     """Whether a job trains the plain linear head with an ordinary loss (lockstep is exact for it)."""
+    from spmlbench.heads import method_of
     from spmlbench.losses import LOSSES
 
-    spec = LOSSES.get(job.loss)
-    batched = spec.resolve("batched")
-    return job.mode == "e2e" and spec.head is None and spec.trainer is None and \
-        not bool(getattr(batched, "needs_features", False))
+    batched = LOSSES.get(job.loss).resolve("batched")
+    return job.mode == "e2e" and method_of(job.loss).plain and not bool(getattr(batched, "needs_features", False))
 
 
 def lockstep_key(job: Any, recipe: E2ERecipe) -> tuple[Any, ...] | None:

@@ -1,5 +1,6 @@
-"""Methods with their own model and trainer on cached features (a loss registered with ``trainer=<name>``, or a
-head's frozen variant in linear mode, ``head=<name>``): the name -> trainer table the executors dispatch through."""
+"""The linear-mode trainers of methods whose loop is not the batched linear one (:mod:`spmlbench.heads`): a head
+on cached inputs (``cached``: pooled features, or the layer4 maps for a head that consumes the map) and SMILE's
+two-model step (``smile``): the name -> trainer table the executors dispatch through."""
 
 from __future__ import annotations
 
@@ -9,17 +10,17 @@ from collections.abc import Callable
 from typing import Any
 
 from spmlbench.errors import ConfigError
+from spmlbench.heads import CACHED, method_of
 from spmlbench.runtime import flush_denormals
 
 TRAINERS = {
+    CACHED: "spmlbench.train.cached_heads:train_cached_head",
     "smile": "spmlbench.train.smile:train_smile",
-    "boostlu": "spmlbench.train.cached_heads:train_boostlu_maps",  # BoostLU's head on cached maps (linear mode)
-    "mime_vib": "spmlbench.train.cached_heads:train_mime_vib",  # MIME's pooled-feature variant (loss mime_vib)
 }
 
 
 def method_trainer(name: str) -> Callable[..., Any]:
-    """``train(data, config, *, device, progress) -> TrainResult`` of method ``name`` (on a CPU with denormals
+    """``train(data, config, *, device, progress) -> TrainResult`` of trainer ``name`` (on a CPU with denormals
     flushed, as every trainer: :func:`spmlbench.runtime.flush_denormals`)."""
     if name not in TRAINERS:
         raise ConfigError(f"trainer {name!r}: unknown; choose one of: {', '.join(TRAINERS)}")
@@ -34,14 +35,11 @@ def method_trainer(name: str) -> Callable[..., Any]:
     return train
 
 
-def linear_trainer(loss: Any) -> str | None:
-    """The trainer a registered loss (its ``LossDef``) uses in linear mode: its own (``trainer``), its head's
-    frozen variant when there is one (``head`` in :data:`TRAINERS`), else None (the batched linear trainer)."""
-    if loss.trainer:
-        return str(loss.trainer)
-    return str(loss.head) if reads_maps(loss) else None
+def linear_trainer(loss: str) -> str | None:
+    """The trainer of method (or loss) ``loss`` in linear mode; None for the batched linear trainer."""
+    return method_of(loss).linear_trainer()
 
 
-def reads_maps(loss: Any) -> bool:
-    """Whether a registered loss in linear mode trains its head's frozen variant on cached layer4 maps (BoostLU)."""
-    return not loss.trainer and loss.head in TRAINERS
+def reads_maps(loss: str) -> bool:
+    """Whether method ``loss`` in linear mode trains its head on the cached layer4 maps (BoostLU)."""
+    return method_of(loss).reads_maps()

@@ -1,29 +1,20 @@
 """Matched seeds: head initialisation and minibatch order drawn from streams of the seed only.
 
 For seed ``s`` one ``torch.Generator().manual_seed(s)`` stream draws, in this order, the head
-weight ``(C, D)`` and bias ``(C,)`` (``nn.Linear``'s default ranges, ``U(-1/sqrt(D), 1/sqrt(D))``),
-then one ``torch.randperm(N)`` per epoch. Nothing depends on the loss, so every loss trained with
+weight ``(C, D)`` and bias ``(C,)`` (``nn.Linear``'s default ranges, ``U(-1/sqrt(D), 1/sqrt(D))``:
+:func:`spmlbench.heads.builtin.linear.head_init`), then one ``torch.randperm(N)`` per epoch. Nothing depends on the loss, so every loss trained with
 seed ``s`` starts from the same head and sees the same batches.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
+
+from spmlbench.heads.builtin.linear import head_init  # noqa: F401 - the head draws of the seed's stream (defined with the linear head)
 
 
 def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
-
-
-def head_init(seed: int, in_dim: int, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return ``(weight (C, D), bias (C,))`` float32 on the CPU for ``seed`` (nn.Linear layout)."""
-    g = _generator(seed)
-    bound = 1.0 / math.sqrt(in_dim) if in_dim > 0 else 0.0
-    weight = (torch.rand(num_classes, in_dim, generator=g, dtype=torch.float32) * 2 - 1) * bound
-    bias = (torch.rand(num_classes, generator=g, dtype=torch.float32) * 2 - 1) * bound
-    return weight, bias
 
 
 def epoch_orders(seed: int, num_train: int, epochs: int, in_dim: int, num_classes: int) -> list[torch.Tensor]:
@@ -46,3 +37,6 @@ def batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
 def num_steps(num_train: int, batch_size: int) -> int:
     """Minibatches per epoch (the last partial batch is kept)."""
     return -(-num_train // batch_size)
+
+
+__all__ = ["batches", "epoch_orders", "head_init", "num_steps"]

@@ -141,7 +141,7 @@ class LEModelVIBHead(nn.Module):
         return (self.W * z).sum(-1) + self.b, z_mu, z_std
 
     def load_suite(self, head: nn.Module) -> None:
-        """Copy the weights of a :class:`spmlbench.train.mime_head.MIMEHead`."""
+        """Copy the weights of a :class:`spmlbench.heads.builtin.mime.MIMEHead`."""
         def block(dst: nn.Module, src: nn.Module, attn: str, norms: tuple[str, str]) -> None:
             getattr(dst, attn).load_state_dict(src.attn.state_dict())
             dst.linear1.load_state_dict(src.ffn[0].state_dict())

@@ -1,6 +1,6 @@
 """MIME's head and pseudo-labelling against the release (palm-biaoliu/mime@62a0f66, ``release_mime.py``).
 
-The head: the suite's :class:`~spmlbench.train.mime_head.MIMEHead` and the transcribed ``LEModel_VIB`` (with
+The head: the suite's :class:`~spmlbench.heads.builtin.mime.MIMEHead` and the transcribed ``LEModel_VIB`` (with
 ``PositionEmbeddingSine``) with the same weights and the same random draws give the same logits and gradients
 (float64). The pseudo-labelling pass: :class:`~spmlbench.losses.builtin.mime.MIMELoss` and the transcribed
 ``set_pseudo_labeling`` on the same predictions give the same label matrix, with the release's ground-truth
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import release_mime  # noqa: E402
 
 from spmlbench.losses import build_batched_loss  # noqa: E402
-from spmlbench.train.mime_head import MIMEHead, sine_position  # noqa: E402
+from spmlbench.heads.builtin.mime import MIMEHead, sine_position  # noqa: E402
 
 
 def test_head_matches_the_release() -> None:

@@ -15,6 +15,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from spmlbench.heads.builtin.smile import mlp  # the classifier; the encoder and decoder are MLPs too
+
 CHUNK = 2048  # rows per block of the distance computation
 
 
@@ -46,11 +48,6 @@ class GraphConv(nn.Module):
         msg = (h * out_deg.rsqrt()[:, None])[src]
         agg = torch.zeros(n, h.shape[1], dtype=h.dtype, device=h.device).index_add_(0, dst, msg)
         return (agg * in_deg.rsqrt()[:, None]) @ self.weight + self.bias
-
-
-def mlp(d_in: int, d_out: int) -> nn.Module:
-    """The released ``MLPNet``: Linear(d_in, d_out), ReLU, Linear(d_out, d_out) (SMILE's classifier ``f``)."""
-    return nn.Sequential(nn.Linear(d_in, d_out), nn.ReLU(), nn.Linear(d_out, d_out))
 
 
 def seeded_models(dim: int, num_classes: int, seed: int,

@@ -27,7 +27,7 @@ from torch import Tensor
 from spmlbench.losses.builtin._pseudo import PseudoLabelLoss, damp_rule
 from spmlbench.losses.builtin._cole import nlog
 from spmlbench.losses.builtin.gr import GRParams, gr_schedule, robust_log
-from spmlbench.losses.hparams import HParams
+from spmlbench.hparams import HParams
 from spmlbench.losses.registry import register_loss
 
 

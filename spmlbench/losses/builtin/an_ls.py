@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from spmlbench.losses.builtin._cole import COLE, COLE_EPS, nlog
-from spmlbench.losses.hparams import HParams
+from spmlbench.hparams import HParams
 from spmlbench.losses.registry import register_loss
 
 

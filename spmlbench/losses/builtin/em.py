@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from spmlbench.losses.builtin._em import EM_EPS, EM_PAPER, entropy_maximisation
-from spmlbench.losses.hparams import HParams
+from spmlbench.hparams import HParams
 from spmlbench.losses.registry import register_loss
 
 

@@ -22,7 +22,7 @@ from spmlbench.errors import ConfigError
 from spmlbench.losses.base import BatchedLoss, ObservedStore, PredictFn, RecordsObserved, rows_of
 from spmlbench.losses.builtin._cole import nlog
 from spmlbench.losses.builtin._em import EM_EPS, EM_PAPER, entropy_maximisation
-from spmlbench.losses.hparams import HParams
+from spmlbench.hparams import HParams
 from spmlbench.losses.registry import register_loss
 
 

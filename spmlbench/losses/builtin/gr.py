@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from spmlbench.errors import ConfigError
-from spmlbench.losses.hparams import HParams
+from spmlbench.hparams import HParams
 from spmlbench.losses.plain import Step
 from spmlbench.losses.registry import register_loss
 

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from spmlbench.losses.base import BatchedLoss, ObservedStore, RecordsObserved
 from spmlbench.losses.builtin._large_loss import LARGE_LOSS, assume_negative, large_losses
-from spmlbench.losses.hparams import HParams
+from spmlbench.hparams import HParams
 from spmlbench.losses.plain import Step
 from spmlbench.losses.registry import register_loss
 

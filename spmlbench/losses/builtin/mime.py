@@ -1,7 +1,8 @@
 """MIME (Liu et al., ICML 2023), as released (palm-biaoliu/mime@62a0f66: ``loss_VIB``, ``set_pseudo_labeling``).
 
-The model is a query-transformer head with a variational bottleneck (``spmlbench.train.mime_head``; its KL term
-``beta * KL(N(mu, sigma) || N(0, 1))`` is added by the head). Per entry, with ``p = sigmoid(z / T)``, the release's
+The model is a query-transformer head with a variational bottleneck (head ``mime``,
+``spmlbench.heads.builtin.mime``, whose options ``z_dim``, ``samples`` and ``beta`` join this loss's in method
+``mime``; its KL term ``beta * KL(N(mu, sigma) || N(0, 1))`` is added by the head). Per entry, with ``p = sigmoid(z / T)``, the release's
 ``neg_log(x) = -log(x + eps)`` (``eps = 1e-5``, ``utils/losses.py``) and the training target ``t`` (the observed
 labels, then the pseudo-label matrix)::
 
@@ -32,7 +33,7 @@ from torch import Tensor
 
 from spmlbench.errors import ConfigError
 from spmlbench.losses.base import BatchedLoss, PredictFn, rows_of
-from spmlbench.losses.hparams import HParams
+from spmlbench.hparams import HParams
 from spmlbench.losses.registry import register_loss
 
 PRIORS = ("expected", "ground_truth")
@@ -41,15 +42,12 @@ PASSES = ("train", "eval")
 
 @dataclasses.dataclass(frozen=True)
 class MIMEParams(HParams):
-    """MIME: ``warmup_epoch`` per dataset (2; CUB 5), the VIB's ``beta`` and ``z_dim``, the class prior, the
-    release's ``neg_log`` ``eps``; switches ``pl_pass`` (``train`` as released) and ``drop_last_fix``."""
+    """MIME's loss: ``warmup_epoch`` per dataset (2; CUB 5), the class prior, the release's ``neg_log`` ``eps``;
+    switches ``pl_pass`` (``train`` as released) and ``drop_last_fix`` (the head's options are its own)."""
 
     loss = "mime"
     warmup_epoch: int = 2
     T: float = 1.0
-    beta: float = 1e-4
-    z_dim: int = 256
-    samples: int = 10
     prior: str = "expected"
     expected_num_pos: float | None = None
     eps: float = 1e-5
@@ -59,9 +57,6 @@ class MIMEParams(HParams):
     def check(self) -> None:
         self.require("warmup_epoch", self.warmup_epoch >= 1, ">= 1 (1-based epoch)")
         self.positive("T")
-        self.nonnegative("beta")
-        self.require("z_dim", self.z_dim >= 1, ">= 1")
-        self.require("samples", self.samples >= 1, ">= 1")
         self.require("prior", self.prior in PRIORS, f"one of {', '.join(PRIORS)}")
         self.require("pl_pass", self.pl_pass in PASSES, f"one of {', '.join(PASSES)}")
         self.nonnegative("eps")
@@ -194,5 +189,5 @@ register_loss("mime", params=MIMEParams, formula=mime_loss, title="MIME: variati
               paper="Liu et al., ICML", year=2023,
               citation="Liu et al. Revisiting Pseudo-Label for Single-Positive Multi-Label Learning (MIME). ICML 2023. "
                        "Code: github.com/palm-biaoliu/mime (62a0f66).",
-              stateful=True, scheduled=True, batched=MIMELoss, head="mime", step_cost=2.0, order=155,
+              stateful=True, scheduled=True, batched=MIMELoss, step_cost=2.0, order=155,
               reference="palm-biaoliu/mime@62a0f66:utils/losses.py", version=2)

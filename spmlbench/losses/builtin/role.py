@@ -25,7 +25,7 @@ from spmlbench.errors import ConfigError
 from spmlbench.losses.base import BatchedLoss, rows_of
 from spmlbench.losses.builtin._cole import COLE, COLE_EPS, nlog
 from spmlbench.losses.builtin.epr import expected_positive_penalty
-from spmlbench.losses.hparams import HParams
+from spmlbench.hparams import HParams
 from spmlbench.losses.registry import register_loss
 
 

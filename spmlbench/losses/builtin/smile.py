@@ -29,7 +29,7 @@ from torch import Tensor
 from spmlbench.errors import ConfigError
 from spmlbench.losses.base import BatchedLoss, rows_of
 from spmlbench.losses.builtin._smile_model import LabelEnhancer, seeded_models
-from spmlbench.losses.hparams import HParams
+from spmlbench.hparams import HParams
 from spmlbench.losses.registry import register_loss
 
 EPS = 1e-5
@@ -167,5 +167,5 @@ register_loss("smile", params=SMILEParams, formula=smile_loss, title="SMILE: lab
               paper="Xu et al., NeurIPS", year=2022,
               citation="Xu et al. One Positive Label is Sufficient: Single-Positive Multi-Label Learning with Label "
                        "Enhancement (SMILE). NeurIPS 2022. Code: github.com/palm-ml/smile (8feb9b8).",
-              stateful=True, batched=SMILELoss, trainer="smile", head="smile", step_cost=3.0, order=95,
+              stateful=True, batched=SMILELoss, step_cost=3.0, order=95,
               reference="palm-ml/smile@8feb9b8:train_smile2.py")

@@ -26,7 +26,7 @@ from torch import Tensor
 from spmlbench.losses.builtin._cole import nlog
 from spmlbench.losses.builtin._em import entropy_maximisation
 from spmlbench.losses.builtin._pseudo import PseudoLabelLoss, vlpl_rule
-from spmlbench.losses.hparams import HParams
+from spmlbench.hparams import HParams
 from spmlbench.losses.registry import register_loss
 
 

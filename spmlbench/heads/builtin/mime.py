@@ -15,10 +15,33 @@ and ``b_c`` uniform in ``+-1 / sqrt(z_dim)`` (``GroupWiseLinear.reset_parameters
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from spmlbench.heads.registry import Method, register_head
+from spmlbench.hparams import HParams
+
+MIME = dict(paper="Liu et al., ICML", year=2023,
+            citation="Liu et al. Revisiting Pseudo-Label for Single-Positive Multi-Label Learning (MIME). ICML 2023. "
+                     "Code: github.com/palm-biaoliu/mime (62a0f66).")
+
+
+@dataclasses.dataclass(frozen=True)
+class MIMEHeadOptions(HParams):
+    """The bottleneck's ``z_dim``, its ``samples`` per forward and the KL weight ``beta`` (the release's values)."""
+
+    beta: float = 1e-4
+    z_dim: int = 256
+    samples: int = 10
+
+    def check(self) -> None:
+        self.nonnegative("beta")
+        self.require("z_dim", self.z_dim >= 1, ">= 1")
+        self.require("samples", self.samples >= 1, ">= 1")
 
 
 def sine_position(h: int, w: int, dim: int, device: torch.device) -> Tensor:
@@ -103,23 +126,38 @@ def vib_sample(stats: Tensor, z_dim: int, samples: int) -> tuple[Tensor, Tensor]
     return (mu + sigma * eps).mean(dim=0), -0.5 * torch.mean(1 + 2 * torch.log(sigma) - mu**2 - sigma**2)
 
 
-class VIBHead(nn.Module):
-    """MIME's bottleneck on pooled features ``(B, D)`` (loss ``mime_vib``, linear mode; a re-design): one
-    ``MLP(D -> D -> C 2 z_dim)`` gives every class its ``mu_c``, ``sigma_c``; then as :class:`MIMEHead` (its
-    initialisations included)."""
+def freeze_for_mime(fmap: nn.Module) -> nn.Module:
+    """MIME's backbone: the feature map with every batch norm frozen (``FrozenBatchNorm2d``) and the stem and
+    layer1 not trained (palm-biaoliu/mime backbone.py)."""
+    from torchvision.ops import FrozenBatchNorm2d
 
-    def __init__(self, dim: int, num_classes: int, *, z_dim: int = 256, samples: int = 10, beta: float = 1e-4) -> None:
-        super().__init__()
-        self.proj = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, num_classes * 2 * z_dim))
-        self.weight, self.bias = group_linear(num_classes, z_dim)
-        self.c, self.z_dim, self.samples, self.beta = num_classes, int(z_dim), int(samples), float(beta)
-        self._kl: Tensor | None = None
+    def freeze(module: nn.Module) -> nn.Module:
+        for name, child in module.named_children():
+            if isinstance(child, nn.BatchNorm2d):
+                frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+                for key in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(frozen, key).copy_(getattr(child, key).detach())
+                setattr(module, name, frozen)
+            else:
+                freeze(child)
+        return module
 
-    def forward(self, x: Tensor) -> Tensor:
-        z, self._kl = vib_sample(self.proj(x).view(x.shape[0], self.c, 2 * self.z_dim), self.z_dim, self.samples)
-        return (z * self.weight).sum(dim=-1) + self.bias
+    fmap = freeze(fmap)
+    for i in (0, 1, 4):  # conv1, bn1, layer1
+        for p in fmap[i].parameters():
+            p.requires_grad_(False)
+    return fmap
 
-    def penalty(self) -> Tensor:
-        """``beta * KL`` of the last forward."""
-        assert self._kl is not None, "forward first"
-        return self.beta * self._kl
+
+def build_mime(dim: int, num_classes: int, seed: int, options: Any) -> MIMEHead:
+    """MIME's head, drawn under ``seed`` (the global RNG is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return MIMEHead(dim, num_classes, z_dim=options.z_dim, samples=options.samples, beta=options.beta)
+
+
+register_head("mime", build=build_mime, title="MIME's query transformer with a variational bottleneck",
+              consumes="map", modes=("e2e",), options=MIMEHeadOptions, backbone=freeze_for_mime,
+              citation=MIME["citation"],
+              methods=(Method("mime", loss="mime", meta={
+                  "title": "MIME: variational query head + prior-based ignoring", **MIME, "order": 155}),))

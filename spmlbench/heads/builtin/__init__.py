@@ -1,0 +1,1 @@
+"""The built-in heads, one module each (each registers its head and its methods on import)."""
