@@ -11,7 +11,6 @@ Matched seeds as in the linear trainer: the head's init and every epoch's miniba
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 
 import numpy as np
@@ -19,8 +18,8 @@ import torch
 from torch import nn
 
 from spmlbench.errors import ConfigError
-from spmlbench.train.configs import EpochProgress, LinearData, ProgressFn, TrainConfig, uses_clean_labels
-from spmlbench.train.early_stop import EarlyStop
+from spmlbench.train.configs import LinearData, ProgressFn, TrainConfig, uses_clean_labels
+from spmlbench.train.engine import BestModule, Member, fit
 from spmlbench.train.evaluate import average_precision, mean_ap
 from spmlbench.train.result import TrainResult
 from spmlbench.train.seeding import epoch_orders
@@ -68,37 +67,35 @@ def train_head(data: LinearData, config: TrainConfig, head: nn.Module, rows: Row
     opt = torch.optim.Adam(groups, lr=config.lr)
     penalty = getattr(head, "penalty", lambda: 0.0)
     val_labels = (data.y_val if config.val == "clean" else data.s_val).to(device)
-    result, rule = TrainResult(), EarlyStop(config.early_stop)
-    best = copy.deepcopy(head.state_dict())
-    for epoch, order in enumerate(epoch_orders(config.seed, n, config.epochs, data.dim, c), start=1):
+    best = BestModule(head)
+    orders = epoch_orders(config.seed, n, config.epochs, data.dim, c)
+
+    def step(epoch: int, _active: list[int]) -> list[float]:
         loss.start_epoch(epoch, config.epochs)
         head.train()
         total, steps = 0.0, 0
-        for idx in torch.split(order, config.batch_size):
+        for idx in torch.split(orders[epoch - 1], config.batch_size):
             dev_idx = idx.to(device)
             value = loss(head(rows("train", idx.numpy())).unsqueeze(0), target[dev_idx], dev_idx)[0] + penalty()
             opt.zero_grad()
             value.backward()
             opt.step()
             total, steps = total + float(value.detach()), steps + 1
+        return [total / max(steps, 1)]
+
+    def evaluate(epoch: int, _trained: list[int]) -> list[float]:
         head.train(loss.predict_in_train_mode())
         loss.end_epoch(lambda: _scores(head, rows, n, "train", c, device).logit().unsqueeze(0))
         head.eval()
-        val = float(mean_ap(_scores(head, rows, sizes["val"], "val", c, device), val_labels))
-        result.val_map.append(val)
-        result.train_loss.append(total / max(steps, 1))
-        result.epochs_run = epoch
-        if rule.update(epoch, val):
-            result.best_epoch = epoch
-            best = copy.deepcopy(head.state_dict())
-        if progress is not None:
-            progress(EpochProgress(epoch, config.epochs, 1, rule.best))
-        if rule.stopped:
-            break
-    head.load_state_dict(best)
-    ap = average_precision(_scores(head, rows, sizes["test"], "test", c, device), data.y_test.to(device)).cpu()
-    result.test_ap = [float(a) for a in ap * 100.0]
-    result.test_map = float(ap.mean() * 100.0)
+        return [float(mean_ap(_scores(head, rows, sizes["val"], "val", c, device), val_labels))]
+
+    def test(_members: list[int]) -> list[tuple[float, list[float]]]:
+        best.restore()
+        ap = average_precision(_scores(head, rows, sizes["test"], "test", c, device), data.y_test.to(device)).cpu()
+        return [(float(ap.mean() * 100.0), [float(a) for a in ap * 100.0])]
+
+    (result,) = fit([Member(config.epochs, config.early_stop)], step=step, evaluate=evaluate,
+                    keep_best=best.keep_best, test=test, progress=progress)
     return result
 
 

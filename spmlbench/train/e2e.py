@@ -7,7 +7,8 @@ top, resolved by :func:`spmlbench.experiments.recipes.job_recipes`). Per epoch: 
 one pass over the training images (protocol transform with flips; SMILE first refreshes its feature
 graph), ``loss.end_epoch`` (EM-APL's pseudo-labelling pass over the training
 images, eval transform), val mAP, checkpoint. The reported epoch is the best val epoch; its
-model is scored on the test split at the end.
+model is scored on the test split at the end. The epochs, the stop rule and the best epoch are the epoch
+engine's (:func:`spmlbench.train.engine.fit`, the job its one member).
 
 Matched seeds: the head init and every epoch's minibatch order come from
 :mod:`spmlbench.train.seeding` (the seed only, as in the linear mode); flip decisions from
@@ -46,9 +47,20 @@ from spmlbench.errors import LossError, SpmlError
 from spmlbench.runtime import backend_flags, device_label, resolve_device
 from spmlbench.train import checkpoint as ckpt
 from spmlbench.train.e2e_data import backbone_and_weights, job_dict
-from spmlbench.train.e2e_job import end_epoch, finish_job, setup_job, start_epoch, train_epoch
+from spmlbench.train.e2e_job import (
+    end_epoch,
+    evaluate_job,
+    job_member,
+    job_result,
+    keep_best_job,
+    setup_job,
+    start_epoch,
+    test_job,
+    train_epoch,
+)
 from spmlbench.train.e2e_job import should_stop as _should_stop  # noqa: F401 - the stop rule, tested here
 from spmlbench.train.e2e_recipe import E2ERecipe
+from spmlbench.train.engine import fit
 from spmlbench.train.hooks import Hooks, TrainContext  # noqa: F401 - part of this module's interface
 from spmlbench.train.result import TrainResult
 
@@ -152,13 +164,18 @@ def save_result(workdir: Path, fingerprint: str, result: TrainResult) -> None:
 def _train(job: Any, **kwargs: Any) -> TrainResult:
     """One job's epochs on its own loaders (see :func:`setup_job` for the arguments)."""
     st = setup_job(job, **kwargs)
-    epoch = st.start
-    while epoch <= st.run.recipe.epochs and not st.history["stopped"]:
+    member = job_member(st)
+
+    def step(epoch: int, _active: list[int]) -> list[torch.Tensor]:
         te = time.perf_counter()
         start_epoch(st, epoch)
         mean_loss = train_epoch(st.run, epoch)
         if st.run.device.type == "cuda":
             torch.cuda.synchronize(st.run.device)  # epoch boundary: make the train time honest
-        end_epoch(st, epoch, mean_loss, time.perf_counter() - te)
-        epoch += 1
-    return finish_job(st)
+        st.epoch_s = time.perf_counter() - te
+        return [mean_loss]
+
+    (result,) = fit([member], step=step, evaluate=lambda epoch, _: [evaluate_job(st, epoch)],
+                    keep_best=lambda epoch, _: keep_best_job(st, epoch, member.result),
+                    after_epoch=lambda epoch, _: end_epoch(st, epoch, member), test=lambda _: [test_job(st)])
+    return job_result(st, result)

@@ -1,7 +1,9 @@
 """One end-to-end job's training state and steps: its model, loss, optimiser and loaders (:func:`setup_job`),
-an epoch's start, training steps and end (val mAP, checkpoints, the stop rule), and the test AP at the best
-epoch (:func:`finish_job`). :mod:`spmlbench.train.e2e` runs one job's epochs with them;
-:mod:`spmlbench.train.lockstep` runs several jobs that share their batch order on one decoded batch stream.
+an epoch's start and training steps, and the job's part in the epoch engine (:mod:`spmlbench.train.engine`:
+:func:`job_member`, the val mAP :func:`evaluate_job`, the best checkpoint :func:`keep_best_job`, ``last.pt`` and
+the hooks :func:`end_epoch`, the test AP at the best epoch :func:`test_job`). :mod:`spmlbench.train.e2e` runs
+one job's epochs with them; :mod:`spmlbench.train.lockstep` runs several jobs that share their batch order on
+one decoded batch stream.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from spmlbench.train.e2e_data import (
 from spmlbench.train.e2e_model import E2EModel, build_model
 from spmlbench.train.e2e_recipe import E2ERecipe
 from spmlbench.train.early_stop import stops
+from spmlbench.train.engine import Member
 from spmlbench.train.hooks import Hooks, TrainContext
 from spmlbench.train.images import EpochBatchSampler, ImageDataset
 from spmlbench.train.result import TrainResult
@@ -181,6 +184,7 @@ class JobState:
     hooks: Hooks
     ctx: TrainContext
     val_labels: torch.Tensor
+    epoch_s: float = 0.0  # seconds of the current epoch's work so far (its training pass, then its end)
 
 
 def setup_job(
@@ -259,36 +263,62 @@ def start_epoch(st: JobState, epoch: int) -> None:
         run.loss.batched.build_graph(lambda: predict(run, run.data.train_rows, features=True))
 
 
-def end_epoch(st: JobState, epoch: int, mean_loss: torch.Tensor, train_s: float) -> None:
-    """After an epoch's steps: EM-APL's pass, val mAP, the best and last checkpoints, the stop rule."""
-    run, history, workdir, fingerprint = st.run, st.history, st.workdir, st.fingerprint
-    te = time.perf_counter() - train_s
-    history.setdefault("train_s", []).append(train_s)
+def job_member(st: JobState) -> Member:
+    """The job as a member of :func:`spmlbench.train.engine.fit`: its epochs and stop rule, after the epochs its
+    ``last.pt`` holds (resume)."""
+    recipe = st.run.recipe
+    return Member.resumed(recipe.epochs, recipe.early_stop, st.history["val_map"], st.history["train_loss"])
+
+
+def evaluate_job(st: JobState, epoch: int) -> float:
+    """After an epoch's steps (``st.epoch_s``: their seconds): EM-APL's pass, then the job's val mAP."""
+    run, t0 = st.run, time.perf_counter()
+    st.history.setdefault("train_s", []).append(st.epoch_s)
     run.loss.end_epoch(lambda: predict(run, run.data.train_rows, train_mode=run.loss.predict_in_train_mode()))
     val_map, _ = scores_map(predict(run, run.data.val_rows), st.val_labels)
-    history["train_loss"].append(float(mean_loss))  # the one host sync of the epoch
-    history["val_map"].append(val_map)
-    improved = history["best_epoch"] == 0 or val_map > history["val_map"][history["best_epoch"] - 1]
-    if improved:
-        history["best_epoch"] = epoch
-        ckpt.save_checkpoint(best_path(workdir, epoch), {
-            "fingerprint": fingerprint, "epoch": epoch, "model": run.model.state_dict(),
-            "loss": run.loss.state_dict(),
-        })
-    history["stopped"] = epoch == run.recipe.epochs or should_stop(run.recipe, history["val_map"])
-    history["wall_s"] = float(history["wall_s"]) + time.perf_counter() - te
-    ckpt.save_checkpoint(workdir / "last.pt", {
-        "fingerprint": fingerprint, "epoch": epoch, "model": run.model.state_dict(),
+    st.epoch_s += time.perf_counter() - t0
+    return val_map
+
+
+def _record(st: JobState, result: TrainResult) -> None:
+    """The engine's record of the job's epochs, into the history its checkpoints carry."""
+    history = st.history
+    history["train_loss"].extend(result.train_loss[len(history["train_loss"]):])
+    history["val_map"].extend(result.val_map[len(history["val_map"]):])
+    history["best_epoch"] = result.best_epoch
+
+
+def keep_best_job(st: JobState, epoch: int, result: TrainResult) -> None:
+    """The job improved in ``epoch``: its model and loss state as ``best-e<epoch>.pt``."""
+    t0 = time.perf_counter()
+    _record(st, result)
+    ckpt.save_checkpoint(best_path(st.workdir, epoch), {
+        "fingerprint": st.fingerprint, "epoch": epoch, "model": st.run.model.state_dict(),
+        "loss": st.run.loss.state_dict(),
+    })
+    st.epoch_s += time.perf_counter() - t0
+
+
+def end_epoch(st: JobState, epoch: int, member: Member) -> None:
+    """After a recorded epoch: whether the job is done, ``last.pt`` (the state to resume from), the pruned best
+    checkpoints and the ``on_epoch_end`` hook."""
+    run, history = st.run, st.history
+    t0 = time.perf_counter()
+    _record(st, member.result)
+    history["stopped"] = epoch == run.recipe.epochs or member.stopped
+    history["wall_s"] = float(history["wall_s"]) + st.epoch_s + time.perf_counter() - t0
+    ckpt.save_checkpoint(st.workdir / "last.pt", {
+        "fingerprint": st.fingerprint, "epoch": epoch, "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(), "loss": run.loss.state_dict(), "rng": ckpt.rng_state(),
         "history": copy.deepcopy(history),
     })
-    prune_best(workdir, int(history["best_epoch"]))
+    prune_best(st.workdir, int(history["best_epoch"]))
     if st.hooks.on_epoch_end is not None:
         st.hooks.on_epoch_end(epoch, st.ctx)
 
 
-def finish_job(st: JobState) -> TrainResult:
-    """Test AP at the best val epoch (its checkpoint reloaded) and the job's result."""
+def test_job(st: JobState) -> tuple[float, list[float]]:
+    """Test (mAP, per-class AP) x100 at the best val epoch (its checkpoint reloaded)."""
     run, history = st.run, st.history
     tt = time.perf_counter()
     best = ckpt.load_checkpoint(best_path(st.workdir, int(history["best_epoch"])),
@@ -296,11 +326,12 @@ def finish_job(st: JobState) -> TrainResult:
     if best is None:
         raise RuntimeError(f"{st.workdir}: best-epoch checkpoint missing; delete the folder and re-run")
     run.model.load_state_dict(best["model"])
-    test_map, test_ap = scores_map(predict(run, run.data.test_rows), run.data.test_labels.to(run.device))
+    test = scores_map(predict(run, run.data.test_rows), run.data.test_labels.to(run.device))
     history["wall_s"] = float(history["wall_s"]) + time.perf_counter() - tt
-    return TrainResult(
-        val_map=[float(v) for v in history["val_map"]], train_loss=[float(v) for v in history["train_loss"]],
-        best_epoch=int(history["best_epoch"]), test_map=test_map, test_ap=test_ap,
-        epochs_run=len(history["val_map"]), device=device_label(run.device), wall_s=float(history["wall_s"]),
-        settings=st.settings, train_s=[float(v) for v in history["train_s"]],
-    )
+    return test
+
+
+def job_result(st: JobState, result: TrainResult) -> TrainResult:
+    """The engine's result of a finished job with its device, seconds and settings."""
+    return dataclasses.replace(result, device=device_label(st.run.device), wall_s=float(st.history["wall_s"]),
+                               settings=st.settings, train_s=[float(v) for v in st.history["train_s"]])

@@ -20,10 +20,12 @@ seeds, :mod:`spmlbench.train.seeding`). One step, for every config at once:
 Nothing in an epoch reads a value back to the host: every step writes each config's loss value
 and the float64 sum of its logits (non-finite exactly when a logit is) into per-epoch device
 tensors, from which the mean loss and the first non-finite step (and whether logits or the loss)
-are computed once per epoch. Val mAP
-(one matmul, vectorised AP) is computed for every config at the end of every epoch; early
-stopping freezes a config's results after its stop epoch (equivalent to stopping it). Non-finite
-loss or logits mark that config failed (epoch, step, which) and the others continue.
+are computed once per epoch. The epochs, early stopping, best epochs and the test at the best epoch are
+the engine's (:func:`spmlbench.train.engine.fit`, the cohort's configs its members): each epoch trains every
+config, val mAP (one matmul, vectorised AP) is computed for every config, and the improved configs' heads are
+kept with one ``torch.where``; a stopped config keeps training in the batch, its results frozen (equivalent
+to stopping it). Non-finite loss or logits mark that config failed (epoch, step, which), its head zeroed,
+and the others continue.
 ``train_linear(threads=n)`` runs the training with ``n`` intra-op threads (scoped, restored), on a CPU with
 denormal floats flushed to zero (:func:`spmlbench.runtime.flush_denormals`: Adam's decaying moments);
 ``spmlbench.train.parallel.train_linear_parallel(processes=n)`` splits the configs over n CPU processes.
@@ -40,7 +42,6 @@ from torch import Tensor
 
 from spmlbench.runtime import flush_denormals, intra_op_threads
 from spmlbench.train.configs import (
-    EpochProgress,
     LinearData,
     ProgressFn,
     TrainConfig,
@@ -49,7 +50,8 @@ from spmlbench.train.configs import (
     check_config,
     uses_clean_labels,
 )
-from spmlbench.train.early_stop import EarlyStop
+from spmlbench.train.early_stop import EarlyStop  # noqa: F401 - re-exported: the rule the cohort's configs follow
+from spmlbench.train.engine import Failure, Member, fit
 from spmlbench.train.evaluate import average_precision, mean_ap
 from spmlbench.train.heads import StackedHeads
 from spmlbench.train.optim import BatchedAdam
@@ -242,79 +244,77 @@ class _Cohort:
             return self._run(progress, on_val)
 
     def _run(self, progress: ProgressFn | None, on_val: ValHook | None) -> list[TrainResult]:
-        m_total = len(self.order)
-        results = [TrainResult() for _ in range(m_total)]  # in cohort positions
-        rules = [EarlyStop(self.configs[i].early_stop) for i in self.order]
-        active = [True] * m_total
-        heads = self.heads
-        best_w = heads.weight.clone()  # storage order
-        best_b = heads.bias.clone()
-        best_loss: dict[int, dict[str, Tensor]] = {}  # keep_best: cohort position -> its loss's state
-        for epoch in range(1, self.epochs + 1):
-            if not any(active):
-                break
-            mean_loss, first_bad, bad_kind = self._train_epoch(epoch)
-            for call in self.calls:
-                call.loss.end_epoch(lambda call=call: self.heads.predict(self.data.x_train, call.lo, call.hi))
-            with torch.no_grad():
-                probs = torch.sigmoid(self.heads.predict(self.data.x_val))
-                val = mean_ap(probs, self.val_labels).cpu().tolist()
-                if on_val is not None:
-                    on_val(epoch, list(self.order), probs)
-            mean_loss_l = mean_loss.cpu().tolist()
-            first_bad_l = first_bad.cpu().tolist()
-            kind_l = bad_kind.cpu().tolist()
-            improved = torch.zeros(m_total, dtype=torch.bool)
-            failed_now = torch.zeros(m_total, dtype=torch.bool)
-            for j in range(m_total):
-                if not active[j]:
-                    continue
-                r = results[j]
-                if first_bad_l[j] >= 0:
-                    which = "logits" if kind_l[j] == 1 else "loss"
-                    r.status = "failed"
-                    r.error = f"non-finite {which} in epoch {epoch} at step {first_bad_l[j]}"
-                    active[j] = False
-                    failed_now[j] = True
-                    continue
-                r.val_map.append(float(val[j]))
-                r.train_loss.append(float(mean_loss_l[j]))
-                r.epochs_run = epoch
-                if rules[j].update(epoch, float(val[j])):
-                    improved[j] = True
-                    r.best_epoch = epoch
-                    if self.keep_best:
-                        best_loss[j] = self._loss_state(j)
-                if rules[j].stopped:
-                    active[j] = False
-            with torch.no_grad():
-                if bool(improved.any()):
-                    sel = heads.to_storage(improved.to(self.device))
-                    best_w = torch.where(sel.view(-1, 1, 1), heads.weight, best_w)
-                    best_b = torch.where(sel.view(-1, 1), heads.bias, best_b)
-                if bool(failed_now.any()):  # keep NaN out of a failed config's head
-                    bad = heads.to_storage(failed_now.to(self.device))
-                    heads.weight.masked_fill_(bad.view(-1, 1, 1), 0.0)
-                    heads.bias.masked_fill_(bad.view(-1, 1), 0.0)
-                    self.optimizer.reset_configs(0, bad)
-                    self.optimizer.reset_configs(1, bad)
-            if progress is not None:
-                done = [r.val_map[r.best_epoch - 1] for r in results if r.best_epoch > 0]
-                progress(EpochProgress(epoch, self.epochs, m_total, max(done) if done else float("nan")))
-        with torch.no_grad():
-            scores = torch.sigmoid(heads.predict(self.data.x_test, weight=best_w, bias=best_b))
-            ap = average_precision(scores, self.data.y_test).cpu()
+        members = [Member(self.epochs, self.configs[i].early_stop) for i in self.order]  # in cohort positions
+        self.best_w = self.heads.weight.clone()  # storage order
+        self.best_b = self.heads.bias.clone()
+        self.best_loss: dict[int, dict[str, Tensor] | None] = {}  # keep_best: cohort position -> its loss's state
+        results = fit(members, step=self._step, evaluate=lambda e, idx: self._evaluate(e, idx, on_val),
+                      keep_best=self._keep_best, test=self._test, progress=progress)
+        if self.keep_best:
             for j, r in enumerate(results):
                 if r.best_epoch > 0:
-                    r.test_ap = [float(a) for a in ap[j] * 100.0]
-                    r.test_map = float(ap[j].mean() * 100.0)
-                    if self.keep_best:
-                        k = int(heads.storage_of[j])
-                        head = {"weight": best_w[k].t().cpu().clone(), "bias": best_b[k].cpu().clone()}
-                        r.best_state = {"head": head, "loss": best_loss.get(j)}
+                    k = int(self.heads.storage_of[j])
+                    head = {"weight": self.best_w[k].t().cpu().clone(), "bias": self.best_b[k].cpu().clone()}
+                    r.best_state = {"head": head, "loss": self.best_loss.get(j)}
         by_config = {i: results[j] for j, i in enumerate(self.order)}
         return [by_config[i] for i in range(len(self.configs))]
 
+    # -- the engine's callbacks (cohort positions) ---------------------------------------------
+    def _step(self, epoch: int, active: list[int]) -> list[float]:
+        """Train every config one epoch (a stopped one too: results are frozen, not the batch); the active
+        configs' mean losses. Non-finite values are reported by :meth:`_evaluate`, at the epoch's end."""
+        mean_loss, first_bad, bad_kind = self._train_epoch(epoch)
+        self.bad = first_bad, bad_kind
+        losses = mean_loss.cpu().tolist()
+        return [losses[j] for j in active]
+
+    def _evaluate(self, epoch: int, trained: list[int], on_val: ValHook | None) -> list[float | Failure]:
+        """The losses' epoch end, val mAP of every config (``on_val`` sees them all); a config with a non-finite
+        loss or logits this epoch fails, its head zeroed and its optimizer state reset (no NaN kept)."""
+        for call in self.calls:
+            call.loss.end_epoch(lambda call=call: self.heads.predict(self.data.x_train, call.lo, call.hi))
+        with torch.no_grad():
+            probs = torch.sigmoid(self.heads.predict(self.data.x_val))
+            val = mean_ap(probs, self.val_labels).cpu().tolist()
+            if on_val is not None:
+                on_val(epoch, list(self.order), probs)
+        first_bad, kinds = (t.cpu().tolist() for t in self.bad)
+        out: list[float | Failure] = []
+        failed = torch.zeros(len(self.order), dtype=torch.bool)
+        for j in trained:
+            if first_bad[j] >= 0:
+                which = "logits" if kinds[j] == 1 else "loss"
+                out.append(Failure(f"non-finite {which} in epoch {epoch} at step {first_bad[j]}"))
+                failed[j] = True
+            else:
+                out.append(float(val[j]))
+        if bool(failed.any()):
+            with torch.no_grad():
+                bad = self.heads.to_storage(failed.to(self.device))
+                self.heads.weight.masked_fill_(bad.view(-1, 1, 1), 0.0)
+                self.heads.bias.masked_fill_(bad.view(-1, 1), 0.0)
+                self.optimizer.reset_configs(0, bad)
+                self.optimizer.reset_configs(1, bad)
+        return out
+
+    def _keep_best(self, epoch: int, improved: list[int]) -> None:
+        """The improved configs' heads (and, with ``keep_best``, their loss state) become their best."""
+        if self.keep_best:
+            for j in improved:
+                self.best_loss[j] = self._loss_state(j)
+        mask = torch.zeros(len(self.order), dtype=torch.bool)
+        mask[improved] = True
+        with torch.no_grad():
+            sel = self.heads.to_storage(mask.to(self.device))
+            self.best_w = torch.where(sel.view(-1, 1, 1), self.heads.weight, self.best_w)
+            self.best_b = torch.where(sel.view(-1, 1), self.heads.bias, self.best_b)
+
+    def _test(self, members: list[int]) -> list[tuple[float, list[float]]]:
+        """Test AP (x100) of the given configs' best heads (every config scored at once)."""
+        with torch.no_grad():
+            scores = torch.sigmoid(self.heads.predict(self.data.x_test, weight=self.best_w, bias=self.best_b))
+            ap = average_precision(scores, self.data.y_test).cpu()
+        return [(float(ap[j].mean() * 100.0), [float(a) for a in ap[j] * 100.0]) for j in members]
 
     def _loss_state(self, j: int) -> dict[str, Tensor] | None:
         """A CPU copy of the state of cohort position ``j``'s loss when ``j`` is alone in its call, else None."""

@@ -4,7 +4,8 @@ Matched seeds mean that every loss of one seed sees the same images in the same 
 (:func:`spmlbench.train.seeding.epoch_orders`, :class:`spmlbench.train.images.EpochBatchSampler`, the flip hash
 of (seed, epoch, row)). :func:`train_lockstep` decodes, resizes and flips each training batch once, moves it
 to the device once and prepares it once, then lets every job's model take its step on it, each with its own
-loss, head, optimiser, lr groups, schedule, early stop and best state; a job that stops early drops out. The
+loss, head, optimiser, lr groups, schedule, early stop and best state (the jobs are the members of one run of
+the epoch engine, :func:`spmlbench.train.engine.fit`); a job that stops early or fails drops out. The
 models share the device one after another on one stream. Each job keeps its own work folder: checkpoints after
 every epoch, so a killed group resumes every job from its own last epoch (a job behind the others catches up
 first, alone).
@@ -21,10 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -36,15 +38,22 @@ from spmlbench.train.e2e_job import (
     JobState,
     begin_epoch,
     end_epoch,
-    finish_job,
+    evaluate_job,
+    job_member,
+    job_result,
+    keep_best_job,
     prepare_input,
     setup_job,
     start_epoch,
+    test_job,
     train_step,
 )
 from spmlbench.train.e2e_recipe import E2ERecipe
+from spmlbench.train.engine import Failure, Member, fit
 from spmlbench.train.hooks import Hooks
 from spmlbench.train.result import TrainResult
+
+T = TypeVar("T")
 
 
 def can_join(job: Any) -> bool:
@@ -72,6 +81,7 @@ class _Member:
     settings: dict[str, Any]
     fingerprint: str
     workdir: Path
+    tested: bool = False  # reached its test (its result is kept in its work folder)
 
 
 @contextlib.contextmanager
@@ -122,67 +132,97 @@ def train_lockstep(jobs: Sequence[Any], recipes: Sequence[E2ERecipe], workdirs: 
                 results[i] = failed_result(history, dev, settings, str(exc))
                 continue
             members.append(member)
-        _epochs(members, results, progress)
-        for m in members:
-            if results[m.index] is None:
-                with _own_rng(m):
-                    results[m.index] = _guard(m, lambda m=m: finish_job(m.state))
+        for m, r in zip(members, _Group(members, progress).fit()):
+            results[m.index] = job_result(m.state, r) if r.ok else \
+                failed_result(m.state.history, m.state.run.device, m.settings, r.error or "")
+            if m.tested:  # a job that failed before its test keeps no result: a re-run trains it again
                 save_result(m.workdir, m.fingerprint, results[m.index])
     return [r for r in results if r is not None]
 
 
-def _guard(member: _Member, fn: Any) -> Any:
-    """``fn()``, or a failed result for this member (its history so far) when it raises (a user error other
-    than the loss's own, :class:`~spmlbench.errors.LossError`, stops the group)."""
+def _guard(fn: Callable[[], T]) -> T | Failure:
+    """``fn()``, or this member's :class:`~spmlbench.train.engine.Failure` when it raises (a user error other than
+    the loss's own, :class:`~spmlbench.errors.LossError`, stops the group)."""
     try:
         return fn()
     except LossError as exc:
-        return failed_result(member.state.history, member.state.run.device, member.settings, str(exc))
+        return Failure(str(exc))
     except SpmlError:
         raise
     except Exception as exc:  # noqa: BLE001 - one job's failure must not stop the group
-        return failed_result(member.state.history, member.state.run.device, member.settings,
-                             f"{type(exc).__name__}: {exc}")
+        return Failure(f"{type(exc).__name__}: {exc}")
 
 
-def _epochs(members: list[_Member], results: list[TrainResult | None], progress: StepFn | None) -> None:
-    """The epoch loop: each epoch, the members at that epoch step on one shared batch stream."""
-    if not members:
-        return
-    last = max(m.state.run.recipe.epochs for m in members)
-    lead = max(members, key=lambda m: m.state.run.recipe.epochs).state.run  # the longest order list
-    for epoch in range(min(m.state.start for m in members), last + 1):
-        active = [m for m in members if results[m.index] is None and not m.state.history["stopped"]
-                  and m.state.start <= epoch <= m.state.run.recipe.epochs]
-        if not active:
-            continue
+class _Group:
+    """The jobs of one group as the engine's members (:func:`spmlbench.train.engine.fit`): each epoch the members
+    at that epoch step on one shared batch stream, each job's work under its own RNG stream and guarded."""
+
+    def __init__(self, members: list[_Member], progress: StepFn | None) -> None:
+        self.members, self.progress = members, progress
+        self.tracks = [job_member(m.state) for m in members]
+
+    def fit(self) -> list[TrainResult]:
+        """Train the group; the engine's result of each member, in order."""
+        return fit(self.tracks, step=self.step, evaluate=self.evaluate, keep_best=self.keep_best,
+                   after_epoch=self.after_epoch, test=self.test)
+
+    def _each(self, idx: list[int], fn: Callable[[_Member, Member], T]) -> list[T | Failure]:
+        out: list[T | Failure] = []
+        for i in idx:
+            with _own_rng(self.members[i]):
+                out.append(_guard(functools.partial(fn, self.members[i], self.tracks[i])))
+        return out
+
+    def step(self, epoch: int, idx: list[int]) -> list[torch.Tensor | Failure]:
+        """One pass over the epoch's batches: each decoded, moved and prepared once, then every member's step."""
+        lead = max(self.members, key=lambda m: m.state.run.recipe.epochs).state.run  # the longest order list
         te = time.perf_counter()
-        totals = {}
-        for m in active:
+        totals: dict[int, torch.Tensor | Failure] = {}
+        for i in idx:
+            m = self.members[i]
             with _own_rng(m):
                 start_epoch(m.state, epoch)
                 begin_epoch(m.state.run, epoch)
-            totals[m.index] = torch.zeros((), dtype=torch.float32, device=m.state.run.device)
+            totals[i] = torch.zeros((), dtype=torch.float32, device=m.state.run.device)
         lead.train_sampler.set_epoch(epoch)
         steps, num_steps = 0, len(lead.train_sampler)
         for x, rows in lead.train_loader:
             x = prepare_input(lead, x)  # decoded, moved and prepared once for every model
             rows = rows.to(lead.device, non_blocking=True)
-            for m in list(active):
-                with _own_rng(m):
-                    value = _guard(m, lambda m=m: train_step(m.state.run, x, rows))
-                if isinstance(value, TrainResult):
-                    results[m.index] = value
-                    active.remove(m)
+            for i in idx:
+                total = totals[i]
+                if isinstance(total, Failure):
                     continue
-                totals[m.index] += value
+                with _own_rng(self.members[i]):
+                    value = _guard(functools.partial(train_step, self.members[i].state.run, x, rows))
+                if isinstance(value, Failure):
+                    totals[i] = value  # this job drops out of the epoch
+                else:
+                    total += value
             steps += 1
-            if progress is not None:
-                progress(epoch, steps, num_steps)
+            if self.progress is not None:
+                self.progress(epoch, steps, num_steps)
         train_s = time.perf_counter() - te
-        for m in active:
-            with _own_rng(m):
-                mean = totals[m.index] / max(steps, 1)
-                failed = _guard(m, lambda m=m, mean=mean: end_epoch(m.state, epoch, mean, train_s))
-            if isinstance(failed, TrainResult):
-                results[m.index] = failed
+        for i in idx:
+            self.members[i].state.epoch_s = train_s
+        return [t if isinstance(t, Failure) else t / max(steps, 1) for t in (totals[i] for i in idx)]
+
+    def evaluate(self, epoch: int, idx: list[int]) -> list[float | Failure]:
+        """Each member's val mAP."""
+        return self._each(idx, lambda m, _: evaluate_job(m.state, epoch))
+
+    def keep_best(self, epoch: int, idx: list[int]) -> list[None | Failure]:
+        """The improved members' best checkpoints."""
+        return self._each(idx, lambda m, track: keep_best_job(m.state, epoch, track.result))
+
+    def after_epoch(self, epoch: int, idx: list[int]) -> list[None | Failure]:
+        """Each member's ``last.pt``."""
+        return self._each(idx, lambda m, track: end_epoch(m.state, epoch, track))
+
+    def test(self, idx: list[int]) -> list[tuple[float, list[float]] | Failure | None]:
+        """The test at the best epoch of the members that did not fail (a failed job's record has none)."""
+        ok = [i for i in idx if self.tracks[i].result.ok]
+        for i in ok:
+            self.members[i].tested = True
+        tested = dict(zip(ok, self._each(ok, lambda m, _: test_job(m.state))))
+        return [tested.get(i) for i in idx]

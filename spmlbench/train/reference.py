@@ -15,14 +15,13 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from spmlbench.train.configs import (
-    EpochProgress,
     LinearData,
     ProgressFn,
     TrainConfig,
     check_config,
     uses_clean_labels,
 )
-from spmlbench.train.early_stop import EarlyStop
+from spmlbench.train.engine import BestModule, Failure, Member, fit
 from spmlbench.train.evaluate import average_precision, mean_ap
 from spmlbench.train.result import TrainResult
 from spmlbench.train.seeding import epoch_orders, head_init
@@ -70,24 +69,21 @@ def train_one(
     dataset = TensorDataset(data.x_train, observed_train, torch.arange(n))
     x_train, x_val, x_test = data.x_train.to(dev), data.x_val.to(dev), data.x_test.to(dev)
     y_val = (data.y_val if config.val == "clean" else data.s_val).to(dev)
-    rule = EarlyStop(config.early_stop)
-    result = TrainResult()
-    best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
-    for epoch in range(1, config.epochs + 1):
+    best = BestModule(head)
+
+    def step(epoch: int, _active: list[int]) -> list[float | Failure]:
         loss.start_epoch(epoch, config.epochs)
         loader = DataLoader(dataset, batch_size=config.batch_size, sampler=orders[epoch - 1].tolist())
-        total, steps, failure = 0.0, 0, None
+        total, steps = 0.0, 0
         head.train()
-        for step, (xb, sb, ib) in enumerate(loader, start=1):
+        for t, (xb, sb, ib) in enumerate(loader, start=1):
             xb, sb, ib = xb.to(dev), sb.to(dev), ib.to(dev)
             logits = head(xb)
             if not bool(torch.isfinite(logits).all()):
-                failure = f"non-finite logits in epoch {epoch} at step {step}"
-                break
+                return [Failure(f"non-finite logits in epoch {epoch} at step {t}")]
             value = loss(logits, sb, ib)
             if not math.isfinite(float(value.detach())):
-                failure = f"non-finite loss in epoch {epoch} at step {step}"
-                break
+                return [Failure(f"non-finite loss in epoch {epoch} at step {t}")]
             optimizer.zero_grad()
             value.backward()
             optimizer.step()
@@ -95,27 +91,20 @@ def train_one(
             steps += 1
             if max_steps is not None and steps >= max_steps:
                 break
-        if failure is not None:
-            result.status, result.error = "failed", failure
-            break
+        return [total / max(steps, 1)]
+
+    def evaluate(epoch: int, _trained: list[int]) -> list[float]:
         head.eval()
         with torch.no_grad():
             loss.end_epoch(lambda: head(x_train))
-            val = float(mean_ap(torch.sigmoid(head(x_val)), y_val))
-        result.val_map.append(val)
-        result.train_loss.append(total / max(steps, 1))
-        result.epochs_run = epoch
-        if rule.update(epoch, val):
-            result.best_epoch = epoch
-            best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
-        if progress is not None:
-            progress(EpochProgress(epoch, config.epochs, 1, rule.best))
-        if rule.stopped:
-            break
-    if result.best_epoch > 0:
-        head.load_state_dict(best_state)
+            return [float(mean_ap(torch.sigmoid(head(x_val)), y_val))]
+
+    def test(_members: list[int]) -> list[tuple[float, list[float]]]:
+        best.restore()
         with torch.no_grad():
             ap = average_precision(torch.sigmoid(head(x_test)), data.y_test.to(dev)).cpu() * 100.0
-        result.test_ap = [float(a) for a in ap]
-        result.test_map = float(ap.mean())
+        return [(float(ap.mean()), [float(a) for a in ap])]
+
+    (result,) = fit([Member(config.epochs, config.early_stop)], step=step, evaluate=evaluate,
+                    keep_best=best.keep_best, test=test, progress=progress)
     return result

@@ -13,13 +13,11 @@ Matched seeds: the classifier sees the same minibatches as every other loss of t
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
 from spmlbench.losses.builtin._smile_model import seeded_models
-from spmlbench.train.configs import EpochProgress, LinearData, ProgressFn, TrainConfig
-from spmlbench.train.early_stop import EarlyStop
+from spmlbench.train.configs import LinearData, ProgressFn, TrainConfig
+from spmlbench.train.engine import BestModule, Member, fit
 from spmlbench.train.evaluate import average_precision, mean_ap
 from spmlbench.train.result import TrainResult
 from spmlbench.train.seeding import epoch_orders
@@ -42,33 +40,31 @@ def train_smile(data: LinearData, config: TrainConfig, *, device: str | torch.de
     f = seeded_models(d, data.num_classes, config.seed)[0].to(dev)
     optimizer = torch.optim.Adam([{"params": list(f.parameters())}, *loss.param_groups(config.lr)], lr=config.lr)
     val_labels = (data.y_val if config.val == "clean" else data.s_val).to(dev)
-    result, rule = TrainResult(), EarlyStop(config.early_stop)
-    best = copy.deepcopy(f.state_dict())
+    best = BestModule(f)
+    orders = epoch_orders(config.seed, n, config.epochs, d, data.num_classes)
+
+    def step(epoch: int, _active: list[int]) -> list[float]:
+        total, steps = torch.zeros((), device=dev), 0
+        for idx in torch.split(orders[epoch - 1].to(dev), config.batch_size):
+            value = loss(f(x[idx]).unsqueeze(0), s[idx], idx, features=x[idx])[0]
+            optimizer.zero_grad()
+            value.backward()
+            optimizer.step()
+            total, steps = total + value.detach(), steps + 1
+        return [float(total) / max(steps, 1)]
+
+    def evaluate(epoch: int, _trained: list[int]) -> list[float]:
+        with torch.no_grad():
+            return [float(mean_ap(torch.sigmoid(f(data.x_val.to(dev)) / hp.T), val_labels))]
+
+    def test(_members: list[int]) -> list[tuple[float, list[float]]]:
+        best.restore()
+        with torch.no_grad():
+            ap = average_precision(torch.sigmoid(f(data.x_test.to(dev)) / hp.T), data.y_test.to(dev)).cpu()
+        return [(float(ap.mean() * 100.0), [float(a) for a in ap * 100.0])]
+
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(config.seed)  # the Beta samples
-        for epoch, order in enumerate(epoch_orders(config.seed, n, config.epochs, d, data.num_classes), start=1):
-            total, steps = torch.zeros((), device=dev), 0
-            for idx in torch.split(order.to(dev), config.batch_size):
-                value = loss(f(x[idx]).unsqueeze(0), s[idx], idx, features=x[idx])[0]
-                optimizer.zero_grad()
-                value.backward()
-                optimizer.step()
-                total, steps = total + value.detach(), steps + 1
-            with torch.no_grad():
-                val = float(mean_ap(torch.sigmoid(f(data.x_val.to(dev)) / hp.T), val_labels))
-            result.val_map.append(val)
-            result.train_loss.append(float(total) / max(steps, 1))
-            result.epochs_run = epoch
-            if rule.update(epoch, val):
-                result.best_epoch = epoch
-                best = copy.deepcopy(f.state_dict())
-            if progress is not None:
-                progress(EpochProgress(epoch, config.epochs, 1, rule.best))
-            if rule.stopped:
-                break
-    f.load_state_dict(best)
-    with torch.no_grad():
-        ap = average_precision(torch.sigmoid(f(data.x_test.to(dev)) / hp.T), data.y_test.to(dev)).cpu()
-    result.test_ap = [float(a) for a in ap * 100.0]
-    result.test_map = float(ap.mean() * 100.0)
+        (result,) = fit([Member(config.epochs, config.early_stop)], step=step, evaluate=evaluate,
+                        keep_best=best.keep_best, test=test, progress=progress)
     return result
