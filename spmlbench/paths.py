@@ -1,4 +1,5 @@
-"""Where data and results live: ``$SPMLBENCH_HOME`` (default from platformdirs) and ``results/``."""
+"""Where data, results and caches live: ``$SPMLBENCH_HOME`` (default from platformdirs), ``results/`` and
+``$SPMLBENCH_CACHE`` (default: the platform cache dir, ``$XDG_CACHE_HOME/spmlbench`` on Linux)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import platformdirs
 from spmlbench.errors import ConfigError
 
 ENV_HOME = "SPMLBENCH_HOME"
+ENV_CACHE = "SPMLBENCH_CACHE"
 
 
 def check_name(kind: str, name: str) -> str:
@@ -29,6 +31,14 @@ def data_home(home: str | os.PathLike[str] | None = None) -> Path:
     if env:
         return Path(env).expanduser()
     return Path(platformdirs.user_data_dir("spmlbench", appauthor=False))
+
+
+def cache_dir() -> Path:
+    """Return the folder of rebuildable caches: ``$SPMLBENCH_CACHE``, else the platform cache dir."""
+    env = os.environ.get(ENV_CACHE)
+    if env:
+        return Path(env).expanduser()
+    return Path(platformdirs.user_cache_dir("spmlbench", appauthor=False))
 
 
 def dataset_dir(dataset: str, home: str | os.PathLike[str] | None = None) -> Path:

@@ -1,12 +1,21 @@
-"""Shared fixtures: an isolated data home, a CLI runner that returns (exit code, stdout, stderr)."""
+"""Shared fixtures: an isolated data home and cache folder, a CLI runner that returns (exit code, stdout, stderr)."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def cache_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Caches (the loss cards of ``spmlbench losses``) go to a temporary folder, not the user's."""
+    folder = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPMLBENCH_CACHE", str(folder))
+        yield folder
 
 
 @pytest.fixture

@@ -3,32 +3,34 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
 from spmlbench.cli.app import app, console
 from spmlbench.cli.help import HELPERS
-from spmlbench.errors import ConfigError
 from spmlbench.cli.parse import load_plugin_options
+
+if TYPE_CHECKING:
+    from spmlbench.losses.cards import LossCard
 
 # Switches and the log epsilon are listed by --json but left out of the table's short column.
 _HIDDEN_IN_TABLE = {"eps", "use_k", "use_v", "schedule", "lag", "linear_init"}
 
 
-def _key_hparams(name: str, dataset: str | None) -> str:
-    from spmlbench.losses import fmt, loss_info, resolve_hparams
+def _key_hparams(card: LossCard, dataset: str | None) -> str:
+    from spmlbench.hparams import fmt
 
-    info = loss_info(name)
-    shown: dict[str, Any] = dict(info.defaults)
-    if dataset is not None and _resolvable(name, dataset):
-        shown.update(resolve_hparams(name, dataset).as_dict())
+    shown: dict[str, Any] = dict(card.defaults)
+    resolved = None if dataset is None else card.resolved_for(dataset)
+    if resolved is not None:
+        shown.update(resolved)
     parts = []
     for key, value in shown.items():
         if key in _HIDDEN_IN_TABLE:
             continue
-        per_ds = {ds: t[key] for ds, t in info.per_dataset.items() if key in t}
+        per_ds = {ds: t[key] for ds, t in card.per_dataset.items() if key in t}
         if value is None or (per_ds and dataset is None):
             text = ", ".join(f"{ds} {fmt(v)}" for ds, v in per_ds.items())
             other = "required" if value is None else fmt(value)
@@ -38,31 +40,15 @@ def _key_hparams(name: str, dataset: str | None) -> str:
     return "; ".join(parts) or "-"
 
 
-def _resolvable(name: str, dataset: str) -> bool:
-    from spmlbench.losses import resolve_hparams
-
-    try:
-        resolve_hparams(name, dataset)
-    except ConfigError:  # a required value without a default for this dataset
-        return False
-    return True
-
-
-def _as_json(dataset: str | None) -> list[dict[str, Any]]:
-    from spmlbench.losses import defaults_source, list_losses, loss_info, resolve_hparams
-
+def _as_json(cards: list[LossCard], dataset: str | None) -> list[dict[str, Any]]:
     rows = []
-    for name in list_losses():
-        info = loss_info(name)
-        defaults = {k: (list(v) if isinstance(v, tuple) else v) for k, v in info.defaults.items()}
-        if dataset is not None and _resolvable(name, dataset):
-            defaults = resolve_hparams(name, dataset).as_dict()
-        rows.append({"name": name, "title": info.title, "paper": info.paper, "year": info.year,
-                     "citation": info.citation, "defaults": defaults, "per_dataset": info.per_dataset,
-                     "stateful": info.stateful, "scheduled": info.scheduled,
-                     "uses_clean_labels": info.uses_clean_labels, "origin": info.origin, "fused": info.fused,
-                     "pseudo_labels": info.pseudo,
-                     "source": defaults_source(name, dataset) if dataset else ""})
+    for card in cards:
+        resolved = None if dataset is None else card.resolved_for(dataset)
+        rows.append({"name": card.name, "title": card.title, "paper": card.paper, "year": card.year,
+                     "citation": card.citation, "defaults": card.defaults if resolved is None else resolved,
+                     "per_dataset": card.per_dataset, "stateful": card.stateful, "scheduled": card.scheduled,
+                     "uses_clean_labels": card.uses_clean_labels, "origin": card.origin, "fused": card.fused,
+                     "pseudo_labels": card.pseudo, "source": card.source(dataset) if dataset else ""})
     return rows
 
 
@@ -76,33 +62,36 @@ def losses(
                                      help="Also list the losses of this plugin file or module (repeatable)."),
 ) -> None:
     """List every loss: registry name, paper, year, key hyperparameters with defaults, stateful or not."""
-    from spmlbench.losses import check_override, defaults_source, fmt, list_losses, loss_info
+    from spmlbench.losses.cards import listed_cards
 
-    load_plugin_options(plugin)
+    load_plugin_options(plugin)  # plugins (and entry points) load the registry: their cards come from it
     if check:
+        from spmlbench.losses import check_override, fmt
+
         for text in check:
             hp = check_override(text)  # ConfigError -> one line, exit 2 (cli.main)
             console.print(f"{text}: ok ({hp.loss}: {', '.join(f'{k}={fmt(v)}' for k, v in hp.as_dict().items())})",
                           markup=False, highlight=False, soft_wrap=True)
         return
+    cards = listed_cards()
     if as_json:
-        typer.echo(json.dumps(_as_json(dataset), indent=2))
+        typer.echo(json.dumps(_as_json(cards, dataset), indent=2))
         return
     table = Table(title="spmlbench losses" + (f" (defaults for {dataset})" if dataset else ""))
     for col in ("name", "paper", "year", "key hyperparameters (defaults)", "stateful"):
         table.add_column(col, overflow="fold")
     notes = []
-    for name in list_losses():
-        info = loss_info(name)
-        paper = info.paper if not info.origin or info.origin.startswith("spmlbench/") else f"{info.paper} (plugin)"
-        table.add_row(name, paper, str(info.year or "-"), _key_hparams(name, dataset),
-                      "yes" if info.stateful else "no")
-        if dataset and defaults_source(name, dataset):
-            notes.append(f"{name} on {dataset}: {defaults_source(name, dataset)}")
-        if not info.origin.startswith("spmlbench/"):
-            notes.append(f"{name}: defined in {info.origin}")
-        if info.pseudo:
-            notes.append(f"{name}: needs the clip extra and 'spmlbench pseudo-labels DATASET --source {info.pseudo}' "
+    for card in cards:
+        name = card.name
+        paper = card.paper if not card.origin or card.origin.startswith("spmlbench/") else f"{card.paper} (plugin)"
+        table.add_row(name, paper, str(card.year or "-"), _key_hparams(card, dataset),
+                      "yes" if card.stateful else "no")
+        if dataset and card.source(dataset):
+            notes.append(f"{name} on {dataset}: {card.source(dataset)}")
+        if not card.origin.startswith("spmlbench/"):
+            notes.append(f"{name}: defined in {card.origin}")
+        if card.pseudo:
+            notes.append(f"{name}: needs the clip extra and 'spmlbench pseudo-labels DATASET --source {card.pseudo}' "
                          "(citations: --json)")
     console.print(table)
     for note in notes:

@@ -10,6 +10,9 @@ M configs of one loss at once (logits (M, B, C) -> (M,)). Hyperparameters resolv
 Stateful losses need the training observed matrix: ROLE requires
 ``loss.init_state(observed_train, seed)`` before training (it initialises the label logits G);
 LL-Cp and EM-APL record rows lazily from batches, or take ``init_state`` too.
+
+Importing this package imports no torch: the built-in losses load on the registry's first lookup
+(``LOSSES``, ``list_losses``, ``build_loss``, ...), and the torch classes it names on first use.
 """
 
 from __future__ import annotations
@@ -17,19 +20,24 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
-import pkgutil
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spmlbench.errors import ConfigError, DataError
-from spmlbench.losses.base import BatchedLoss, SingleLoss
-from spmlbench.heads import method_of
 from spmlbench.hparams import HParams, fmt, make_hparams, parse_override
-from spmlbench.losses.plain import PlainBatched, Step, plain_class
-from spmlbench.losses.methods import compose_methods
-from spmlbench.losses.registry import LOSSES, LossDef, register_loss
+from spmlbench.losses.registry import LOSSES as _REGISTRY
+from spmlbench.losses.registry import LossDef, register_loss
+
+if TYPE_CHECKING:
+    from spmlbench.losses.base import BatchedLoss, SingleLoss
+    from spmlbench.losses.plain import PlainBatched, Step
+    from spmlbench.losses.registry import LOSSES
+
+# Names this package gives on first use (PEP 562), so that importing it imports no torch.
+_LAZY = {"BatchedLoss": "spmlbench.losses.base", "SingleLoss": "spmlbench.losses.base",
+         "Step": "spmlbench.losses.plain"}
 
 DEFAULTS_FILE = Path(__file__).resolve().parents[2] / "data_manifests" / "loss_defaults.toml"
 PATHS = ("auto", "fused", "plain")
@@ -56,16 +64,22 @@ class LossInfo:
 
 
 def load_builtins() -> None:
-    """Import every module of :mod:`spmlbench.losses.builtin` (each registers its loss)."""
-    from spmlbench.losses import builtin
-
-    for mod in sorted(pkgutil.iter_modules(builtin.__path__), key=lambda m: m.name):
-        if not mod.name.startswith("_"):
-            importlib.import_module(f"{builtin.__name__}.{mod.name}")
+    """Import every module of :mod:`spmlbench.losses.builtin` (each registers its loss), once."""
+    _REGISTRY.ensure_loaded()
 
 
-load_builtins()
-compose_methods()  # each head's methods (boostlu_ll_r, mime, mime_vib, smile, ...) as losses of their names
+def __getattr__(name: str) -> Any:
+    """``LOSSES`` with the built-ins registered (and the heads' methods composed), and the torch classes of
+    :data:`_LAZY`, on first use."""
+    if name == "LOSSES":
+        _REGISTRY.ensure_loaded()
+        globals()["LOSSES"] = _REGISTRY
+        return _REGISTRY
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @functools.cache
@@ -80,7 +94,7 @@ def _manifest() -> Mapping[str, Any]:
 
 def list_losses() -> list[str]:
     """Registry names in the canonical order."""
-    return LOSSES.names()
+    return _REGISTRY.names()
 
 
 def default_losses() -> list[str]:
@@ -88,12 +102,14 @@ def default_losses() -> list[str]:
     pooled features (the CLIP pseudo-label losses, which read a cache built by ``spmlbench pseudo-labels``,
     the BoostLU losses, whose head needs the feature map of the end-to-end modes, and SMILE, a method with its
     own model and trainer (minutes per epoch at COCO size), run when named)."""
-    return [n for n in LOSSES.names() if not LOSSES.get(n).pseudo and method_of(n).plain]
+    from spmlbench.heads import method_of
+
+    return [n for n in _REGISTRY.names() if not _REGISTRY.get(n).pseudo and method_of(n).plain]
 
 
 def dataset_defaults(name: str, dataset: str | None) -> dict[str, Any]:
     """Per-dataset defaults of loss ``name`` (empty for None, or a loss or dataset without any)."""
-    LOSSES.get(name)
+    _REGISTRY.get(name)
     if dataset is None:
         return {}
     return dict(_manifest().get("dataset", {}).get(dataset, {}).get(name, {}))
@@ -101,17 +117,22 @@ def dataset_defaults(name: str, dataset: str | None) -> dict[str, Any]:
 
 def defaults_source(name: str, dataset: str) -> str:
     """Where the per-dataset defaults of ``name`` on ``dataset`` come from ("" when not stated)."""
-    return str(_manifest().get("source", {}).get(name, {}).get(dataset, ""))
+    return defaults_sources(name).get(dataset, "")
+
+
+def defaults_sources(name: str) -> dict[str, str]:
+    """Where the per-dataset defaults of ``name`` come from, by dataset (the datasets that state one)."""
+    return {ds: str(text) for ds, text in _manifest().get("source", {}).get(name, {}).items()}
 
 
 def get_loss(name: str) -> LossDef:
     """The registered loss ``name`` (ConfigError listing the known names otherwise)."""
-    return LOSSES.get(name)
+    return _REGISTRY.get(name)
 
 
 def resolve_hparams(name: str, dataset: str | None = None, **overrides: Any) -> HParams:
     """The validated hyperparameters of ``name``: paper defaults < dataset defaults < overrides."""
-    return make_hparams(LOSSES.get(name).params, dataset_defaults(name, dataset), overrides)
+    return make_hparams(_REGISTRY.get(name).params, dataset_defaults(name, dataset), overrides)
 
 
 def batched_class(name: str, path: str = "auto") -> type[BatchedLoss]:
@@ -119,7 +140,7 @@ def batched_class(name: str, path: str = "auto") -> type[BatchedLoss]:
     ``plain`` (its hand-written batched form, else the one derived from its formula)."""
     if path not in PATHS:
         raise ConfigError(f"loss path {path!r}: choose one of {', '.join(PATHS)}")
-    definition = LOSSES.get(name)
+    definition = _REGISTRY.get(name)
     fused = definition.resolve("fused")
     if path == "fused" and fused is None:
         raise ConfigError(f"loss {name!r} has no fused path; use path='plain' (autograd)")
@@ -130,6 +151,8 @@ def batched_class(name: str, path: str = "auto") -> type[BatchedLoss]:
 
 @functools.cache
 def _derived_cached(definition: LossDef) -> type[PlainBatched]:
+    from spmlbench.losses.plain import plain_class
+
     return plain_class(definition)
 
 
@@ -137,6 +160,8 @@ def _derived(definition: LossDef) -> type[PlainBatched]:
     try:
         return _derived_cached(definition)
     except TypeError:  # unhashable definition (a plugin's mutable metadata): no caching
+        from spmlbench.losses.plain import plain_class
+
         return plain_class(definition)
 
 
@@ -147,7 +172,7 @@ def build_batched_loss(name: str, hparams: Sequence[Mapping[str, Any] | HParams]
     Each entry of ``hparams`` is a mapping of overrides (resolved like :func:`resolve_hparams`)
     or an already built hyperparameter dataclass. ``path``: see :func:`batched_class`.
     """
-    cls = LOSSES.get(name).params
+    cls = _REGISTRY.get(name).params
     resolved = [h if isinstance(h, cls) else resolve_hparams(name, dataset, **dict(h)) for h in hparams]  # type: ignore[arg-type]
     return batched_class(name, path)(resolved, num_classes=num_classes, num_train=num_train)
 
@@ -157,15 +182,17 @@ def build_loss(name: str, num_classes: int, num_train: int | None = None, datase
     """One config of loss ``name``: ``forward(logits (B, C), observed (B, C), index (B,)) -> scalar``."""
     batched = build_batched_loss(name, [hparams], num_classes=num_classes, num_train=num_train, dataset=dataset,
                                  path=path)
-    single = LOSSES.get(name).resolve("single")
+    single = _REGISTRY.get(name).resolve("single")
     if single is None or not batched.fused_grad:
+        from spmlbench.losses.base import SingleLoss
+
         single = SingleLoss
     return single(batched)
 
 
 def loss_info(name: str) -> LossInfo:
     """Registry name, title, paper, year, citation, defaults and flags of loss ``name``."""
-    d = LOSSES.get(name)
+    d = _REGISTRY.get(name)
     defaults = {f.name: f.default for f in dataclasses.fields(d.params)}
     per_dataset = {ds: dict(table[name]) for ds, table in _manifest().get("dataset", {}).items() if name in table}
     return LossInfo(name=name, title=d.title, paper=d.paper, year=d.year, citation=d.citation, defaults=defaults,
@@ -182,7 +209,8 @@ def check_override(text: str) -> HParams:
 
 __all__ = [
     "LOSSES", "BatchedLoss", "ConfigError", "HParams", "LossDef", "LossInfo", "SingleLoss", "Step",
-    "batched_class", "build_batched_loss", "build_loss", "check_override", "dataset_defaults", "defaults_source", "fmt", "get_loss",
+    "batched_class", "build_batched_loss", "build_loss", "check_override", "dataset_defaults", "defaults_source",
+    "defaults_sources", "fmt", "get_loss",
     "default_losses", "list_losses", "load_builtins", "loss_info", "parse_override", "register_loss",
     "resolve_hparams",
 ]

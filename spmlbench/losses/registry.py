@@ -11,14 +11,20 @@ A loss is one module (``spmlbench/losses/builtin/<name>.py``, or a researcher's 
 
 Optional: a hand-written batched form (``batched=``, for state with a row per training image) and a
 fused value-and-gradient accelerator (``fused=``, a ``"module:Class"`` string imported on first use).
+
+The built-in modules (and so torch) are imported on the registry's first lookup, not when the package is
+imported: ``spmlbench losses`` lists them from their cached cards (:mod:`spmlbench.losses.cards`) without torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import inspect
+import pkgutil
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +34,7 @@ from spmlbench.hparams import HParams
 from spmlbench.registry import Registry
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
+BUILTIN_PACKAGE = "spmlbench.losses.builtin"
 VECTORIZE = ("broadcast", "loop")
 Formula = Callable[..., Any]
 
@@ -97,15 +104,48 @@ def _origin(formula: Formula) -> tuple[str, str]:
 
 
 class LossRegistry(Registry[LossDef]):
-    """Registered losses, listed by ``order`` then registration order; a method a head declares
-    (:mod:`spmlbench.losses.methods`) is registered here under its name too."""
+    """Registered losses, listed by ``order`` then registration order; the first lookup imports every module
+    of ``builtins`` (each registers its loss), then composes the methods the heads declare
+    (:mod:`spmlbench.losses.methods`), each registered here under its name too."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, builtins: str | None = None) -> None:
         super().__init__(kind)
+        self._builtins = builtins
+        self._ready = builtins is None
+        self._loading = False
+        self._lock = threading.RLock()
         self._as_registered: dict[str, LossDef] = {}  # each loss as its own file registered it
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the built-in losses are registered (their modules imported, torch with them)."""
+        return self._ready
+
+    def ensure_loaded(self) -> None:
+        """Import every built-in loss module once (sorted by name, ``_*`` helpers left to their users), then
+        compose the heads' methods."""
+        if self._ready or self._builtins is None:
+            return
+        with self._lock:
+            if self._ready or self._loading:  # done by another thread, or a built-in's import looking up
+                return
+            self._loading = True
+            try:
+                package = importlib.import_module(self._builtins)
+                for mod in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+                    if not mod.name.startswith("_"):
+                        importlib.import_module(f"{self._builtins}.{mod.name}")
+                from spmlbench.losses.methods import compose_methods
+
+                compose_methods()
+                self._ready = True
+            finally:
+                self._loading = False
 
     def add_def(self, definition: LossDef) -> None:
         """Register ``definition``; the same loss registered again from the same file replaces itself."""
+        if not definition.builtin:
+            self.ensure_loaded()  # a plugin's name is checked against the built-ins
         old = self._entries.get(definition.name)
         if old is not None:
             if old.origin != definition.origin:
@@ -129,7 +169,9 @@ class LossRegistry(Registry[LossDef]):
         self._entries[definition.name] = definition
 
     def get(self, name: str) -> LossDef:
-        """The loss or method ``name``; ``<head>_<loss>`` composes that head with that loss on first use."""
+        """The loss or method ``name``; ``<head>_<loss>`` composes that head with that loss on first use; an
+        unknown name raises ConfigError listing the known ones."""
+        self.ensure_loaded()
         if name not in self._entries:
             from spmlbench.losses.methods import compose_named
 
@@ -149,14 +191,23 @@ class LossRegistry(Registry[LossDef]):
 
     def names(self) -> list[str]:
         """Registered names: built-ins in the canonical order, then plugins as registered."""
+        self.ensure_loaded()
         seq = {n: i for i, n in enumerate(self._entries)}
         return sorted(self._entries, key=lambda n: (self._entries[n].order, seq[n]))
+
+    def __contains__(self, name: object) -> bool:
+        self.ensure_loaded()
+        return super().__contains__(name)
+
+    def __len__(self) -> int:
+        self.ensure_loaded()
+        return super().__len__()
 
     def __iter__(self) -> Any:
         return iter(self.names())
 
 
-LOSSES = LossRegistry("loss")
+LOSSES = LossRegistry("loss", builtins=BUILTIN_PACKAGE)
 
 
 def register_loss(name: str, *, params: type[HParams], formula: Formula | None = None, title: str = "",
