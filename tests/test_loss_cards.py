@@ -78,9 +78,14 @@ def test_the_cache_is_read_only_under_its_key(cache: Path, monkeypatch: pytest.M
     cache.write_text(json.dumps(dict(cached, key="0" * 64)))
     assert cards_for_builtins()[0].title != "read from the cache"  # another key: rebuilt
 
-    copy = tmp_path / "losses"
-    shutil.copytree(cards_mod.LOSSES_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(cards_mod, "LOSSES_DIR", copy)
+    copy, heads = tmp_path / "pkg" / "losses", tmp_path / "pkg" / "heads"
+    for source, target in zip(cards_mod.SOURCE_DIRS, (copy, heads)):
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(cards_mod, "SOURCE_DIRS", (copy, heads))
+    key = cache_key()
+    boostlu = heads / "builtin" / "boostlu.py"  # a head's methods are listed too
+    boostlu.write_text(boostlu.read_text() + "\n")
+    assert cache_key() != key
     key = cache_key()
     (copy / "builtin" / "__pycache__").mkdir(exist_ok=True)
     (copy / "builtin" / "__pycache__" / "gr.cpython-311.pyc").write_bytes(b"compiled")
@@ -115,7 +120,8 @@ def test_every_cached_card_holds_what_the_registry_says(cache: Path) -> None:
                  if k != "defaults"}
         assert {k: v for k, v in dataclasses.asdict(card).items() if k in plain} == plain, card.name
         assert card.defaults == {k: list(v) if isinstance(v, tuple) else v for k, v in info.defaults.items()}
-        assert card.order == get_loss(card.name).order and card.origin.startswith("spmlbench/losses/")
+        assert card.order == get_loss(card.name).order
+        assert card.origin.startswith(("spmlbench/losses/", "spmlbench/heads/")), card.origin  # a head's methods
         for ds in datasets:
             try:
                 expected = resolve_hparams(card.name, ds).as_dict()

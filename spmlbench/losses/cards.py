@@ -109,12 +109,13 @@ def cache_key() -> str:
     (relative path and bytes, in path order) and the per-dataset defaults file: what the built-ins' cards
     (the heads' methods among them) are made from."""
     digest = hashlib.sha256(f"spmlbench {__version__}\0".encode())
-    files = []
+    inputs = []
     for top in SOURCE_DIRS:
         for folder, dirs, names in os.walk(top):
             dirs[:] = [d for d in dirs if d != "__pycache__"]
-            files += [Path(folder, n) for n in names if not n.endswith(".pyc")]
-    inputs = sorted((p.relative_to(LOSSES_DIR.parent).as_posix(), p) for p in files)
+            inputs += [(Path(folder, n).relative_to(top.parent).as_posix(), Path(folder, n))
+                       for n in names if not n.endswith(".pyc")]
+    inputs.sort()
     for label, path in [*inputs, ("loss_defaults.toml", DEFAULTS_FILE)]:
         try:
             data = path.read_bytes()

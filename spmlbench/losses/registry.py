@@ -108,9 +108,10 @@ class LossRegistry(Registry[LossDef]):
     of ``builtins`` (each registers its loss), then composes the methods the heads declare
     (:mod:`spmlbench.losses.methods`), each registered here under its name too."""
 
-    def __init__(self, kind: str, builtins: str | None = None) -> None:
+    def __init__(self, kind: str, builtins: str | None = None, methods: str | None = None) -> None:
         super().__init__(kind)
         self._builtins = builtins
+        self._methods = methods  # the module composing the heads' methods (``compose_methods``, ``compose_named``)
         self._ready = builtins is None
         self._loading = False
         self._lock = threading.RLock()
@@ -135,9 +136,8 @@ class LossRegistry(Registry[LossDef]):
                 for mod in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
                     if not mod.name.startswith("_"):
                         importlib.import_module(f"{self._builtins}.{mod.name}")
-                from spmlbench.losses.methods import compose_methods
-
-                compose_methods()
+                if self._methods is not None:
+                    importlib.import_module(self._methods).compose_methods()
                 self._ready = True
             finally:
                 self._loading = False
@@ -172,10 +172,8 @@ class LossRegistry(Registry[LossDef]):
         """The loss or method ``name``; ``<head>_<loss>`` composes that head with that loss on first use; an
         unknown name raises ConfigError listing the known ones."""
         self.ensure_loaded()
-        if name not in self._entries:
-            from spmlbench.losses.methods import compose_named
-
-            compose_named(name)
+        if name not in self._entries and self._methods is not None:
+            importlib.import_module(self._methods).compose_named(name)
         return super().get(name)
 
     def is_registered_loss(self, name: str) -> bool:
@@ -207,7 +205,7 @@ class LossRegistry(Registry[LossDef]):
         return iter(self.names())
 
 
-LOSSES = LossRegistry("loss", builtins=BUILTIN_PACKAGE)
+LOSSES = LossRegistry("loss", builtins=BUILTIN_PACKAGE, methods="spmlbench.losses.methods")
 
 
 def register_loss(name: str, *, params: type[HParams], formula: Formula | None = None, title: str = "",
