@@ -39,3 +39,18 @@ def test_no_module_over_400_lines() -> None:
     long = {str(p.relative_to(ROOT)): n for p in sorted((ROOT / "spmlbench").rglob("*.py"))
             if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_no_private_module_imported_from_another_package() -> None:
+    """A module named ``_x`` is its package's own: no other package of spmlbench imports it."""
+    grimp = pytest.importorskip("grimp")
+    graph = grimp.build_graph("spmlbench")
+    bad = []
+    for module in sorted(graph.modules):
+        for imported in graph.find_modules_directly_imported_by(module):
+            private = [i for i, part in enumerate(imported.split(".")) if part.startswith("_")]
+            if private:
+                owner = ".".join(imported.split(".")[:private[0]])  # the package holding the private module
+                if not (module == owner or module.startswith(owner + ".")):
+                    bad.append(f"{module} -> {imported}")
+    assert not bad, "\n".join(bad)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from spmlbench.losses.builtin._smile_model import seeded_models
+from spmlbench.heads import method_of
 from spmlbench.train.configs import LinearData, ProgressFn, TrainConfig
 from spmlbench.train.engine import BestModule, Member, fit
 from spmlbench.train.evaluate import average_precision, mean_ap
@@ -37,7 +37,7 @@ def train_smile(data: LinearData, config: TrainConfig, *, device: str | torch.de
     loss.attach_model(d, config.seed)
     loss.to(dev)
     loss.build_graph(lambda: x)
-    f = seeded_models(d, data.num_classes, config.seed)[0].to(dev)
+    f = method_of(config.loss).head.build(d, data.num_classes, config.seed, hp).to(dev)  # the classifier, seeded
     optimizer = torch.optim.Adam([{"params": list(f.parameters())}, *loss.param_groups(config.lr)], lr=config.lr)
     val_labels = (data.y_val if config.val == "clean" else data.s_val).to(dev)
     best = BestModule(f)
