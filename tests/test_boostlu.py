@@ -121,7 +121,7 @@ def test_frozen_boostlu_with_alpha_one_is_the_linear_probe() -> None:
     import numpy as np
     from test_linear_support import synthetic_data
 
-    from spmlbench.train.cached_heads import train_cached_head
+    from spmlbench.train.trainers.cached import train_cached_head
     from spmlbench.train.configs import LinearData, TrainConfig
     from spmlbench.train.linear import train_linear
 

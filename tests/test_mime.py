@@ -158,7 +158,7 @@ def test_mime_vib_linear_variant_is_seeded_pseudo_labels_and_dispatched() -> Non
     from test_linear_support import synthetic_data
 
     from spmlbench.experiments.executors import LocalExecutor
-    from spmlbench.train.cached_heads import train_cached_head
+    from spmlbench.train.trainers.cached import train_cached_head
     from spmlbench.train.configs import TrainConfig
     from spmlbench.heads.builtin.vib import VIBHead
 

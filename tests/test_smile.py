@@ -74,7 +74,7 @@ def test_trainer_is_seeded_and_learns() -> None:
     from test_linear_support import synthetic_data
 
     from spmlbench.train.configs import TrainConfig
-    from spmlbench.train.smile import train_smile
+    from spmlbench.train.trainers.smile import train_smile
 
     data = synthetic_data()
     cfg = TrainConfig(loss="smile", seed=1, lr=1e-2, batch_size=16, epochs=3)
@@ -98,7 +98,7 @@ def test_runner_dispatches_smile_to_its_trainer(tmp_path) -> None:
                     early_stop="none") for loss in ("an", "smile", "gr")]
     out = LocalExecutor(torch.device("cpu")).train(data, jobs)
     assert [r.status for r in out] == ["ok"] * 3 and all(len(r.val_map) == 2 for r in out)
-    from spmlbench.train.smile import train_smile
+    from spmlbench.train.trainers.smile import train_smile
 
     assert out[1].val_map == train_smile(data, jobs[1].train_config()).val_map  # the SMILE trainer's numbers
 
@@ -138,7 +138,7 @@ def test_one_adam_takes_the_released_two_optimiser_steps() -> None:
     from test_linear_support import synthetic_data
 
     from spmlbench.train.configs import TrainConfig
-    from spmlbench.train.smile import train_smile
+    from spmlbench.train.trainers.smile import train_smile
 
     data = synthetic_data()
     ours = train_smile(data, TrainConfig(loss="smile", seed=3, lr=1e-2, batch_size=16, epochs=3, early_stop="none"))

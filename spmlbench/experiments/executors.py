@@ -79,9 +79,9 @@ class LocalExecutor:
         for job in jobs:
             if job.mode != "linear":
                 raise ConfigError(f"--mode {job.mode}: not a linear job; the runner trains it with train_image_job")
-        from spmlbench.train.methods import linear_trainer
+        from spmlbench.heads import method_of
 
-        own = [i for i, j in enumerate(jobs) if linear_trainer(j.loss)]  # methods with their own trainer
+        own = [i for i, j in enumerate(jobs) if method_of(j.loss).linear_trainer()]  # methods with their own trainer
         if own:
             out: list[Any] = [None] * len(jobs)
             rest = [i for i in range(len(jobs)) if i not in own]
@@ -89,10 +89,10 @@ class LocalExecutor:
                 plain = dataclasses.replace(data, maps=None)
                 for i, r in zip(rest, self._train(plain, [jobs[i] for i in rest], progress, on_val)):
                     out[i] = r
-            from spmlbench.train.methods import method_trainer
+            from spmlbench.train.trainers import trainer
 
             for i in own:
-                fn = method_trainer(str(linear_trainer(jobs[i].loss)))
+                fn = trainer(str(method_of(jobs[i].loss).linear_trainer()))
                 out[i] = fn(data, jobs[i].train_config(), device=self.device, progress=progress)
             return out
         configs = [j.train_config() for j in jobs]

@@ -118,13 +118,13 @@ def missing_caches(jobs: Sequence[Any], home: str | os.PathLike[str] | None) -> 
     from spmlbench.features.maps import maps_path
     from spmlbench.features.pseudo import pseudo_path
     from spmlbench.losses import LOSSES
-    from spmlbench.train.methods import reads_maps
+    from spmlbench.heads import method_of
 
     out: dict[str, MissingInput] = {}
     for j in jobs:
         spec = LOSSES.get(j.loss)
         path = maps_path(j.dataset, j.backbone, home)
-        if reads_maps(j.loss) and j.mode == LINEAR and not path.exists():
+        if method_of(j.loss).reads_maps() and j.mode == LINEAR and not path.exists():
             out.setdefault(str(path), MissingInput(
                 j.dataset, "maps", str(path), f"{j.loss} in linear mode trains its head on cached layer4 maps",
                 f"run 'spmlbench features {j.dataset} --backbone {j.backbone} --maps' or use --mode e2e"))

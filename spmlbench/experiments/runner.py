@@ -316,7 +316,7 @@ def _run_linear(claimed: list[JobSpec], out: Path, cache: dict[tuple[str, str], 
                 verify: bool = False) -> list[Any]:
     """Train one linear cohort, write its dumps and records."""
     from spmlbench.features.pseudo import load_pseudo
-    from spmlbench.train.methods import reads_maps
+    from spmlbench.heads import method_of
 
     key = (claimed[0].dataset, claimed[0].backbone)
     if key not in cache:
@@ -326,7 +326,7 @@ def _run_linear(claimed: list[JobSpec], out: Path, cache: dict[tuple[str, str], 
     for source in pseudo_sources(j.loss for j in claimed):  # CLIP pseudo-label caches, once per dataset
         if source not in ds.data.pseudo:
             ds.data.pseudo[source] = load_pseudo(key[0], source, home)
-    if ds.data.maps is None and any(reads_maps(j.loss) for j in claimed):  # BoostLU, frozen
+    if ds.data.maps is None and any(method_of(j.loss).reads_maps() for j in claimed):  # BoostLU, frozen
         from spmlbench.features.maps import load_maps
 
         ds.data.maps = load_maps(key[0], key[1], home, verify=verify)

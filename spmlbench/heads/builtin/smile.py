@@ -2,7 +2,7 @@
 pooled features, ``Linear(D, C)``, ReLU, ``Linear(C, C)``, drawn under the seed before the label-enhancement
 model (the released order; :func:`spmlbench.losses.builtin.smile.seeded_models`). Method ``smile``: this head
 with SMILE's loss, whose label-enhancement model reads a bank of features: in linear mode SMILE's own trainer
-on the cached features (``spmlbench.train.smile``), in e2e the backbone's pooled features.
+on the cached features (``spmlbench.train.trainers.smile``), in e2e the backbone's pooled features.
 """
 
 from __future__ import annotations

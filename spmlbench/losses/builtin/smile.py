@@ -9,11 +9,11 @@ targets ``D = mu D1 + (1 - mu) D2`` (``D2`` = observed labels with 0 -> ``p``, b
 
 with ``y = sigmoid(f(x) / T)``, ``nlog(x) = -log(x + 1e-5)``, means over entries, ``y_rec ~ Beta(D1 + 1e-5,
 1 - D1 + 1e-5)`` and two Adam optimisers stepped one after the other each batch (the trainer:
-``spmlbench.train.smile``). ``KL`` as released is ``mean[lgamma(a) + lgamma(b) + (a - 1) psi(a) + (b - 1)
+``spmlbench.train.trainers.smile``). ``KL`` as released is ``mean[lgamma(a) + lgamma(b) + (a - 1) psi(a) + (b - 1)
 psi(b)]`` at ``a = D1 + 1e-6``, ``b = 1 - D1 + 1e-6`` (not a Beta KL); ``kl = "beta"`` uses the Beta KL to
 Beta(1, 1) instead: ``lgamma(a + b) - lgamma(a) - lgamma(b) + (a - 1) psi(a) + (b - 1) psi(b) - (a + b - 2)
 psi(a + b)``. The official code is tabular only; here the GCN reads a bank of image features: the cached
-features in linear mode (:mod:`spmlbench.train.smile`), the backbone's pooled features in e2e (each row's refreshed
+features in linear mode (:mod:`spmlbench.train.trainers.smile`), the backbone's pooled features in e2e (each row's refreshed
 as its batch trains, the graph rebuilt every epoch; the classifier is the e2e model's head).
 """
 

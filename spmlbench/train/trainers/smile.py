@@ -21,6 +21,7 @@ from spmlbench.train.engine import BestModule, Member, fit
 from spmlbench.train.evaluate import average_precision, mean_ap
 from spmlbench.train.result import TrainResult
 from spmlbench.train.seeding import epoch_orders
+from spmlbench.train.trainers import register_trainer
 
 
 def train_smile(data: LinearData, config: TrainConfig, *, device: str | torch.device = "cpu",
@@ -68,3 +69,6 @@ def train_smile(data: LinearData, config: TrainConfig, *, device: str | torch.de
         (result,) = fit([Member(config.epochs, config.early_stop)], step=step, evaluate=evaluate,
                         keep_best=best.keep_best, test=test, progress=progress)
     return result
+
+
+register_trainer("smile", train_smile)

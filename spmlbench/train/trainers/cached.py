@@ -18,11 +18,13 @@ import torch
 from torch import nn
 
 from spmlbench.errors import ConfigError
+from spmlbench.heads import CACHED
 from spmlbench.train.configs import LinearData, ProgressFn, TrainConfig, uses_clean_labels
 from spmlbench.train.engine import BestModule, Member, fit
 from spmlbench.train.evaluate import average_precision, mean_ap
 from spmlbench.train.result import TrainResult
 from spmlbench.train.seeding import epoch_orders
+from spmlbench.train.trainers import register_trainer
 
 EVAL_ROWS = 256
 Rows = Callable[[str, np.ndarray], torch.Tensor]  # (split, positions in the split) -> float32 inputs
@@ -119,3 +121,6 @@ def train_cached_head(data: LinearData, config: TrainConfig, *, device: str | to
         torch.manual_seed(config.seed)
         head = head_def.build(dim, data.num_classes, config.seed, hp).to(dev)
         return train_head(data, config, head, rows, device=dev, progress=progress)
+
+
+register_trainer(CACHED, train_cached_head)
