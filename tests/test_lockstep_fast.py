@@ -129,3 +129,25 @@ def test_group_limit_and_parts() -> None:
     assert split_sizes(10, 8) == [5, 5] and split_sizes(3, 8) == [3] and split_sizes(5, 2) == [2, 2, 1]
     assert split_sizes(0, 4) == [] and sum(split_sizes(97, 8)) == 97 and max(split_sizes(97, 8)) <= 8
     assert math.isclose(sum(split_sizes(17, 1)), 17)
+
+
+def test_fused_kernels_for_sgd_and_across_a_resume(micro: str) -> None:
+    """The fast mode fuses SGD too (LL's VOC recipe); a checkpoint of the default loop loaded into a fused
+    optimiser (or back) leaves each its own kernels."""
+    from spmlbench.train.e2e_model import build_model
+    from spmlbench.train.e2e_recipe import E2ERecipe
+
+    model, _ = build_model("micro", "none", 3, 0)
+    cpu = torch.device("cpu")
+    for name, kind in (("sgd", torch.optim.SGD), ("adam", torch.optim.Adam)):
+        r = E2ERecipe("test", name, 0.9, 1e-4, 0.1, 10.0, 8, 1, "none", 16, "test")
+        fused = e2e_job.build_optimizer(model, torch.nn.Identity(), r, cpu, False, True)
+        loop = e2e_job.build_optimizer(model, torch.nn.Identity(), r, cpu, False)
+        assert isinstance(fused, kind) and {g["fused"] for g in fused.param_groups} == {True}
+        assert {g["fused"] for g in loop.param_groups} == {None}
+        model(torch.randn(2, 3, SIZE, SIZE)).sum().backward()
+        loop.step()
+        e2e_job.load_optimizer_state(fused, loop.state_dict())
+        fused.step()
+        e2e_job.load_optimizer_state(loop, fused.state_dict())
+        assert {g["fused"] for g in fused.param_groups} == {True} and {g["fused"] for g in loop.param_groups} == {None}

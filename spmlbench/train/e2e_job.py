@@ -149,8 +149,9 @@ def should_stop(recipe: E2ERecipe, val_map: list[float]) -> bool:
 def build_optimizer(model: E2EModel, loss: nn.Module, recipe: E2ERecipe, device: torch.device, exact: bool,
                     fused: bool | None = None) -> torch.optim.Optimizer:
     """The job's optimiser over the backbone (``lr``), the head (``lr x head_lr_mult``) and the loss's own groups.
-    ``fused``: torch's fused Adam / SGD kernels (one pass over each tensor); None: on CUDA unless ``exact``
-    (the CPU's default is the one-tensor-at-a-time loop, the numbers of a separate run)."""
+    ``fused``: torch's fused Adam / SGD kernels (one pass over each tensor); None, a separate run's: fused Adam
+    on CUDA unless ``exact``, else torch's default (on the CPU a loop over the tensors, several ops each)."""
+    sgd_fused = fused is True
     fused = device.type == "cuda" and not exact if fused is None else fused
     groups: list[dict[str, Any]] = [
         {"params": list(model.backbone.parameters()), "lr": recipe.lr},
@@ -162,7 +163,7 @@ def build_optimizer(model: E2EModel, loss: nn.Module, recipe: E2ERecipe, device:
         return torch.optim.Adamax(groups, lr=recipe.lr)
     if recipe.optimizer == "sgd":  # Large Loss Matters on VOC
         return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
-                               fused=fused or None)
+                               fused=sgd_fused or None)
     return torch.optim.Adam(groups, lr=recipe.lr, fused=fused or None)
 
 

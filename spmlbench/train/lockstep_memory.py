@@ -20,6 +20,7 @@ The head's size depends on the dataset's classes; the probe's has :data:`PROBE_C
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
 import os
 from pathlib import Path
@@ -57,6 +58,8 @@ def _cuda_step_memory(backbone: str, image_size: int | None, batch_size: int, de
                       exact: bool) -> StepMemory:
     from spmlbench.train.e2e_model import build_model
 
+    gc.collect()  # an earlier group's models (reference cycles), then their cached blocks: not this group's
+    torch.cuda.empty_cache()
     torch.cuda.synchronize(device)
     before = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
