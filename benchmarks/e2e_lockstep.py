@@ -1,16 +1,20 @@
 """Lockstep end-to-end training against separate runs, in the same process: image-steps/s, decodes, memory.
 
-M jobs of one seed (M losses, the linear head) train on the same synthetic JPEGs two ways, each in a fresh
+M jobs of one seed (M losses, the linear head) train on the same synthetic JPEGs three ways, each in a fresh
 child process so that its peak RSS is its own:
 
 * separate: ``train_e2e`` once per job (each decodes, resizes and flips every image itself);
-* lockstep: ``train_lockstep`` on the M jobs (one decode per batch, every model steps on it).
+* exact: ``train_lockstep`` on the M jobs with ``exact`` (one decode per batch, every model steps on it with the
+  optimiser of a separate run: on the CPU the numbers of separate runs bit for bit, tests/test_lockstep.py);
+* fast: ``train_lockstep`` in its fast mode (fused Adam kernels; the numbers within float noise,
+  tests/test_lockstep_fast.py).
 
 Reported: image-steps/s (M x training images x timed epochs / training time), images decoded per second, peak
 RSS (CPU) or peak GPU memory per model, GPU utilisation over the training (CUDA, from nvidia-smi where present),
-and the ratio. The numbers the two give are equal (tests/test_lockstep.py checks bit for bit on the CPU).
+and each lockstep variant's ratio to separate runs. On CUDA ``exact`` is fp32 too (no bf16 autocast).
 
     python benchmarks/e2e_lockstep.py --models 8                      # CPU: resnet18 at 48 px, 64 images
+    python benchmarks/e2e_lockstep.py --models 8 --image-size 32 --threads 1
     python benchmarks/e2e_lockstep.py --models 8 --device cuda        # CUDA: resnet50 at 448 px, 256 images
     python benchmarks/e2e_throughput.py --lockstep 8                  # the same, through the throughput script
 """
@@ -32,12 +36,15 @@ LOSSES = ("an", "an_ls", "wan", "focal", "asl", "hill", "gr", "epr", "role", "em
           "em_apl", "bce")
 
 
-def _jobs(models: int, backbone: str, epochs: int, batch: int) -> list:
+VARIANTS = ("separate", "exact", "fast")
+
+
+def _jobs(models: int, backbone: str, epochs: int, batch: int, exact: bool = False) -> list:
     from spmlbench.experiments.jobs import JobSpec
 
     hp = {"epr": (("expected_num_pos", 2.0),), "role": (("expected_num_pos", 2.0),)}
     return [JobSpec("benchimg", loss, hp.get(loss, ()), "e2e", 0, 1200, 1200, f"{backbone}:none", epochs, batch, 1e-5,
-                    "clean", "none") for loss in LOSSES[:models]]
+                    "clean", "none", exact=exact) for loss in LOSSES[:models]]
 
 
 def _child(args: argparse.Namespace) -> dict:
@@ -50,18 +57,21 @@ def _child(args: argparse.Namespace) -> dict:
     from spmlbench.train.lockstep import train_lockstep
 
     dev = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lockstep, exact = args.only != "separate", args.only == "exact"
     with tempfile.TemporaryDirectory(prefix="spml-lockstep-") as tmp:
         home = Path(tmp)
         w, h = (int(v) for v in args.source_size.split("x"))
         make_images(home, args.images, w, h)
-        jobs = _jobs(args.models, args.backbone, args.epochs, args.batch_size)
+        jobs = _jobs(args.models, args.backbone, args.epochs, args.batch_size, exact)
         recipes = [job_recipes(j, {"eval_batch_size": 64})[0] for j in jobs]
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
         t0 = time.perf_counter()
-        if args.only == "lockstep":
+        if lockstep:
             results = train_lockstep(jobs, recipes, [home / f"w{i}" for i in range(len(jobs))], home=home, device=dev,
-                                     workers=args.workers, image_size=args.image_size)
+                                     exact=exact, workers=args.workers, image_size=args.image_size)
         else:
             results = [train_e2e(j, recipe=r, home=home, device=dev, workdir=home / f"w{i}", workers=args.workers,
                                  progress=False, image_size=args.image_size) for i, (j, r) in enumerate(zip(jobs, recipes))]
@@ -70,10 +80,10 @@ def _child(args: argparse.Namespace) -> dict:
         if failed:
             raise SystemExit(f"{args.only}: {failed[0]}")
         # lockstep: one train_s list shared by the group (each member records the group's epoch time)
-        train_s = results[0].train_s[-1] if args.only == "lockstep" else sum(r.train_s[-1] for r in results)
+        train_s = results[0].train_s[-1] if lockstep else sum(r.train_s[-1] for r in results)
     peak = (torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
-    decodes = args.images * (1 if args.only == "lockstep" else args.models)
+    decodes = args.images * (1 if lockstep else args.models)
     return {"variant": args.only, "train_s": train_s, "wall_s": wall, "image_steps_s": args.models * args.images / train_s,
             "decoded_s": decodes / train_s, "peak_gib": peak, "peak_gib_per_model": peak / args.models,
             "device": results[0].device}
@@ -91,9 +101,14 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=2, help="the last epoch is timed")
     ap.add_argument("--workers", type=int, default=None, help="decode workers (default: the trainer's)")
-    ap.add_argument("--only", choices=("lockstep", "separate"), help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads in each variant (default: torch's)")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="which of separate,exact,fast to run")
+    ap.add_argument("--only", choices=VARIANTS, help=argparse.SUPPRESS)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    variants = [v for v in VARIANTS if v in args.variants.split(",")]
+    if "separate" not in variants:
+        raise SystemExit("--variants: separate is the baseline of the ratios; keep it")
     from spmlbench.runtime import resolve_device
 
     cuda = resolve_device(args.device).type == "cuda"
@@ -105,7 +120,7 @@ def main() -> None:
         print(json.dumps(_child(args)))
         return
     out = {}
-    for variant in ("separate", "lockstep"):
+    for variant in variants:
         cmd = [sys.executable, __file__, *sys.argv[1:], "--only", variant]
         util = _gpu_util_start() if cuda else None
         res = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parent)
@@ -114,18 +129,17 @@ def main() -> None:
         out[variant] = json.loads(res.stdout.strip().splitlines()[-1])
         if util is not None:
             out[variant]["gpu_util_pct"] = _gpu_util_stop(util)
-    ratio = out["lockstep"]["image_steps_s"] / out["separate"]["image_steps_s"]
+    ratios = {v: out[v]["image_steps_s"] / out["separate"]["image_steps_s"] for v in variants if v != "separate"}
     if args.json:
-        print(json.dumps({**out, "ratio": ratio}))
+        print(json.dumps({**out, "ratios": ratios}))
         return
-    print(f"device {out['lockstep']['device']}  {args.backbone} @ {args.image_size}px  batch {args.batch_size}  "
-          f"{args.models} models  {args.images} train images")
-    print(f"{'variant':<10}{'image-steps/s':>15}{'decoded/s':>11}{'peak GiB/model':>16}{'GPU util %':>12}")
-    for v in ("separate", "lockstep"):
+    print(f"device {out['separate']['device']}  {args.backbone} @ {args.image_size}px  batch {args.batch_size}  "
+          f"{args.models} models  {args.images} train images  threads {args.threads or torch.get_num_threads()}")
+    print(f"{'variant':<10}{'image-steps/s':>15}{'decoded/s':>11}{'peak GiB/model':>16}{'GPU util %':>12}{'x separate':>12}")
+    for v in variants:
         r = out[v]
         print(f"{v:<10}{r['image_steps_s']:>15.1f}{r['decoded_s']:>11.1f}{r['peak_gib_per_model']:>16.3f}"
-              f"{r.get('gpu_util_pct', float('nan')):>12.1f}")
-    print(f"lockstep / separate: {ratio:.2f}x image-steps/s")
+              f"{r.get('gpu_util_pct', float('nan')):>12.1f}{ratios.get(v, 1.0):>12.2f}")
 
 
 def _gpu_util_start() -> subprocess.Popen | None:

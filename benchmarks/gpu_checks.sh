@@ -18,4 +18,4 @@ step linear_sweep_coco 100 "$py" benchmarks/linear_sweep.py --coco --device cuda
 step linear_sweep_voc 60 "$py" benchmarks/linear_sweep.py --device cuda --ref-steps 500
 step feature_extraction 90 "$py" benchmarks/feature_extraction.py --device cuda --cuda-images 1024
 step e2e_throughput 90 "$py" benchmarks/e2e_throughput.py --device cuda --images 512
-step e2e_lockstep 70 "$py" benchmarks/e2e_throughput.py --lockstep 8 --device cuda --images 96
+step e2e_lockstep 70 "$py" benchmarks/e2e_throughput.py --lockstep 8 --device cuda --images 96 --variants separate,fast

@@ -62,12 +62,15 @@ def expected_positives(home: Path) -> dict[str, float]:
 class MicroSpec(backbones.BackboneSpec):
     """A two-conv network with batch norm: the resnet's moving parts at a fraction of the cost."""
 
+    widths = (8, 16)  # the two convolutions' channels (the last is ``dim``)
+
     def build(self, weights: str = "default", *, progress: bool = False) -> torch.nn.Module:
+        a, b = self.widths
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             net = torch.nn.Sequential(
-                torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
-                torch.nn.Conv2d(8, 16, 3, stride=2), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+                torch.nn.Conv2d(3, a, 3, stride=2), torch.nn.BatchNorm2d(a), torch.nn.ReLU(),
+                torch.nn.Conv2d(a, b, 3, stride=2), torch.nn.BatchNorm2d(b), torch.nn.ReLU(),
                 torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
             )
         return net.eval()

@@ -92,7 +92,8 @@ def run(
                                           rich_help_panel=E2E),
     lockstep: bool = typer.Option(True, "--lockstep/--no-lockstep",
                                   help="end to end: jobs sharing a batch order train together on one input pipeline "
-                                       "(same numbers)", rich_help_panel=E2E),
+                                       "(the same numbers: bit for bit on the CPU with --exact, else within float "
+                                       "noise)", rich_help_panel=E2E),
     keep_checkpoints: bool = typer.Option(True, "--keep-checkpoints/--drop-checkpoints",
                                           help="end to end: keep <out>/work/<job> (best and last epoch) after the record",
                                           rich_help_panel=E2E),

@@ -220,7 +220,8 @@ def run_jobs(
     ``if __name__ == "__main__":`` guard. ``verify``: hash the layer4 map caches whole (by default
     whole up to 1 GiB, sampled blocks above; feature and pseudo-label caches are always hashed whole).
     ``lockstep``: end-to-end jobs that share their batch order train
-    together on one input pipeline (:mod:`spmlbench.train.lockstep`; the same numbers).
+    together on one input pipeline (:mod:`spmlbench.train.lockstep`; the same numbers, bit for bit on the
+    CPU for exact jobs, else within float noise).
     """
     out = Path(out_dir)
     progress = progress or RunProgress()

@@ -146,7 +146,13 @@ def should_stop(recipe: E2ERecipe, val_map: list[float]) -> bool:
     return stops(recipe.early_stop, val_map)
 
 
-def build_optimizer(model: E2EModel, loss: nn.Module, recipe: E2ERecipe, device: torch.device, exact: bool) -> torch.optim.Optimizer:
+def build_optimizer(model: E2EModel, loss: nn.Module, recipe: E2ERecipe, device: torch.device, exact: bool,
+                    fused: bool | None = None) -> torch.optim.Optimizer:
+    """The job's optimiser over the backbone (``lr``), the head (``lr x head_lr_mult``) and the loss's own groups.
+    ``fused``: torch's fused Adam / SGD kernels (one pass over each tensor); None, a separate run's: fused Adam
+    on CUDA unless ``exact``, else torch's default (on the CPU a loop over the tensors, several ops each)."""
+    sgd_fused = fused is True
+    fused = device.type == "cuda" and not exact if fused is None else fused
     groups: list[dict[str, Any]] = [
         {"params": list(model.backbone.parameters()), "lr": recipe.lr},
         {"params": list(model.head.parameters()), "lr": recipe.lr * recipe.head_lr_mult},
@@ -156,9 +162,18 @@ def build_optimizer(model: E2EModel, loss: nn.Module, recipe: E2ERecipe, device:
     if recipe.optimizer == "adamax":  # MIME
         return torch.optim.Adamax(groups, lr=recipe.lr)
     if recipe.optimizer == "sgd":  # Large Loss Matters on VOC
-        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
-    fused = device.type == "cuda" and not exact
+        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
+                               fused=sgd_fused or None)
     return torch.optim.Adam(groups, lr=recipe.lr, fused=fused or None)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Mapping[str, Any]) -> None:
+    """A checkpoint's optimiser state into ``optimizer``, which keeps its own kernels (torch's
+    ``load_state_dict`` would take the ``fused`` / ``foreach`` flags of the run that saved it)."""
+    impl = [(g.get("fused"), g.get("foreach")) for g in optimizer.param_groups]
+    optimizer.load_state_dict(dict(state))
+    for g, (fused, foreach) in zip(optimizer.param_groups, impl):
+        g["fused"], g["foreach"] = fused, foreach
 
 
 def best_path(workdir: Path, epoch: int) -> Path:
@@ -193,9 +208,11 @@ def setup_job(
     init_head: Mapping[str, torch.Tensor] | None, init_loss_state: Mapping[str, torch.Tensor] | None,
     recipe: E2ERecipe, backbone: str, weights: str, image_size: int | None, labels: Any, hooks: Hooks,
     fingerprint: str, history: dict[str, Any], settings: dict[str, Any], data: JobData | None = None,
+    fused_optimizer: bool | None = None,
 ) -> JobState:
     """Build one job's model, loss, optimiser and loaders, resumed from ``workdir/last.pt`` when it holds this
-    run; ``data``: the job's inputs when already loaded (lockstep: one load for every job)."""
+    run; ``data``: the job's inputs when already loaded (lockstep: one load for every job); ``fused_optimizer``:
+    :func:`build_optimizer`'s ``fused``."""
     seed = int(getattr(job, "seed", 0) or 0)
     data = data if data is not None else load_job_data(job, home, labels)
     head = model_head(job)
@@ -216,7 +233,7 @@ def setup_job(
     if channels_last:
         model.to(memory_format=torch.channels_last)
     loss.to(dev)
-    optimizer = build_optimizer(model, loss, recipe, dev, exact)
+    optimizer = build_optimizer(model, loss, recipe, dev, exact, fused_optimizer)
     # a loss with a ``linear_init`` hyperparameter (GR) trains the head alone for that many epochs first
     linear_init_epochs = int(job_hparams(job).get("linear_init", 0) or 0)
 
@@ -224,7 +241,7 @@ def setup_job(
     start = 1
     if state is not None:
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(optimizer, state["optimizer"])
         loss.load_state_dict(state["loss"])
         ckpt.set_rng_state(state["rng"])
         history.update(copy.deepcopy(state["history"]))
@@ -270,11 +287,18 @@ def job_member(st: JobState) -> Member:
     return Member.resumed(recipe.epochs, recipe.early_stop, st.history["val_map"], st.history["train_loss"])
 
 
-def evaluate_job(st: JobState, epoch: int) -> float:
-    """After an epoch's steps (``st.epoch_s``: their seconds): EM-APL's pass, then the job's val mAP."""
+def end_training_pass(st: JobState) -> None:
+    """After an epoch's steps (``st.epoch_s``: their seconds): the seconds into the history, EM-APL's pass."""
     run, t0 = st.run, time.perf_counter()
     st.history.setdefault("train_s", []).append(st.epoch_s)
     run.loss.end_epoch(lambda: predict(run, run.data.train_rows, train_mode=run.loss.predict_in_train_mode()))
+    st.epoch_s += time.perf_counter() - t0
+
+
+def evaluate_job(st: JobState, epoch: int) -> float:
+    """After an epoch's steps: :func:`end_training_pass`, then the job's val mAP."""
+    end_training_pass(st)
+    run, t0 = st.run, time.perf_counter()
     val_map, _ = scores_map(predict(run, run.data.val_rows), st.val_labels)
     st.epoch_s += time.perf_counter() - t0
     return val_map
@@ -317,15 +341,20 @@ def end_epoch(st: JobState, epoch: int, member: Member) -> None:
         st.hooks.on_epoch_end(epoch, st.ctx)
 
 
+def load_best(st: JobState) -> None:
+    """The model of the best val epoch (its ``best-e<k>.pt``) back into the job's model."""
+    best = ckpt.load_checkpoint(best_path(st.workdir, int(st.history["best_epoch"])),
+                                expect_fingerprint=st.fingerprint, map_location=st.run.device)
+    if best is None:
+        raise RuntimeError(f"{st.workdir}: best-epoch checkpoint missing; delete the folder and re-run")
+    st.run.model.load_state_dict(best["model"])
+
+
 def test_job(st: JobState) -> tuple[float, list[float]]:
     """Test (mAP, per-class AP) x100 at the best val epoch (its checkpoint reloaded)."""
     run, history = st.run, st.history
     tt = time.perf_counter()
-    best = ckpt.load_checkpoint(best_path(st.workdir, int(history["best_epoch"])),
-                                expect_fingerprint=st.fingerprint, map_location=run.device)
-    if best is None:
-        raise RuntimeError(f"{st.workdir}: best-epoch checkpoint missing; delete the folder and re-run")
-    run.model.load_state_dict(best["model"])
+    load_best(st)
     test = scores_map(predict(run, run.data.test_rows), run.data.test_labels.to(run.device))
     history["wall_s"] = float(history["wall_s"]) + time.perf_counter() - tt
     return test

@@ -6,16 +6,24 @@ of (seed, epoch, row)). :func:`train_lockstep` decodes, resizes and flips each t
 to the device once and prepares it once, then lets every job's model take its step on it, each with its own
 loss, head, optimiser, lr groups, schedule, early stop and best state (the jobs are the members of one run of
 the epoch engine, :func:`spmlbench.train.engine.fit`); a job that stops early or fails drops out. The
-models share the device one after another on one stream. Each job keeps its own work folder: checkpoints after
-every epoch, so a killed group resumes every job from its own last epoch (a job behind the others catches up
-first, alone).
+models share the device one after another on one stream (measured: stacking the models, with
+``torch.func.stack_module_state`` + ``vmap`` or as one ResNet of ``groups=M`` convolutions, is no faster on the
+CPU; benchmarks/README.md). The val and test passes share their batches the same way (decoded once, every
+model scores them). Each job keeps its own work folder: checkpoints after every epoch, so a killed group
+resumes every job from its own last epoch (a job behind the others catches up first, alone). A group larger
+than the device holds trains in parts (:mod:`spmlbench.train.lockstep_memory`).
+
+Numerics: with ``exact`` each job's optimiser is the one of a separate run, so on the CPU the numbers equal
+separate runs bit for bit (the same kernels on the same inputs). Otherwise (the fast mode) the optimisers are
+torch's fused Adam / SGD kernels (one pass over each tensor; on the CPU the default loop is half of a
+ResNet-18 step at 32 px): the numbers equal separate runs within float noise, and a job's numbers still do
+not depend on the group it trains in (its kernels are its own).
 
 Who can join (:func:`lockstep_key`): mode ``e2e`` jobs of a plain method (the linear head with a loss, no
 trainer of its own, no per-batch features): a method with its own head (BoostLU, MIME, SMILE) runs apart. Jobs join when they agree on dataset, seed, protocol seeds, backbone and weights, image size,
 batch size, eval batch size and numerics; their epoch counts may differ (the orders of the first epochs are the
-same stream). On the CPU the numbers equal separate runs bit for bit (the same kernels on the same inputs);
-the global RNG of each job is kept apart (seeded with the job's seed, as :func:`spmlbench.train.e2e.train_e2e`
-does).
+same stream). The global RNG of each job is kept apart (seeded with the job's seed, as
+:func:`spmlbench.train.e2e.train_e2e` does).
 """
 
 from __future__ import annotations
@@ -38,19 +46,21 @@ from spmlbench.train.e2e_job import (
     JobState,
     begin_epoch,
     end_epoch,
-    evaluate_job,
+    end_training_pass,
     job_member,
     job_result,
     keep_best_job,
+    load_best,
     prepare_input,
+    scores_map,
     setup_job,
     start_epoch,
-    test_job,
     train_step,
 )
 from spmlbench.train.e2e_recipe import E2ERecipe
 from spmlbench.train.engine import Failure, Member, fit
 from spmlbench.train.hooks import Hooks
+from spmlbench.train.lockstep_memory import device_budget, group_limit, split_sizes, step_memory
 from spmlbench.train.result import TrainResult
 
 T = TypeVar("T")
@@ -102,8 +112,28 @@ def train_lockstep(jobs: Sequence[Any], recipes: Sequence[E2ERecipe], workdirs: 
                    image_size: int | None = None) -> list[TrainResult]:
     """Train ``jobs`` (one :func:`lockstep_key`) together; one :class:`TrainResult` per job, in order. A job
     whose training raises becomes a failed result; the others go on. ``image_size``: default the jobs' own
-    (else the backbone's)."""
+    (else the backbone's). More jobs than the device holds (:mod:`spmlbench.train.lockstep_memory`) train in
+    parts, one after another."""
     dev = resolve_device(device)
+    sizes = [len(jobs)]
+    if len(jobs) > 1:
+        backbone, _ = backbone_and_weights(jobs[0], None)
+        size = image_size if image_size is not None else jobs[0].image_size
+        memory = step_memory(backbone, size, recipes[0].batch_size, dev, exact)
+        sizes = split_sizes(len(jobs), group_limit(memory, device_budget(dev)))
+    out: list[TrainResult] = []
+    lo = 0
+    for n in sizes:
+        out += _train_group(jobs[lo:lo + n], recipes[lo:lo + n], workdirs[lo:lo + n], home=home, dev=dev, exact=exact,
+                            workers=workers, progress=progress, image_size=image_size)
+        lo += n
+    return out
+
+
+def _train_group(jobs: Sequence[Any], recipes: Sequence[E2ERecipe], workdirs: Sequence[str | Path], *, home: Any,
+                 dev: torch.device, exact: bool, workers: int | None, progress: StepFn | None,
+                 image_size: int | None) -> list[TrainResult]:
+    """One group that fits the device (see :func:`train_lockstep`)."""
     results: list[TrainResult | None] = [None] * len(jobs)
     members: list[_Member] = []
     with backend_flags(dev, exact):
@@ -127,7 +157,7 @@ def train_lockstep(jobs: Sequence[Any], recipes: Sequence[E2ERecipe], workdirs: 
                         job, home=home, dev=dev, workdir=wd, exact=exact, workers=workers, progress=None,
                         init_head=None, init_loss_state=None, recipe=recipe, backbone=backbone, weights=weights,
                         image_size=size, labels=None, hooks=Hooks(), fingerprint=fp, history=history,
-                        settings=settings)
+                        settings=settings, fused_optimizer=None if exact else True)
             except LossError as exc:  # the loss's own code raised while it was built: this job fails alone
                 results[i] = failed_result(history, dev, settings, str(exc))
                 continue
@@ -207,9 +237,53 @@ class _Group:
             self.members[i].state.epoch_s = train_s
         return [t if isinstance(t, Failure) else t / max(steps, 1) for t in (totals[i] for i in idx)]
 
+    @torch.no_grad()
+    def _predict(self, idx: list[int], rows: Any) -> dict[int, torch.Tensor | Failure]:
+        """Each member's eval-mode logits on ``rows`` (:func:`~spmlbench.train.e2e_job.predict`'s), every batch
+        decoded, moved and prepared once for all of them."""
+        lead = self.members[idx[0]].state.run
+        parts: dict[int, list[torch.Tensor] | Failure] = {i: [] for i in idx}
+        for i in idx:
+            self.members[i].state.run.model.train(False)
+        lead.eval_sampler.set_rows(rows)
+        for x, _ in lead.eval_loader:
+            x = prepare_input(lead, x)
+            for i in idx:
+                done = parts[i]
+                if isinstance(done, Failure):
+                    continue
+                run = self.members[i].state.run
+                with _own_rng(self.members[i]):
+                    y = _guard(functools.partial(run.model, x, run.amp_dtype))
+                if isinstance(y, Failure):
+                    parts[i] = y
+                else:
+                    done.append(y)
+        empty = torch.zeros(0, lead.data.num_classes, device=lead.device)
+        return {i: v if isinstance(v, Failure) else (torch.cat(v) if v else empty) for i, v in parts.items()}
+
+    def _scores(self, idx: list[int], rows: Any, labels: Callable[[JobState], torch.Tensor],
+                ready: list[None | Failure]) -> tuple[list[tuple[float, list[float]] | Failure], float]:
+        """(mAP, AP) x100 of each member on ``rows`` (a member whose ``ready`` is a Failure keeps it), and the
+        seconds they took."""
+        t0 = time.perf_counter()
+        ok = [i for i, r in zip(idx, ready) if not isinstance(r, Failure)]
+        logits = self._predict(ok, rows) if ok else {}
+        out: list[tuple[float, list[float]] | Failure] = []
+        for i, r in zip(idx, ready):
+            got = r if isinstance(r, Failure) else logits[i]
+            st = self.members[i].state
+            out.append(got if isinstance(got, Failure) else _guard(functools.partial(scores_map, got, labels(st))))
+        return out, time.perf_counter() - t0
+
     def evaluate(self, epoch: int, idx: list[int]) -> list[float | Failure]:
-        """Each member's val mAP."""
-        return self._each(idx, lambda m, _: evaluate_job(m.state, epoch))
+        """Each member's val mAP (after its loss's end-of-epoch pass)."""
+        ready = self._each(idx, lambda m, _: end_training_pass(m.state))
+        lead = self.members[idx[0]].state
+        scores, seconds = self._scores(idx, lead.run.data.val_rows, lambda st: st.val_labels, ready)
+        for i in idx:
+            self.members[i].state.epoch_s += seconds
+        return [s if isinstance(s, Failure) else s[0] for s in scores]
 
     def keep_best(self, epoch: int, idx: list[int]) -> list[None | Failure]:
         """The improved members' best checkpoints."""
@@ -224,5 +298,15 @@ class _Group:
         ok = [i for i in idx if self.tracks[i].result.ok]
         for i in ok:
             self.members[i].tested = True
-        tested = dict(zip(ok, self._each(ok, lambda m, _: test_job(m.state))))
+        if not ok:
+            return [None for _ in idx]
+        t0 = time.perf_counter()
+        ready = self._each(ok, lambda m, _: load_best(m.state))
+        lead = self.members[ok[0]].state.run
+        scores, _ = self._scores(ok, lead.data.test_rows, lambda st: st.run.data.test_labels.to(st.run.device), ready)
+        seconds = time.perf_counter() - t0
+        for i in ok:
+            history = self.members[i].state.history
+            history["wall_s"] = float(history["wall_s"]) + seconds
+        tested = dict(zip(ok, scores))
         return [tested.get(i) for i in idx]
