@@ -73,6 +73,7 @@ def test_any_head_with_any_loss_by_name() -> None:
     assert resolve_hparams("boostlu_an").as_dict() == {"alpha": 5.0, "eps": 1e-5}
     with pytest.raises(ConfigError, match="unknown loss 'boostlu_nope'"):
         LOSSES.get("boostlu_nope")
+    assert "boostlu_an" not in LOSSES.names()  # composed on first use, found by lookups, never listed
 
 
 def test_modes_refused_by_capability_with_the_modes_that_work() -> None:

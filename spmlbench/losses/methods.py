@@ -77,7 +77,7 @@ def compose_named(name: str) -> None:
     comp = method_of(name)
     if comp.head.name == DEFAULT_HEAD or comp.loss == name or not LOSSES.is_registered_loss(comp.loss):
         return
-    LOSSES.add_method(compose(comp.head, comp.method, LOSSES.as_registered(comp.loss)))
+    LOSSES.add_method(compose(comp.head, comp.method, LOSSES.as_registered(comp.loss)), listed=False)
 
 
 def compose_methods(heads: list[HeadDef] | None = None) -> None:

@@ -116,6 +116,7 @@ class LossRegistry(Registry[LossDef]):
         self._loading = False
         self._lock = threading.RLock()
         self._as_registered: dict[str, LossDef] = {}  # each loss as its own file registered it
+        self._unlisted: set[str] = set()  # methods composed on first use (``<head>_<loss>``)
 
     @property
     def loaded(self) -> bool:
@@ -155,8 +156,10 @@ class LossRegistry(Registry[LossDef]):
         self._entries[definition.name] = definition
         self._as_registered[definition.name] = definition
 
-    def add_method(self, definition: LossDef) -> None:
-        """Register a method's loss (its name may be its loss's: that loss trained with its paper's head)."""
+    def add_method(self, definition: LossDef, listed: bool = True) -> None:
+        """Register a method's loss (its name may be its loss's: that loss trained with its paper's head);
+        ``listed=False``: a ``<head>_<loss>`` composed on first use, which lookups find and listings leave out
+        (so that what is listed does not depend on what a process looked up)."""
         old = self._entries.get(definition.name)
         own = self._as_registered.get(definition.name)
         if old is not None and old is not own and old.origin != definition.origin:
@@ -167,6 +170,10 @@ class LossRegistry(Registry[LossDef]):
                               f"registered by {own.origin}; give the method another name")
         self._entries.pop(definition.name, None)
         self._entries[definition.name] = definition
+        if listed:
+            self._unlisted.discard(definition.name)
+        else:
+            self._unlisted.add(definition.name)
 
     def get(self, name: str) -> LossDef:
         """The loss or method ``name``; ``<head>_<loss>`` composes that head with that loss on first use; an
@@ -191,7 +198,8 @@ class LossRegistry(Registry[LossDef]):
         """Registered names: built-ins in the canonical order, then plugins as registered."""
         self.ensure_loaded()
         seq = {n: i for i, n in enumerate(self._entries)}
-        return sorted(self._entries, key=lambda n: (self._entries[n].order, seq[n]))
+        listed = [n for n in self._entries if n not in self._unlisted]
+        return sorted(listed, key=lambda n: (self._entries[n].order, seq[n]))
 
     def __contains__(self, name: object) -> bool:
         self.ensure_loaded()
