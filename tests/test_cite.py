@@ -58,3 +58,12 @@ def test_cite_a_plugin_from_its_text_and_an_unknown_name_fails(cli, restore_regi
     assert res.code == 0 and keys(res.out) == ["an_weighted"] and "@misc{an_weighted" in res.out
     bad = cli("cite", "nope")
     assert bad.code == 2 and "nope" in bad.err
+
+
+def test_a_head_with_any_loss_cites_the_heads_paper_then_the_losss(cli) -> None:
+    res = cli("cite", "boostlu_an,an", "--no-suite")  # BoostLU's head (Kim 2023) with AN (Cole 2021), each once
+    assert res.code == 0 and keys(res.out) == ["kim2023", "cole2021"], res.out
+    res = cli("cite", "attn_pool_gr", "--no-suite")  # a head no paper holds: its citation text, then GR's paper
+    assert res.code == 0 and keys(res.out) == ["attn_pool", "chen2024"], res.out
+    assert "spmlbench example head (docs/adding-a-method.md)" in res.out
+    assert set(load_citations().heads) == {"boostlu", "mime", "vib", "smile"}

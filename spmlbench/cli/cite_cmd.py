@@ -34,12 +34,21 @@ def cite(
         names = cited_losses()
     added = load_plugin_options(plugin) if plugin else []
     extra: dict[str, str] = {}
+    compositions: dict[str, tuple[str, str]] = {}
     unknown = [n for n in dict.fromkeys(names + added) if n not in cited_losses()]
     if unknown:
+        from spmlbench.heads import method_of
         from spmlbench.losses import LOSSES, loss_info
 
         for name in unknown:
             LOSSES.get(name)  # ConfigError naming the known losses
-            extra[name] = loss_info(name).citation
-    for entry in bibtex(list(dict.fromkeys(names + added)), extra, suite=suite):
+            comp = method_of(name)
+            if comp.loss != name:  # <head>_<loss>: the head's papers, then the loss's
+                compositions[name] = (comp.head.name, comp.loss)
+                extra[comp.head.name] = comp.head.citation or comp.head.title
+                if comp.loss not in cited_losses():
+                    extra[comp.loss] = loss_info(comp.loss).citation
+            else:
+                extra[name] = loss_info(name).citation
+    for entry in bibtex(list(dict.fromkeys(names + added)), extra, suite=suite, compositions=compositions):
         typer.echo(entry + "\n")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -26,6 +26,7 @@ class Citations:
     suite: str
     papers: dict[str, str]
     losses: dict[str, tuple[str, ...]]
+    heads: dict[str, tuple[str, ...]] = field(default_factory=dict)  # a head's papers (its methods compose a loss)
 
 
 @lru_cache(maxsize=4)
@@ -37,11 +38,13 @@ def _load(path: str) -> Citations:
         raise DataError(f"{path}: cannot read the citations file ({exc})") from None
     papers = {key: str(entry["bibtex"]).strip() for key, entry in raw.get("papers", {}).items()}
     losses = {name: tuple(keys) for name, keys in raw.get("losses", {}).items()}
-    for name, keys in losses.items():
-        for key in keys:
-            if key not in papers:
-                raise DataError(f"{path}: loss {name!r} cites {key!r}, which has no [papers.{key}] entry")
-    return Citations(suite=str(raw["suite"]).strip(), papers=papers, losses=losses)
+    heads = {name: tuple(keys) for name, keys in raw.get("heads", {}).items()}
+    for kind, table in (("loss", losses), ("head", heads)):
+        for name, keys in table.items():
+            for key in keys:
+                if key not in papers:
+                    raise DataError(f"{path}: {kind} {name!r} cites {key!r}, which has no [papers.{key}] entry")
+    return Citations(suite=str(raw["suite"]).strip(), papers=papers, losses=losses, heads=heads)
 
 
 def load_citations() -> Citations:
@@ -61,26 +64,35 @@ def misc_entry(name: str, text: str) -> str:
     return "@misc{" + key + ",\n  title = {" + name + "},\n  note  = {" + note + "}\n}"
 
 
-def bibtex(names: Sequence[str], extra: Mapping[str, str] | None = None, suite: bool = True) -> list[str]:
+def bibtex(names: Sequence[str], extra: Mapping[str, str] | None = None, suite: bool = True,
+           compositions: Mapping[str, tuple[str, str]] | None = None) -> list[str]:
     """The BibTeX entries to cite for ``names`` (each paper once, in first-cited order), then the suite's.
 
     ``extra`` maps a name the file does not hold to its citation text (a ``@misc`` entry is made);
-    a name found in neither raises ConfigError.
+    ``compositions`` maps a method the file does not hold to its (head, loss): the head's papers
+    (``[heads]``; else its citation text in ``extra`` under the head's name), then the loss's. A name found
+    in none raises ConfigError.
     """
     cites = load_citations()
     extra = dict(extra or {})
     out: list[str] = []
     seen: set[str] = set()
+
+    def cite(keys: Sequence[str]) -> None:
+        for key in keys:
+            if key not in seen:
+                seen.add(key)
+                out.append(cites.papers[key] if key in cites.papers else misc_entry(key, extra[key]))
+
     for name in names:
+        if name not in cites.losses and name in (compositions or {}):
+            head, loss = (compositions or {})[name]
+            cite(cites.heads.get(head, (head,) if head in extra else ()))
+            name = loss
         if name in cites.losses:
-            for key in cites.losses[name]:
-                if key not in seen:
-                    seen.add(key)
-                    out.append(cites.papers[key])
+            cite(cites.losses[name])
         elif name in extra:
-            if name not in seen:
-                seen.add(name)
-                out.append(misc_entry(name, extra[name]))
+            cite([name])
         else:
             raise ConfigError(f"{name!r}: no citation known; known losses: {', '.join(cites.losses)} "
                               "(a plugin loss: add --plugin FILE)")
