@@ -18,12 +18,11 @@ from spmlbench.heads.registry import (
     CACHED,
     DEFAULT_HEAD,
     HEADS,
-    MODES,
     HeadDef,
     Method,
-    option_values,
     register_head,
 )
+from spmlbench.modes import E2E, LINEAR, LINEAR_INIT
 
 
 def load_builtins() -> None:
@@ -60,27 +59,29 @@ class Composition:
     def linear_trainer(self) -> str | None:
         """Linear mode's trainer: the method's own, the cached-input one for a head other than the linear one,
         None for the batched linear trainer."""
-        return self.head.linear_trainer(self.method)
+        if self.method.trainer:
+            return self.method.trainer
+        return None if self.head.name == DEFAULT_HEAD else CACHED
 
     def reads_maps(self) -> bool:
         """Whether linear mode trains the head on the cached layer4 maps (a head that consumes the map)."""
-        return "linear" in self.head.modes and self.linear_trainer() == CACHED and self.head.consumes == "map"
+        return LINEAR in self.head.modes and self.linear_trainer() == CACHED and self.head.consumes == "map"
 
     def supports(self, mode: str) -> str | None:
         """None when the method trains in ``mode``, else the reason, with the modes it does train in."""
         def ok(m: str) -> bool:
-            return m in self.head.modes and (m != "linear-init" or self.head.loads_linear)
+            return m in self.head.modes and (m != LINEAR_INIT or self.head.loads_linear)
 
         if ok(mode):
             return None
-        modes = " or ".join(f"--mode {m}" for m in ("e2e", "linear", "linear-init") if ok(m))
-        if mode == "linear-init" and "e2e" in self.head.modes:
+        modes = " or ".join(f"--mode {m}" for m in (E2E, LINEAR, LINEAR_INIT) if ok(m))
+        if mode == LINEAR_INIT and E2E in self.head.modes:
             return (f"{self.name}: LinearInit's linear head does not load into the {self.head.name} head; "
                     f"run it with {modes}")
-        if mode == "linear" and self.head.consumes == "map":
+        if mode == LINEAR and self.head.consumes == "map":
             return (f"{self.name}: trains the {self.head.name} head on the backbone's feature map, which linear "
                     f"mode's pooled features do not have; run it with {modes}")
-        if "e2e" not in self.head.modes:
+        if E2E not in self.head.modes:
             return f"{self.name}: has its own model and trainer on cached features; run it with {modes}"
         return f"{self.name}: the {self.head.name} head does not train in {mode} mode; run it with {modes}"
 
@@ -101,5 +102,5 @@ def method_of(name: str) -> Composition:
     return Composition(name, HEADS.get(DEFAULT_HEAD), Method(name, loss=name))
 
 
-__all__ = ["CACHED", "Composition", "DEFAULT_HEAD", "HEADS", "HeadDef", "MODES", "Method", "load_builtins",
-           "method_of", "option_values", "register_head"]
+__all__ = ["CACHED", "Composition", "DEFAULT_HEAD", "HEADS", "HeadDef", "Method", "load_builtins", "method_of",
+           "register_head"]

@@ -78,13 +78,6 @@ class HeadDef:
         given = dict(values or {})
         return self.options(**{k: given[k] for k in self.option_names() if k in given})
 
-    def linear_trainer(self, method: Method) -> str | None:
-        """The trainer of ``method`` in linear mode: its own, the cached-input one for a head other than the
-        linear probe, None for the batched linear trainer."""
-        if method.trainer:
-            return method.trainer
-        return None if self.name == DEFAULT_HEAD else CACHED
-
 
 HEADS: Registry[HeadDef] = Registry("head")
 
@@ -114,8 +107,3 @@ def register_head(name: str, *, build: Build, title: str = "", consumes: str = "
         HEADS.remove(name)
     HEADS.add(name, head)
     return head
-
-
-def option_values(head: HeadDef, hparams: Mapping[str, Any]) -> dict[str, Any]:
-    """The head's options taken from a job's hyperparameters (the method's, which include them)."""
-    return {k: hparams[k] for k in head.option_names() if k in hparams}

@@ -191,8 +191,7 @@ class JobState:
     """One job's training state between epochs (the single-job loop and the lockstep loop share it)."""
 
     run: Run
-    history: dict[str, Any]
-    start: int
+    history: dict[str, Any]  # a resumed job starts after its epochs here (the engine's Member.resumed)
     workdir: Path
     fingerprint: str
     settings: dict[str, Any]
@@ -238,14 +237,12 @@ def setup_job(
     linear_init_epochs = int(job_hparams(job).get("linear_init", 0) or 0)
 
     state = ckpt.load_checkpoint(workdir / "last.pt", expect_fingerprint=fingerprint, map_location=dev)
-    start = 1
     if state is not None:
         model.load_state_dict(state["model"])
         load_optimizer_state(optimizer, state["optimizer"])
         loss.load_state_dict(state["loss"])
         ckpt.set_rng_state(state["rng"])
         history.update(copy.deepcopy(state["history"]))
-        start = int(state["epoch"]) + 1
         prune_best(workdir, int(history["best_epoch"]))
 
     from spmlbench.train.seeding import epoch_orders
@@ -269,7 +266,7 @@ def setup_job(
     ctx = TrainContext(model=model, loss=loss, optimizer=optimizer, history=history, device=dev)
     if hooks.on_start is not None:
         hooks.on_start(ctx)
-    return JobState(run, history, start, workdir, fingerprint, settings, hooks, ctx, data.val_labels.to(dev))
+    return JobState(run, history, workdir, fingerprint, settings, hooks, ctx, data.val_labels.to(dev))
 
 
 def start_epoch(st: JobState, epoch: int) -> None:
