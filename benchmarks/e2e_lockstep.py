@@ -1,16 +1,20 @@
 """Lockstep end-to-end training against separate runs, in the same process: image-steps/s, decodes, memory.
 
-M jobs of one seed (M losses, the linear head) train on the same synthetic JPEGs three ways, each in a fresh
-child process so that its peak RSS is its own:
+M jobs of one seed (M losses, the linear head) train on the same synthetic JPEGs (VOC's typical 500x375 by
+default) four ways, each in a fresh child process so that its peak RSS is its own:
 
 * separate: ``train_e2e`` once per job (each decodes, resizes and flips every image itself);
 * exact: ``train_lockstep`` on the M jobs with ``exact`` (one decode per batch, every model steps on it with the
   optimiser of a separate run: on the CPU the numbers of separate runs bit for bit, tests/test_lockstep.py);
 * fast: ``train_lockstep`` in its fast mode (fused Adam kernels; the numbers within float noise,
-  tests/test_lockstep_fast.py).
+  tests/test_lockstep_fast.py), in one process;
+* lanes (CPU only): the fast mode split over ``--processes`` spawned processes (default: one per torch thread),
+  each with its share of the threads (spmlbench.train.lockstep_lanes; what ``spmlbench run`` does on the CPU for
+  a long group).
 
-Reported: image-steps/s (M x training images x timed epochs / training time), images decoded per second, peak
-RSS (CPU) or peak GPU memory per model, GPU utilisation over the training (CUDA, from nvidia-smi where present),
+Reported: image-steps/s (M x training images x timed epochs / training time; lanes: the slowest lane's), images
+decoded per second, peak RSS (CPU: this process and its lanes, summed, sampled every 20 ms) or peak GPU memory
+per model, GPU utilisation over the training (CUDA, from nvidia-smi where present),
 and each lockstep variant's ratio to separate runs. On CUDA ``exact`` is fp32 too (no bf16 autocast).
 
     python benchmarks/e2e_lockstep.py --models 8                      # CPU: resnet18 at 48 px, 64 images
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -36,7 +41,7 @@ LOSSES = ("an", "an_ls", "wan", "focal", "asl", "hill", "gr", "epr", "role", "em
           "em_apl", "bce")
 
 
-VARIANTS = ("separate", "exact", "fast")
+VARIANTS = ("separate", "exact", "fast", "lanes")
 
 
 def _jobs(models: int, backbone: str, epochs: int, batch: int, exact: bool = False) -> list:
@@ -60,6 +65,8 @@ def _child(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     lockstep, exact = args.only != "separate", args.only == "exact"
+    processes = (args.processes or torch.get_num_threads()) if args.only == "lanes" else 1
+    rss = _TreeRss() if dev.type == "cpu" else None
     with tempfile.TemporaryDirectory(prefix="spml-lockstep-") as tmp:
         home = Path(tmp)
         w, h = (int(v) for v in args.source_size.split("x"))
@@ -71,7 +78,7 @@ def _child(args: argparse.Namespace) -> dict:
         t0 = time.perf_counter()
         if lockstep:
             results = train_lockstep(jobs, recipes, [home / f"w{i}" for i in range(len(jobs))], home=home, device=dev,
-                                     exact=exact, workers=args.workers, image_size=args.image_size)
+                                     exact=exact, workers=args.workers, image_size=args.image_size, processes=processes)
         else:
             results = [train_e2e(j, recipe=r, home=home, device=dev, workdir=home / f"w{i}", workers=args.workers,
                                  progress=False, image_size=args.image_size) for i, (j, r) in enumerate(zip(jobs, recipes))]
@@ -79,10 +86,9 @@ def _child(args: argparse.Namespace) -> dict:
         failed = [r.error for r in results if r.status != "ok"]
         if failed:
             raise SystemExit(f"{args.only}: {failed[0]}")
-        # lockstep: one train_s list shared by the group (each member records the group's epoch time)
-        train_s = results[0].train_s[-1] if lockstep else sum(r.train_s[-1] for r in results)
-    peak = (torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+        # lockstep: each member records its group's epoch time (lanes: its lane's; the lanes run side by side)
+        train_s = max(r.train_s[-1] for r in results) if lockstep else sum(r.train_s[-1] for r in results)
+    peak = torch.cuda.max_memory_allocated(dev) / 2**30 if rss is None else rss.stop() / 2**30
     decodes = args.images * (1 if lockstep else args.models)
     return {"variant": args.only, "train_s": train_s, "wall_s": wall, "image_steps_s": args.models * args.images / train_s,
             "decoded_s": decodes / train_s, "peak_gib": peak, "peak_gib_per_model": peak / args.models,
@@ -96,13 +102,14 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--images", type=int, help="training images (CUDA 256, CPU 64)")
     ap.add_argument("--image-size", type=int, help="input size (CUDA 448, CPU 48)")
-    ap.add_argument("--source-size", help="WxH of the JPEGs (CUDA 500x375, CPU 96x72)")
+    ap.add_argument("--source-size", default="500x375", help="WxH of the JPEGs (VOC's typical size)")
     ap.add_argument("--backbone", help="CUDA resnet50, CPU resnet18")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=2, help="the last epoch is timed")
     ap.add_argument("--workers", type=int, default=None, help="decode workers (default: the trainer's)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads in each variant (default: torch's)")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help="which of separate,exact,fast to run")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="which of separate,exact,fast,lanes to run")
+    ap.add_argument("--processes", type=int, default=None, help="lanes: processes (default: one per torch thread)")
     ap.add_argument("--only", choices=VARIANTS, help=argparse.SUPPRESS)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -112,9 +119,10 @@ def main() -> None:
     from spmlbench.runtime import resolve_device
 
     cuda = resolve_device(args.device).type == "cuda"
+    if cuda and "lanes" in variants:
+        variants.remove("lanes")  # lanes are a CPU layout
     args.images = args.images or (256 if cuda else 64)
     args.image_size = args.image_size or (448 if cuda else 48)
-    args.source_size = args.source_size or ("500x375" if cuda else "96x72")
     args.backbone = args.backbone or ("resnet50" if cuda else "resnet18")
     if args.only:
         print(json.dumps(_child(args)))
@@ -140,6 +148,49 @@ def main() -> None:
         r = out[v]
         print(f"{v:<10}{r['image_steps_s']:>15.1f}{r['decoded_s']:>11.1f}{r['peak_gib_per_model']:>16.3f}"
               f"{r.get('gpu_util_pct', float('nan')):>12.1f}{ratios.get(v, 1.0):>12.2f}")
+
+
+class _TreeRss:
+    """Peak resident memory of this process and its children (the lanes), summed, sampled every 20 ms."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak, self._done = 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.02):
+            self.peak = max(self.peak, sum(_rss(p) for p in _tree(os.getpid())))
+
+    def stop(self) -> int:
+        """Stop sampling; the peak in bytes (at least this process's own peak)."""
+        self._done.set()
+        self._thread.join()
+        return max(self.peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (from /proc/<pid>/task/*/children)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                todo += [int(c) for c in task.read_text().split()]
+            except OSError:
+                pass
+    return out
+
+
+def _rss(pid: int) -> int:
+    """Resident bytes of ``pid`` (0 once it is gone)."""
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def _gpu_util_start() -> subprocess.Popen | None:

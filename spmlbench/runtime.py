@@ -1,10 +1,14 @@
 """Where and how training runs: device resolution, device labels, CUDA backend flags, decode workers and
-intra-op threads. One place for each rule; used by features, train and experiments."""
+intra-op threads, and the setup of spawned worker processes. One place for each rule; used by features, train
+and experiments."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import threading
+import time
 from collections.abc import Iterator
 
 import torch
@@ -110,3 +114,19 @@ def intra_op_threads(n: int | None) -> Iterator[None]:
     finally:
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
+
+
+PARENT_CHECK_S = 1.0  # how often a spawned worker checks that its caller is alive
+
+
+def worker_setup(parent: int) -> None:
+    """Setup of a spawned worker process: Ctrl-C is left to the caller (it terminates its workers), and a worker
+    whose caller died (kill -9) exits within :data:`PARENT_CHECK_S` instead of training on as an orphan."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="spmlbench-parent-watch", daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_S)
+    os._exit(1)

@@ -83,7 +83,8 @@ def run(
     workers: Optional[int] = typer.Option(None, "--workers", help="end to end: image decode workers",
                                           show_default="by device", rich_help_panel=E2E),
     processes: str = typer.Option("auto", "--processes",
-                                  help="linear on the CPU: split the configs over N processes; auto: one per core for long runs "
+                                  help="on the CPU: split linear configs, or the models of a fast end-to-end "
+                                       "lockstep group, over N processes; auto: one per core for long runs "
                                        "(1 per task with --executor ray)", metavar="<auto|N>", rich_help_panel=SCALE_OUT),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="end to end: input size",
                                              show_default="the backbone's", rich_help_panel=E2E),

@@ -216,7 +216,8 @@ def run_jobs(
     ``keep_checkpoints``: keep an end-to-end job's ``<out>/work/<job_id>`` after its record.
     ``processes``: linear jobs on the CPU: split each cohort over this many processes (local executor;
     None: as many as pays off, see :func:`spmlbench.train.parallel.auto_processes`; the CLI's
-    default). Workers are spawned: a script that asks for more than one needs the
+    default); end-to-end lockstep groups on the CPU (fast mode): their models over this many processes
+    (:mod:`spmlbench.train.lockstep_lanes`). Workers are spawned: a script that asks for more than one needs the
     ``if __name__ == "__main__":`` guard. ``verify``: hash the layer4 map caches whole (by default
     whole up to 1 GiB, sampled blocks above; feature and pseudo-label caches are always hashed whole).
     ``lockstep``: end-to-end jobs that share their batch order train
@@ -239,7 +240,7 @@ def run_jobs(
     try:
         return _run_all(jobs, out, executor, home=home, dev=dev, force=force, experiment=experiment,
                         progress=progress, loader=loader, workers=workers, dumps=dumps,
-                        keep_checkpoints=keep_checkpoints, verify=verify, lockstep=lockstep)
+                        keep_checkpoints=keep_checkpoints, verify=verify, lockstep=lockstep, processes=processes)
     finally:
         if own_executor:
             executor.close()  # type: ignore[attr-defined]
@@ -248,7 +249,8 @@ def run_jobs(
 def _run_all(jobs: list[JobSpec], out: Path, executor: Executor, *, home: str | os.PathLike[str] | None,
              dev: Any, force: bool, experiment: str, progress: RunProgress,
              loader: Callable[[str, str], _Dataset] | None, workers: int | None, dumps: frozenset[str],
-             keep_checkpoints: bool, verify: bool = False, lockstep: bool = False) -> RunSummary:
+             keep_checkpoints: bool, verify: bool = False, lockstep: bool = False,
+             processes: int | None = 1) -> RunSummary:
     load = loader or (lambda ds, bb: load_dataset(ds, bb, home))
     summary = RunSummary()
     started = time.time()  # with force: a record written after this is another run's fresh re-run
@@ -287,7 +289,7 @@ def _run_all(jobs: list[JobSpec], out: Path, executor: Executor, *, home: str | 
                                               dumps, home, verify)
                     else:
                         results = _run_images(claimed, out, home, dev, workers, progress, experiment, force,
-                                              keep_checkpoints)
+                                              keep_checkpoints, processes)
                     for j, r in zip(claimed, results):
                         summary.ran.append(j.job_id)
                         if r.status != "ok":
@@ -361,7 +363,8 @@ def _dump_hook(out: Path, want: dict[int, str], data: LinearData) -> Callable[[i
 
 
 def _run_images(jobs: list[JobSpec], out: Path, home: str | os.PathLike[str] | None, dev: Any, workers: int | None,
-                progress: RunProgress, experiment: str, force: bool, keep_checkpoints: bool) -> list[Any]:
+                progress: RunProgress, experiment: str, force: bool, keep_checkpoints: bool,
+                processes: int | None = 1) -> list[Any]:
     """Train end-to-end jobs (one, or a lockstep group) in their work folders and write their records."""
     from spmlbench.experiments.executors import train_image_group
 
@@ -373,7 +376,7 @@ def _run_images(jobs: list[JobSpec], out: Path, home: str | os.PathLike[str] | N
         results = [train_image_job(jobs[0], workdir=works[0], home=home, device=dev, workers=workers,
                                    progress=progress.epoch)]
     else:
-        results = train_image_group(jobs, workdirs=works, home=home, device=dev, workers=workers)
+        results = train_image_group(jobs, workdirs=works, home=home, device=dev, workers=workers, processes=processes)
     for job, res, work in zip(jobs, results, works):
         write_record(out, make_record(job, res, experiment=experiment, wall_s=res.wall_s, device=res.device))
         if not keep_checkpoints:

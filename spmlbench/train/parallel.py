@@ -23,8 +23,6 @@ import concurrent.futures as cf
 import dataclasses
 import os
 import queue as queue_mod
-import signal
-import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
@@ -34,7 +32,7 @@ import torch
 import torch.multiprocessing as tmp
 
 from spmlbench.errors import ConfigError
-from spmlbench.runtime import available_cpus
+from spmlbench.runtime import available_cpus, worker_setup
 
 from spmlbench.train.configs import EpochProgress, LinearData, ProgressFn, TrainConfig, ValHook
 from spmlbench.train.cost_model import CostModel, call_groups
@@ -45,7 +43,6 @@ from spmlbench.train.seeding import num_steps
 HEAD_COST = 0.65  # estimated step cost of one config's head (forward, gradient, Adam at 1 thread), AN call = 1
 AUTO_MIN_STEPS = 2000  # processes=None splits only runs with at least this many steps per config
 AUTO_MAX = 8
-PARENT_CHECK_S = 1.0  # how often a worker checks that its caller is alive
 
 
 def loss_call_cost(loss: str) -> float:
@@ -149,14 +146,7 @@ def _init_worker(events: Any, parent: int) -> None:
     a worker whose caller died (kill -9) exits instead of training on as an orphan."""
     global _EVENTS
     _EVENTS = events
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_exit_with_parent, args=(parent,), name="spmlbench-parent-watch", daemon=True).start()
-
-
-def _exit_with_parent(parent: int, every: float = PARENT_CHECK_S) -> None:
-    while os.getppid() == parent:
-        time.sleep(every)
-    os._exit(1)
+    worker_setup(parent)
 
 
 def _train_part(call: int, part: int, data: LinearData, configs: list[TrainConfig], device: str, threads: int,

@@ -1,0 +1,103 @@
+"""Lanes: a fast-mode lockstep group on the CPU split over spawned processes, the models of each lane one after
+another on its own input pipeline.
+
+Why (benchmarks/README.md, "Lockstep end-to-end training"): at the sizes a CPU trains end to end (batch 8,
+32-64 px) one ResNet-18 step is a chain of small convolutions that two intra-op threads split badly; two
+processes of one thread each, every one stepping half of the models, give 1.19-1.25x the image-steps/s of one
+process of two threads (8 models, 2 cores). Each lane decodes its own batches (a decode per lane and batch
+instead of one per group: small next to the models' steps).
+
+Numerics: a lane is :func:`spmlbench.train.lockstep.train_lockstep`'s in-process group with ``threads // lanes``
+intra-op threads, so its jobs' numbers equal an in-process group run with that thread count bit for bit
+(tests/test_lockstep_lanes.py); across thread counts convolutions round differently (float noise, as the fast
+mode allows). ``--exact`` groups and CUDA groups never split. Lanes exit when their caller dies (kill -9);
+every job keeps its own work folder, so a killed group resumes every job from its own last epoch.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+import torch
+import torch.multiprocessing as tmp
+
+from spmlbench.errors import SpmlError
+from spmlbench.runtime import worker_setup
+
+LANES_MAX = 8  # processes of one group at most (each holds a torch runtime: about 0.3 GiB)
+AUTO_MIN_IMAGE_STEPS = 20_000  # auto splits a group only when it trains this many image-steps (models x epochs x
+# images): a lane's spawn and torch import (seconds) must be small next to the 20% it saves
+
+
+def lane_count(n_jobs: int, device: torch.device, exact: bool, processes: int | None, image_steps: int,
+               threads: int) -> int:
+    """How many processes a lockstep group of ``n_jobs`` trains in: one on CUDA, with ``exact`` or for a single
+    job; ``processes`` (None: auto, one per intra-op thread up to :data:`LANES_MAX` when the group trains at
+    least :data:`AUTO_MIN_IMAGE_STEPS` image-steps), at most one per job."""
+    if device.type != "cpu" or exact or n_jobs < 2:
+        return 1
+    if processes is None:
+        processes = min(threads, LANES_MAX) if image_steps >= AUTO_MIN_IMAGE_STEPS else 1
+    return max(1, min(int(processes), n_jobs))
+
+
+def split_lanes(costs: Sequence[float], lanes: int) -> list[list[int]]:
+    """Job indices in ``lanes`` parts balanced by cost (the longest first to the lightest part), each part in
+    input order; no part empty."""
+    parts: list[list[int]] = [[] for _ in range(min(lanes, len(costs)))]
+    load = [0.0] * len(parts)
+    for i in sorted(range(len(costs)), key=lambda k: (-costs[k], k)):
+        k = min(range(len(parts)), key=lambda p: (load[p], p))
+        parts[k].append(i)
+        load[k] += costs[i]
+    return [sorted(p) for p in parts if p]
+
+
+def _lane(fn: Callable[..., list[Any]], args: tuple[Any, ...], threads: int, plugins: Sequence[Any]) -> list[Any]:
+    """One lane in its worker process: the plugin files, its thread count, then ``fn(*args)``."""
+    from spmlbench.losses.plugins import install_all
+
+    install_all(plugins)
+    torch.set_num_threads(threads)
+    return fn(*args)
+
+
+def run_lanes(fn: Callable[..., list[Any]], calls: Sequence[tuple[Any, ...]], threads: int,
+              losses: Sequence[str]) -> list[list[Any]]:
+    """``fn(*call)`` for each call, each in its own spawned process with ``threads`` intra-op threads; the results
+    in order. ``fn`` must be importable (a module-level function); ``losses``: the names whose plugin files the
+    workers need. A worker that dies (killed, out of memory) is a one-line :class:`~spmlbench.errors.SpmlError`;
+    an error or an interrupt here stops every worker."""
+    from spmlbench.losses.plugins import sources_for
+
+    plugins = sources_for(set(losses))
+    ctx = tmp.get_context("spawn")
+    pool = cf.ProcessPoolExecutor(max_workers=len(calls), mp_context=ctx, initializer=worker_setup,
+                                  initargs=(os.getpid(),))
+    try:
+        futures = [pool.submit(_lane, fn, call, threads, plugins) for call in calls]
+        try:
+            return [f.result() for f in futures]
+        except BrokenProcessPool:
+            raise SpmlError(
+                f"lockstep: one of {len(calls)} lane processes died before returning (killed, or out of memory); "
+                "a re-run resumes every job from its last epoch; use --processes 1 to train the group in one "
+                "process (or guard a script's entry point with 'if __name__ == \"__main__\":')") from None
+    except BaseException:
+        _terminate(pool)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _terminate(pool: cf.ProcessPoolExecutor) -> None:
+    """Stop the workers now, mid-task."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # no public API before Python 3.14
+    for proc in processes:
+        proc.terminate()
+    for proc in processes:
+        proc.join(timeout=5)
