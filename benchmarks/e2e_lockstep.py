@@ -14,7 +14,8 @@ default) four ways, each in a fresh child process so that its peak RSS is its ow
 
 Reported: image-steps/s (M x training images x timed epochs / training time; lanes: the slowest lane's), images
 decoded per second, peak RSS (CPU: this process and its lanes, summed, sampled every 20 ms) or peak GPU memory
-per model, GPU utilisation over the training (CUDA, from nvidia-smi where present),
+per model, the CPU utilisation of the whole training call (CPU seconds of the process tree / wall seconds x
+cores; evaluation and spawns included), GPU utilisation over the training (CUDA, from nvidia-smi where present),
 and each lockstep variant's ratio to separate runs. On CUDA ``exact`` is fp32 too (no bf16 autocast).
 
     python benchmarks/e2e_lockstep.py --models 8                      # CPU: resnet18 at 48 px, 64 images
@@ -75,7 +76,7 @@ def _child(args: argparse.Namespace) -> dict:
         recipes = [job_recipes(j, {"eval_batch_size": 64})[0] for j in jobs]
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), _cpu_seconds()
         if lockstep:
             results = train_lockstep(jobs, recipes, [home / f"w{i}" for i in range(len(jobs))], home=home, device=dev,
                                      exact=exact, workers=args.workers, image_size=args.image_size, processes=processes)
@@ -83,6 +84,7 @@ def _child(args: argparse.Namespace) -> dict:
             results = [train_e2e(j, recipe=r, home=home, device=dev, workdir=home / f"w{i}", workers=args.workers,
                                  progress=False, image_size=args.image_size) for i, (j, r) in enumerate(zip(jobs, recipes))]
         wall = time.perf_counter() - t0
+        cpu_util = 100 * (_cpu_seconds() - cpu0) / (wall * len(os.sched_getaffinity(0)))
         failed = [r.error for r in results if r.status != "ok"]
         if failed:
             raise SystemExit(f"{args.only}: {failed[0]}")
@@ -92,7 +94,7 @@ def _child(args: argparse.Namespace) -> dict:
     decodes = args.images * (1 if lockstep else args.models)
     return {"variant": args.only, "train_s": train_s, "wall_s": wall, "image_steps_s": args.models * args.images / train_s,
             "decoded_s": decodes / train_s, "peak_gib": peak, "peak_gib_per_model": peak / args.models,
-            "device": results[0].device}
+            "device": results[0].device, "cpu_util_pct": cpu_util}
 
 
 def main() -> None:
@@ -143,11 +145,12 @@ def main() -> None:
         return
     print(f"device {out['separate']['device']}  {args.backbone} @ {args.image_size}px  batch {args.batch_size}  "
           f"{args.models} models  {args.images} train images  threads {args.threads or torch.get_num_threads()}")
-    print(f"{'variant':<10}{'image-steps/s':>15}{'decoded/s':>11}{'peak GiB/model':>16}{'GPU util %':>12}{'x separate':>12}")
+    print(f"{'variant':<10}{'image-steps/s':>15}{'decoded/s':>11}{'peak GiB/model':>16}{'CPU util %':>12}"
+          f"{'GPU util %':>12}{'x separate':>12}")
     for v in variants:
         r = out[v]
         print(f"{v:<10}{r['image_steps_s']:>15.1f}{r['decoded_s']:>11.1f}{r['peak_gib_per_model']:>16.3f}"
-              f"{r.get('gpu_util_pct', float('nan')):>12.1f}{ratios.get(v, 1.0):>12.2f}")
+              f"{r['cpu_util_pct']:>12.1f}{r.get('gpu_util_pct', float('nan')):>12.1f}{ratios.get(v, 1.0):>12.2f}")
 
 
 class _TreeRss:
@@ -169,6 +172,12 @@ class _TreeRss:
         self._done.set()
         self._thread.join()
         return max(self.peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and its reaped children (the lanes, once their pool is shut down)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _tree(pid: int) -> list[int]:
