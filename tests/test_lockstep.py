@@ -65,14 +65,25 @@ def test_the_runner_groups_jobs_and_records_the_same_numbers(tiny: Path, micro: 
     """run_jobs(lockstep=True) trains one group per seed and writes the records --no-lockstep writes (exact)."""
     import pyarrow.parquet as pq
 
-    from spmlbench.experiments.runner import cohorts, run_jobs
+    from spmlbench.experiments.runner import RunProgress, cohorts, run_jobs
+    from spmlbench.train.configs import EpochProgress
 
     jobs = [*_jobs(tiny, micro, epochs=2, seed=0, exact=True), *_jobs(tiny, micro, epochs=2, seed=1, exact=True)]
     assert sorted(len(c) for c in cohorts(jobs, lockstep=True)) == [5, 5]
     assert all(len(c) == 1 for c in cohorts(jobs, lockstep=False))
+    class Epochs(RunProgress):
+        def __init__(self) -> None:
+            self.seen: list[tuple[int, int, int]] = []
+
+        def epoch(self, event: EpochProgress) -> None:
+            self.seen.append((event.epoch, event.epochs, event.configs))
+
     for name, flag in (("lock", True), ("sep", False)):
-        summary = run_jobs(jobs, tmp_path / name, home=tiny, device="cpu", workers=0, lockstep=flag)
+        progress = Epochs()
+        summary = run_jobs(jobs, tmp_path / name, home=tiny, device="cpu", workers=0, lockstep=flag, progress=progress)
         assert len(summary.ran) == len(jobs) and not summary.failed
+        # the epoch bar moves for a group as for one job: each group's epochs, its 5 jobs in each
+        assert progress.seen == ([(1, 2, 5), (2, 2, 5)] * 2 if flag else [(1, 2, 1), (2, 2, 1)] * len(jobs))
     for j in jobs:
         a, b = (pq.read_table(tmp_path / name / "records" / f"{j.job_id}.parquet").to_pylist()[0]
                 for name in ("lock", "sep"))

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from spmlbench.train.configs import EpochProgress
 from spmlbench.train.lockstep import train_lockstep
 from spmlbench.train.lockstep_lanes import AUTO_MIN_IMAGE_STEPS, LANES_MAX, lane_count, split_lanes
 from test_e2e import Job, _write_tiny, recipe, tiny  # noqa: F401 - fixtures
@@ -55,9 +56,12 @@ def test_lanes_equal_an_in_process_group_with_their_threads(tiny: Path, tmp_path
     jobs = _jobs()
     recipes = [recipe(j) for j in jobs]
 
+    events: dict[str, list[EpochProgress]] = {"lanes": [], "one": []}
+
     def run(root: str, processes: int) -> list:
         return train_lockstep(jobs, recipes, [tmp_path / root / str(i) for i in range(len(jobs))], home=tiny,
-                              device="cpu", workers=0, image_size=32, processes=processes)
+                              device="cpu", workers=0, image_size=32, processes=processes,
+                              on_epoch=events[root].append)
 
     threads = torch.get_num_threads()
     lanes = run("lanes", 2)
@@ -70,6 +74,11 @@ def test_lanes_equal_an_in_process_group_with_their_threads(tiny: Path, tmp_path
         assert a.status == b.status == "ok", (a.error, b.error)
         assert (a.val_map, a.train_loss, a.test_map, a.test_ap) == (b.val_map, b.train_loss, b.test_map, b.test_ap)
     assert {a.device for a in lanes} == {"cpu"} and len(lanes) == len(jobs)
+    # the group's epochs as the CLI's epoch bar sees them: 3 jobs, the best val mAP of any of them so far
+    best = [max(r.val_map[e] for r in alone for e in range(k + 1)) for k in range(2)]
+    assert events["one"] == [EpochProgress(1, 2, 3, best[0]), EpochProgress(2, 2, 3, best[1])]
+    assert events["lanes"][-1] == EpochProgress(2, 2, 3, best[1])  # reported once both lanes reach an epoch
+    assert [e.epoch for e in events["lanes"]] == sorted(e.epoch for e in events["lanes"])
     broken = [dataclasses.replace(j, dataset="nosuch") for j in jobs]
     with pytest.raises(Exception, match="nosuch"):
         train_lockstep(broken, recipes, [tmp_path / "x" / str(i) for i in range(3)], home=tiny, device="cpu",

@@ -168,13 +168,15 @@ def train_image_group(
     device: torch.device | str = "auto",
     workers: int | None = None,
     processes: int | None = 1,
+    progress: ProgressFn | None = None,
 ) -> list[Any]:
     """Train end-to-end jobs of one lockstep group together (:func:`spmlbench.train.lockstep.train_lockstep`);
     one result per job, each in its own work folder (resumable). ``processes``: on the CPU in the fast mode, the
-    group's models over up to this many processes (None: as many as pays off)."""
+    group's models over up to this many processes (None: as many as pays off). ``progress`` gets one
+    :class:`EpochProgress` per epoch of the group (its jobs in ``configs``, the best val mAP of any)."""
     from spmlbench.experiments.recipes import job_recipes
     from spmlbench.train.lockstep import train_lockstep
 
     recipes = [job_recipes(j)[0] for j in jobs]
     return train_lockstep(jobs, recipes, workdirs, home=home, device=device, exact=jobs[0].exact, workers=workers,
-                          image_size=jobs[0].image_size, processes=processes)
+                          image_size=jobs[0].image_size, processes=processes, on_epoch=progress)

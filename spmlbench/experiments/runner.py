@@ -376,7 +376,8 @@ def _run_images(jobs: list[JobSpec], out: Path, home: str | os.PathLike[str] | N
         results = [train_image_job(jobs[0], workdir=works[0], home=home, device=dev, workers=workers,
                                    progress=progress.epoch)]
     else:
-        results = train_image_group(jobs, workdirs=works, home=home, device=dev, workers=workers, processes=processes)
+        results = train_image_group(jobs, workdirs=works, home=home, device=dev, workers=workers, processes=processes,
+                                    progress=progress.epoch)
     for job, res, work in zip(jobs, results, works):
         write_record(out, make_record(job, res, experiment=experiment, wall_s=res.wall_s, device=res.device))
         if not keep_checkpoints:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -62,7 +63,8 @@ from spmlbench.train.e2e_job import (
 from spmlbench.train.e2e_recipe import E2ERecipe
 from spmlbench.train.engine import Failure, Member, fit
 from spmlbench.train.hooks import Hooks
-from spmlbench.train.lockstep_lanes import lane_count, run_lanes, split_lanes
+from spmlbench.train.configs import EpochProgress, ProgressFn
+from spmlbench.train.lockstep_lanes import lane_count, lane_event, run_lanes, split_lanes
 from spmlbench.train.lockstep_memory import device_budget, group_limit, split_sizes, step_memory
 from spmlbench.train.result import TrainResult
 
@@ -112,13 +114,15 @@ def _own_rng(member: _Member) -> Iterator[None]:
 def train_lockstep(jobs: Sequence[Any], recipes: Sequence[E2ERecipe], workdirs: Sequence[str | Path], *,
                    home: Any = None, device: str | torch.device = "auto", exact: bool = False,
                    workers: int | None = None, progress: StepFn | None = None,
-                   image_size: int | None = None, processes: int | None = 1) -> list[TrainResult]:
+                   image_size: int | None = None, processes: int | None = 1,
+                   on_epoch: ProgressFn | None = None) -> list[TrainResult]:
     """Train ``jobs`` (one :func:`lockstep_key`) together; one :class:`TrainResult` per job, in order. A job
     whose training raises becomes a failed result; the others go on. ``image_size``: default the jobs' own
     (else the backbone's). More jobs than the device holds (:mod:`spmlbench.train.lockstep_memory`) train in
     parts, one after another. ``processes``: a fast-mode group on the CPU trains in up to this many spawned
     processes (None: as many as pays off; :mod:`spmlbench.train.lockstep_lanes`), each with its share of the
-    intra-op threads (``progress`` is then not called)."""
+    intra-op threads (``progress`` is then not called). ``on_epoch``: after each epoch of the group (lanes: of
+    the slowest lane), its epoch, the group's epochs, the jobs training and the best val mAP of any of them."""
     dev = resolve_device(device)
     sizes = [len(jobs)]
     if len(jobs) > 1:
@@ -135,10 +139,10 @@ def train_lockstep(jobs: Sequence[Any], recipes: Sequence[E2ERecipe], workdirs: 
         lanes = lane_count(n, dev, exact, processes, steps, threads)
         if lanes > 1:
             out += _train_lanes(*part, lanes, max(1, threads // lanes), home=home, exact=exact, workers=workers,
-                                image_size=image_size)
+                                image_size=image_size, on_epoch=on_epoch)
         else:
             out += _train_group(*part, home=home, dev=dev, exact=exact, workers=workers, progress=progress,
-                                image_size=image_size)
+                                image_size=image_size, on_epoch=on_epoch)
         lo += n
     return out
 
@@ -152,14 +156,24 @@ def _image_steps(jobs: Sequence[Any], recipes: Sequence[E2ERecipe], home: Any) -
 
 
 def _train_lanes(jobs: Sequence[Any], recipes: Sequence[E2ERecipe], workdirs: Sequence[str | Path], lanes: int,
-                 threads: int, *, home: Any, exact: bool, workers: int | None,
-                 image_size: int | None) -> list[TrainResult]:
-    """The group in ``lanes`` CPU processes of ``threads`` intra-op threads (balanced by epochs); results in order."""
+                 threads: int, *, home: Any, exact: bool, workers: int | None, image_size: int | None,
+                 on_epoch: ProgressFn | None) -> list[TrainResult]:
+    """The group in ``lanes`` CPU processes of ``threads`` intra-op threads (balanced by epochs); results in order;
+    ``on_epoch`` gets the slowest lane's epochs (a lane's reports come back through the lanes' event queue)."""
     parts = split_lanes([float(r.epochs) for r in recipes], lanes)
     calls = [([jobs[i] for i in p], [recipes[i] for i in p], [Path(workdirs[i]) for i in p], home, exact, workers,
               image_size) for p in parts]
     results: list[TrainResult | None] = [None] * len(jobs)
-    for p, got in zip(parts, run_lanes(_lane_group, calls, threads, [j.loss for j in jobs])):
+    seen: dict[int, EpochProgress] = {}
+
+    def report(lane: int, event: EpochProgress) -> None:
+        seen[lane] = event
+        if on_epoch is not None and len(seen) == len(parts):
+            on_epoch(EpochProgress(min(e.epoch for e in seen.values()), max(e.epochs for e in seen.values()),
+                                   sum(e.configs for e in seen.values()),
+                                   max((e.best_val_map for e in seen.values()), key=_nan_last)))
+
+    for p, got in zip(parts, run_lanes(_lane_group, calls, threads, [j.loss for j in jobs], report)):
         for i, r in zip(p, got):
             results[i] = r
     return [r for r in results if r is not None]
@@ -167,14 +181,19 @@ def _train_lanes(jobs: Sequence[Any], recipes: Sequence[E2ERecipe], workdirs: Se
 
 def _lane_group(jobs: Sequence[Any], recipes: Sequence[E2ERecipe], workdirs: Sequence[Path], home: Any, exact: bool,
                 workers: int | None, image_size: int | None) -> list[TrainResult]:
-    """One lane's jobs, in its worker process (:func:`spmlbench.train.lockstep_lanes.run_lanes`)."""
+    """One lane's jobs, in its worker process (:func:`spmlbench.train.lockstep_lanes.run_lanes`); its epochs are
+    reported through the lanes' event queue."""
     return _train_group(jobs, recipes, workdirs, home=home, dev=torch.device("cpu"), exact=exact, workers=workers,
-                        progress=None, image_size=image_size)
+                        progress=None, image_size=image_size, on_epoch=lane_event)
+
+
+def _nan_last(value: float) -> float:
+    return float("-inf") if math.isnan(value) else value
 
 
 def _train_group(jobs: Sequence[Any], recipes: Sequence[E2ERecipe], workdirs: Sequence[str | Path], *, home: Any,
                  dev: torch.device, exact: bool, workers: int | None, progress: StepFn | None,
-                 image_size: int | None) -> list[TrainResult]:
+                 image_size: int | None, on_epoch: ProgressFn | None = None) -> list[TrainResult]:
     """One group that fits the device (see :func:`train_lockstep`)."""
     results: list[TrainResult | None] = [None] * len(jobs)
     members: list[_Member] = []
@@ -204,7 +223,7 @@ def _train_group(jobs: Sequence[Any], recipes: Sequence[E2ERecipe], workdirs: Se
                 results[i] = failed_result(history, dev, settings, str(exc))
                 continue
             members.append(member)
-        for m, r in zip(members, _Group(members, progress).fit()):
+        for m, r in zip(members, _Group(members, progress, on_epoch).fit()):
             results[m.index] = job_result(m.state, r) if r.ok else \
                 failed_result(m.state.history, m.state.run.device, m.settings, r.error or "")
             if m.tested:  # a job that failed before its test keeps no result: a re-run trains it again
@@ -229,8 +248,8 @@ class _Group:
     """The jobs of one group as the engine's members (:func:`spmlbench.train.engine.fit`): each epoch the members
     at that epoch step on one shared batch stream, each job's work under its own RNG stream and guarded."""
 
-    def __init__(self, members: list[_Member], progress: StepFn | None) -> None:
-        self.members, self.progress = members, progress
+    def __init__(self, members: list[_Member], progress: StepFn | None, on_epoch: ProgressFn | None = None) -> None:
+        self.members, self.progress, self.on_epoch = members, progress, on_epoch
         self.tracks = [job_member(m.state) for m in members]
 
     def fit(self) -> list[TrainResult]:
@@ -332,8 +351,13 @@ class _Group:
         return self._each(idx, lambda m, track: keep_best_job(m.state, epoch, track.result))
 
     def after_epoch(self, epoch: int, idx: list[int]) -> list[None | Failure]:
-        """Each member's ``last.pt``."""
-        return self._each(idx, lambda m, track: end_epoch(m.state, epoch, track))
+        """Each member's ``last.pt``; then the group's epoch to ``on_epoch``."""
+        out = self._each(idx, lambda m, track: end_epoch(m.state, epoch, track))
+        if self.on_epoch is not None:
+            vals = [v for t in self.tracks for v in t.result.val_map]
+            self.on_epoch(EpochProgress(epoch, max(m.state.run.recipe.epochs for m in self.members), len(idx),
+                                        max(vals) if vals else float("nan")))
+        return out
 
     def test(self, idx: list[int]) -> list[tuple[float, list[float]] | Failure | None]:
         """The test at the best epoch of the members that did not fail (a failed job's record has none)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
+import queue as queue_mod
 from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -57,30 +58,55 @@ def split_lanes(costs: Sequence[float], lanes: int) -> list[list[int]]:
     return [sorted(p) for p in parts if p]
 
 
-def _lane(fn: Callable[..., list[Any]], args: tuple[Any, ...], threads: int, plugins: Sequence[Any]) -> list[Any]:
+_LANE: dict[str, Any] = {}  # in a lane's worker process only: its event queue and lane index (empty elsewhere)
+
+
+def _init_lane(parent: int, events: Any) -> None:
+    worker_setup(parent)
+    _LANE["events"] = events
+
+
+def lane_event(event: Any) -> None:
+    """In a lane: hand ``event`` (picklable) to the caller's ``on_event`` with the lane's index; a no-op
+    elsewhere."""
+    events = _LANE.get("events")
+    if events is not None:
+        events.put((_LANE["lane"], event))
+
+
+def _lane(fn: Callable[..., list[Any]], args: tuple[Any, ...], threads: int, plugins: Sequence[Any],
+          lane: int) -> list[Any]:
     """One lane in its worker process: the plugin files, its thread count, then ``fn(*args)``."""
     from spmlbench.losses.plugins import install_all
 
+    _LANE["lane"] = lane
     install_all(plugins)
     torch.set_num_threads(threads)
     return fn(*args)
 
 
 def run_lanes(fn: Callable[..., list[Any]], calls: Sequence[tuple[Any, ...]], threads: int,
-              losses: Sequence[str]) -> list[list[Any]]:
+              losses: Sequence[str], on_event: Callable[[int, Any], None] | None = None) -> list[list[Any]]:
     """``fn(*call)`` for each call, each in its own spawned process with ``threads`` intra-op threads; the results
     in order. ``fn`` must be importable (a module-level function); ``losses``: the names whose plugin files the
-    workers need. A worker that dies (killed, out of memory) is a one-line :class:`~spmlbench.errors.SpmlError`;
-    an error or an interrupt here stops every worker."""
+    workers need; ``on_event(lane, event)`` gets what a lane sends with :func:`lane_event`, here, as it comes. A
+    worker that dies (killed, out of memory) is a one-line :class:`~spmlbench.errors.SpmlError`; an error or an
+    interrupt here stops every worker."""
     from spmlbench.losses.plugins import sources_for
 
     plugins = sources_for(set(losses))
     ctx = tmp.get_context("spawn")
-    pool = cf.ProcessPoolExecutor(max_workers=len(calls), mp_context=ctx, initializer=worker_setup,
-                                  initargs=(os.getpid(),))
+    events = ctx.Queue()
+    pool = cf.ProcessPoolExecutor(max_workers=len(calls), mp_context=ctx, initializer=_init_lane,
+                                  initargs=(os.getpid(), events))
     try:
-        futures = [pool.submit(_lane, fn, call, threads, plugins) for call in calls]
+        futures = [pool.submit(_lane, fn, call, threads, plugins, k) for k, call in enumerate(calls)]
         try:
+            pending = set(futures)
+            while pending:
+                _, pending = cf.wait(pending, timeout=0.2)
+                _drain(events, on_event)
+            _drain(events, on_event, wait=0.1)  # a lane's last events may still be on their way
             return [f.result() for f in futures]
         except BrokenProcessPool:
             raise SpmlError(
@@ -92,6 +118,17 @@ def run_lanes(fn: Callable[..., list[Any]], calls: Sequence[tuple[Any, ...]], th
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _drain(events: Any, on_event: Callable[[int, Any], None] | None, wait: float = 0.0) -> None:
+    """Hand every queued lane event to ``on_event`` (waiting up to ``wait`` s for each next one)."""
+    while True:
+        try:
+            lane, event = events.get(timeout=wait) if wait else events.get_nowait()
+        except queue_mod.Empty:
+            return
+        if on_event is not None:
+            on_event(lane, event)
 
 
 def _terminate(pool: cf.ProcessPoolExecutor) -> None:
