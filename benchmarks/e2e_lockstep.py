@@ -1,22 +1,21 @@
 """Lockstep end-to-end training against separate runs, in the same process: image-steps/s, decodes, memory.
 
 M jobs of one seed (M losses, the linear head) train on the same synthetic JPEGs (VOC's typical 500x375 by
-default) four ways, each in a fresh child process so that its peak RSS is its own:
+default) five ways, each in a fresh child process so that its peak RSS is its own:
 
-* separate: ``train_e2e`` once per job (each decodes, resizes and flips every image itself);
-* exact: ``train_lockstep`` on the M jobs with ``exact`` (one decode per batch, every model steps on it with the
-  optimiser of a separate run: on the CPU the numbers of separate runs bit for bit, tests/test_lockstep.py);
-* fast: ``train_lockstep`` in its fast mode (fused Adam kernels; the numbers within float noise,
-  tests/test_lockstep_fast.py), in one process;
-* lanes (CPU only): the fast mode split over ``--processes`` spawned processes (default: one per torch thread),
-  each with its share of the threads (spmlbench.train.lockstep_lanes; what ``spmlbench run`` does on the CPU for
-  a long group).
+* separate: ``train_e2e`` once per job (each decodes, resizes and flips every image itself; fused Adam);
+* fast: ``train_lockstep`` on the M jobs in one process (one decode per batch, every model steps on it with the
+  optimiser of a separate run: on the CPU the numbers of ``separate`` bit for bit, tests/test_lockstep_fast.py);
+* lanes (CPU only): ``fast`` split over ``--processes`` spawned processes (default: one per torch thread), each
+  with its share of the threads (spmlbench.train.lockstep_lanes; ``spmlbench run --processes N``);
+* separate-exact and exact: the same as ``separate`` and ``fast`` with ``exact`` numerics (torch's default Adam
+  loop on the CPU; fp32 without bf16 autocast on CUDA).
 
 Reported: image-steps/s (M x training images x timed epochs / training time; lanes: the slowest lane's), images
 decoded per second, peak RSS (CPU: this process and its lanes, summed, sampled every 20 ms) or peak GPU memory
 per model, the CPU utilisation of the whole training call (CPU seconds of the process tree / wall seconds x
 cores; evaluation and spawns included), GPU utilisation over the training (CUDA, from nvidia-smi where present),
-and each lockstep variant's ratio to separate runs. On CUDA ``exact`` is fp32 too (no bf16 autocast).
+and each lockstep variant's ratio to the separate runs of its numerics.
 
     python benchmarks/e2e_lockstep.py --models 8                      # CPU: resnet18 at 48 px, 64 images
     python benchmarks/e2e_lockstep.py --models 8 --image-size 32 --threads 1
@@ -42,7 +41,8 @@ LOSSES = ("an", "an_ls", "wan", "focal", "asl", "hill", "gr", "epr", "role", "em
           "em_apl", "bce")
 
 
-VARIANTS = ("separate", "exact", "fast", "lanes")
+VARIANTS = ("separate", "fast", "lanes", "separate-exact", "exact")
+BASELINE = {"fast": "separate", "lanes": "separate", "exact": "separate-exact"}
 
 
 def _jobs(models: int, backbone: str, epochs: int, batch: int, exact: bool = False) -> list:
@@ -65,7 +65,7 @@ def _child(args: argparse.Namespace) -> dict:
     dev = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    lockstep, exact = args.only != "separate", args.only == "exact"
+    lockstep, exact = args.only in BASELINE, args.only in ("exact", "separate-exact")
     processes = (args.processes or torch.get_num_threads()) if args.only == "lanes" else 1
     rss = _TreeRss() if dev.type == "cpu" else None
     with tempfile.TemporaryDirectory(prefix="spml-lockstep-") as tmp:
@@ -81,7 +81,7 @@ def _child(args: argparse.Namespace) -> dict:
             results = train_lockstep(jobs, recipes, [home / f"w{i}" for i in range(len(jobs))], home=home, device=dev,
                                      exact=exact, workers=args.workers, image_size=args.image_size, processes=processes)
         else:
-            results = [train_e2e(j, recipe=r, home=home, device=dev, workdir=home / f"w{i}", workers=args.workers,
+            results = [train_e2e(j, recipe=r, home=home, device=dev, workdir=home / f"w{i}", workers=args.workers, exact=exact,
                                  progress=False, image_size=args.image_size) for i, (j, r) in enumerate(zip(jobs, recipes))]
         wall = time.perf_counter() - t0
         cpu_util = 100 * (_cpu_seconds() - cpu0) / (wall * len(os.sched_getaffinity(0)))
@@ -110,14 +110,15 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2, help="the last epoch is timed")
     ap.add_argument("--workers", type=int, default=None, help="decode workers (default: the trainer's)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads in each variant (default: torch's)")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help="which of separate,exact,fast,lanes to run")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="which of " + ",".join(VARIANTS) + " to run")
     ap.add_argument("--processes", type=int, default=None, help="lanes: processes (default: one per torch thread)")
     ap.add_argument("--only", choices=VARIANTS, help=argparse.SUPPRESS)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     variants = [v for v in VARIANTS if v in args.variants.split(",")]
-    if "separate" not in variants:
-        raise SystemExit("--variants: separate is the baseline of the ratios; keep it")
+    missing = sorted({BASELINE[v] for v in variants if v in BASELINE} - set(variants))
+    if missing:
+        raise SystemExit(f"--variants: {', '.join(missing)} is the baseline of a ratio asked for; add it")
     from spmlbench.runtime import resolve_device
 
     cuda = resolve_device(args.device).type == "cuda"
@@ -139,18 +140,18 @@ def main() -> None:
         out[variant] = json.loads(res.stdout.strip().splitlines()[-1])
         if util is not None:
             out[variant]["gpu_util_pct"] = _gpu_util_stop(util)
-    ratios = {v: out[v]["image_steps_s"] / out["separate"]["image_steps_s"] for v in variants if v != "separate"}
+    ratios = {v: out[v]["image_steps_s"] / out[BASELINE[v]]["image_steps_s"] for v in variants if v in BASELINE}
     if args.json:
         print(json.dumps({**out, "ratios": ratios}))
         return
-    print(f"device {out['separate']['device']}  {args.backbone} @ {args.image_size}px  batch {args.batch_size}  "
+    print(f"device {out[variants[0]]['device']}  {args.backbone} @ {args.image_size}px  batch {args.batch_size}  "
           f"{args.models} models  {args.images} train images  threads {args.threads or torch.get_num_threads()}")
-    print(f"{'variant':<10}{'image-steps/s':>15}{'decoded/s':>11}{'peak GiB/model':>16}{'CPU util %':>12}"
-          f"{'GPU util %':>12}{'x separate':>12}")
+    print(f"{'variant':<15}{'image-steps/s':>15}{'decoded/s':>11}{'peak GiB/model':>16}{'CPU util %':>12}"
+          f"{'GPU util %':>12}{'x its separate':>16}")
     for v in variants:
         r = out[v]
-        print(f"{v:<10}{r['image_steps_s']:>15.1f}{r['decoded_s']:>11.1f}{r['peak_gib_per_model']:>16.3f}"
-              f"{r['cpu_util_pct']:>12.1f}{r.get('gpu_util_pct', float('nan')):>12.1f}{ratios.get(v, 1.0):>12.2f}")
+        print(f"{v:<15}{r['image_steps_s']:>15.1f}{r['decoded_s']:>11.1f}{r['peak_gib_per_model']:>16.3f}"
+              f"{r['cpu_util_pct']:>12.1f}{r.get('gpu_util_pct', float('nan')):>12.1f}{ratios.get(v, 1.0):>16.2f}")
 
 
 class _TreeRss:

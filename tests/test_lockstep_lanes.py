@@ -18,7 +18,7 @@ import torch
 
 from spmlbench.train.configs import EpochProgress
 from spmlbench.train.lockstep import train_lockstep
-from spmlbench.train.lockstep_lanes import AUTO_MIN_IMAGE_STEPS, LANES_MAX, lane_count, split_lanes
+from spmlbench.train.lockstep_lanes import lane_count, split_lanes
 from test_e2e import Job, _write_tiny, recipe, tiny  # noqa: F401 - fixtures
 from test_reliability_signals import children, is_worker, survivors
 
@@ -26,16 +26,12 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 
 def test_lane_count_rules() -> None:
-    big, small = AUTO_MIN_IMAGE_STEPS, AUTO_MIN_IMAGE_STEPS - 1
-    assert lane_count(8, CUDA, False, 4, big, 16) == 1  # the GPU runs one process
-    assert lane_count(8, CPU, True, 4, big, 16) == 1  # --exact: the separate runs' thread count
-    assert lane_count(1, CPU, False, 4, big, 16) == 1
-    assert lane_count(8, CPU, False, None, small, 2) == 1  # auto: a short group is not worth the spawns
-    assert lane_count(8, CPU, False, None, big, 2) == 2  # auto: one lane per thread
-    assert lane_count(16, CPU, False, None, big, 64) == LANES_MAX
-    assert lane_count(3, CPU, False, None, big, 16) == 3  # no more lanes than jobs
-    assert lane_count(8, CPU, False, 3, small, 2) == 3  # asked for: as asked, whatever the size
-    assert lane_count(2, CPU, False, 5, small, 2) == 2
+    assert lane_count(8, CUDA, False, 4) == 1  # the GPU runs one process
+    assert lane_count(8, CPU, True, 4) == 1  # --exact: the separate runs' thread count
+    assert lane_count(1, CPU, False, 4) == 1
+    assert lane_count(8, CPU, False, None) == 1  # only when asked: a lane's thread count rounds differently
+    assert lane_count(8, CPU, False, 3) == 3
+    assert lane_count(2, CPU, False, 5) == 2  # no more lanes than jobs
 
 
 def test_split_lanes_balances_by_epochs() -> None:
@@ -74,6 +70,7 @@ def test_lanes_equal_an_in_process_group_with_their_threads(tiny: Path, tmp_path
         assert a.status == b.status == "ok", (a.error, b.error)
         assert (a.val_map, a.train_loss, a.test_map, a.test_ap) == (b.val_map, b.train_loss, b.test_map, b.test_ap)
     assert {a.device for a in lanes} == {"cpu"} and len(lanes) == len(jobs)
+    assert {a.settings["threads"] for a in lanes} == {max(1, threads // 2)}  # the record names the lane's threads
     # the group's epochs as the CLI's epoch bar sees them: 3 jobs, the best val mAP of any of them so far
     best = [max(r.val_map[e] for r in alone for e in range(k + 1)) for k in range(2)]
     assert events["one"] == [EpochProgress(1, 2, 3, best[0]), EpochProgress(2, 2, 3, best[1])]

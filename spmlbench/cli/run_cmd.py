@@ -83,9 +83,10 @@ def run(
     workers: Optional[int] = typer.Option(None, "--workers", help="end to end: image decode workers",
                                           show_default="by device", rich_help_panel=E2E),
     processes: str = typer.Option("auto", "--processes",
-                                  help="on the CPU: split linear configs, or the models of a fast end-to-end "
-                                       "lockstep group, over N processes; auto: one per core for long runs "
-                                       "(1 per task with --executor ray)", metavar="<auto|N>", rich_help_panel=SCALE_OUT),
+                                  help="on the CPU: split linear configs over N processes (auto: one per core for "
+                                       "long runs; 1 per task with --executor ray); a number also splits a lockstep "
+                                       "group without --exact (each with its share of the threads, which rounds "
+                                       "differently)", metavar="<auto|N>", rich_help_panel=SCALE_OUT),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="end to end: input size",
                                              show_default="the backbone's", rich_help_panel=E2E),
     weights: Optional[str] = typer.Option(None, "--weights", help="end to end: backbone weights, default or none",
@@ -93,8 +94,7 @@ def run(
                                           rich_help_panel=E2E),
     lockstep: bool = typer.Option(True, "--lockstep/--no-lockstep",
                                   help="end to end: jobs sharing a batch order train together on one input pipeline "
-                                       "(the same numbers: bit for bit on the CPU with --exact, else within float "
-                                       "noise)", rich_help_panel=E2E),
+                                       "(the numbers of separate runs, bit for bit on the CPU)", rich_help_panel=E2E),
     keep_checkpoints: bool = typer.Option(True, "--keep-checkpoints/--drop-checkpoints",
                                           help="end to end: keep <out>/work/<job> (best and last epoch) after the record",
                                           rich_help_panel=E2E),

@@ -171,8 +171,8 @@ def train_image_group(
     progress: ProgressFn | None = None,
 ) -> list[Any]:
     """Train end-to-end jobs of one lockstep group together (:func:`spmlbench.train.lockstep.train_lockstep`);
-    one result per job, each in its own work folder (resumable). ``processes``: on the CPU in the fast mode, the
-    group's models over up to this many processes (None: as many as pays off). ``progress`` gets one
+    one result per job, each in its own work folder (resumable). ``processes``: on the CPU without ``exact``, the
+    group's models over up to this many processes (None: one). ``progress`` gets one
     :class:`EpochProgress` per epoch of the group (its jobs in ``configs``, the best val mAP of any)."""
     from spmlbench.experiments.recipes import job_recipes
     from spmlbench.train.lockstep import train_lockstep

@@ -216,13 +216,13 @@ def run_jobs(
     ``keep_checkpoints``: keep an end-to-end job's ``<out>/work/<job_id>`` after its record.
     ``processes``: linear jobs on the CPU: split each cohort over this many processes (local executor;
     None: as many as pays off, see :func:`spmlbench.train.parallel.auto_processes`; the CLI's
-    default); end-to-end lockstep groups on the CPU (fast mode): their models over this many processes
-    (:mod:`spmlbench.train.lockstep_lanes`). Workers are spawned: a script that asks for more than one needs the
+    default); a number also splits end-to-end lockstep groups on the CPU without ``exact`` over this many
+    processes (:mod:`spmlbench.train.lockstep_lanes`; None: not split). Workers are spawned: a script that asks for more than one needs the
     ``if __name__ == "__main__":`` guard. ``verify``: hash the layer4 map caches whole (by default
     whole up to 1 GiB, sampled blocks above; feature and pseudo-label caches are always hashed whole).
     ``lockstep``: end-to-end jobs that share their batch order train
-    together on one input pipeline (:mod:`spmlbench.train.lockstep`; the same numbers, bit for bit on the
-    CPU for exact jobs, else within float noise).
+    together on one input pipeline (:mod:`spmlbench.train.lockstep`; the numbers of separate runs, bit for bit
+    on the CPU).
     """
     out = Path(out_dir)
     progress = progress or RunProgress()

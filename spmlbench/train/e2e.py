@@ -19,9 +19,10 @@ augmentations.
 
 Speed (CUDA): bf16 autocast for the backbone (the head and the loss run in float32), channels-last,
 uint8 images pinned and copied ``non_blocking`` (normalised on the device), persistent decode
-workers, fused Adam, and no host synchronisation inside the training step (the epoch loss is
-accumulated on the device). ``exact=True`` trains in float32 with TF32 off and deterministic
-cuDNN (the reference numerics).
+workers, and no host synchronisation inside the training step (the epoch loss is accumulated on the
+device). On every device torch's fused Adam / SGD kernels (:func:`~spmlbench.train.e2e_job.fused_kernels`).
+``exact=True`` trains in float32 with TF32 off, deterministic cuDNN and torch's default optimiser kernels
+(the reference numerics).
 
 Checkpoints in ``workdir``: ``last.pt`` (model, optimizer, loss state incl. ROLE's G / LL-Cp's
 matrix / EM-APL's pseudo labels, RNG state, per-epoch metrics) after every epoch and
@@ -49,6 +50,7 @@ from spmlbench.train import checkpoint as ckpt
 from spmlbench.train.e2e_data import backbone_and_weights, job_dict
 from spmlbench.train.e2e_job import (
     end_epoch,
+    fused_kernels,
     evaluate_job,
     job_member,
     job_result,
@@ -141,8 +143,10 @@ def job_settings(job: Any, recipe: E2ERecipe, dev: torch.device, exact: bool, ba
     """The settings a job's record carries and the fingerprint its checkpoints and result are kept under."""
     amp = dev.type == "cuda" and not exact
     settings = {**dataclasses.asdict(recipe), "backbone": backbone, "weights": weights, "image_size": image_size,
-                "exact": bool(exact), "amp": "bf16" if amp else "fp32", "linear_init": linear_init}
-    keys = ("backbone", "weights", "image_size", "exact", "linear_init")
+                "exact": bool(exact), "amp": "bf16" if amp else "fp32", "linear_init": linear_init,
+                "optimizer_kernels": "fused" if fused_kernels(recipe, exact) else "default",
+                "threads": torch.get_num_threads()}
+    keys = ("backbone", "weights", "image_size", "exact", "linear_init", "optimizer_kernels")
     return settings, _run_fingerprint(job, recipe, {k: settings[k] for k in keys})
 
 

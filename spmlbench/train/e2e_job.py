@@ -146,13 +146,18 @@ def should_stop(recipe: E2ERecipe, val_map: list[float]) -> bool:
     return stops(recipe.early_stop, val_map)
 
 
+def fused_kernels(recipe: E2ERecipe, exact: bool) -> bool:
+    """Whether a job's optimiser runs torch's fused Adam / SGD kernels (one pass over each tensor), on every device
+    and whether the job trains alone or in lockstep: unless ``exact`` (torch's default kernels, the numbers of
+    earlier versions; on the CPU a loop over the tensors, several ops each); Adamax (MIME) has none."""
+    return not exact and recipe.optimizer in ("adam", "sgd")
+
+
 def build_optimizer(model: E2EModel, loss: nn.Module, recipe: E2ERecipe, device: torch.device, exact: bool,
                     fused: bool | None = None) -> torch.optim.Optimizer:
     """The job's optimiser over the backbone (``lr``), the head (``lr x head_lr_mult``) and the loss's own groups.
-    ``fused``: torch's fused Adam / SGD kernels (one pass over each tensor); None, a separate run's: fused Adam
-    on CUDA unless ``exact``, else torch's default (on the CPU a loop over the tensors, several ops each)."""
-    sgd_fused = fused is True
-    fused = device.type == "cuda" and not exact if fused is None else fused
+    ``fused``: torch's fused kernels or its default ones (None: :func:`fused_kernels`)."""
+    fused = fused_kernels(recipe, exact) if fused is None else fused
     groups: list[dict[str, Any]] = [
         {"params": list(model.backbone.parameters()), "lr": recipe.lr},
         {"params": list(model.head.parameters()), "lr": recipe.lr * recipe.head_lr_mult},
@@ -163,7 +168,7 @@ def build_optimizer(model: E2EModel, loss: nn.Module, recipe: E2ERecipe, device:
         return torch.optim.Adamax(groups, lr=recipe.lr)
     if recipe.optimizer == "sgd":  # Large Loss Matters on VOC
         return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
-                               fused=sgd_fused or None)
+                               fused=fused or None)
     return torch.optim.Adam(groups, lr=recipe.lr, fused=fused or None)
 
 
@@ -207,11 +212,9 @@ def setup_job(
     init_head: Mapping[str, torch.Tensor] | None, init_loss_state: Mapping[str, torch.Tensor] | None,
     recipe: E2ERecipe, backbone: str, weights: str, image_size: int | None, labels: Any, hooks: Hooks,
     fingerprint: str, history: dict[str, Any], settings: dict[str, Any], data: JobData | None = None,
-    fused_optimizer: bool | None = None,
 ) -> JobState:
     """Build one job's model, loss, optimiser and loaders, resumed from ``workdir/last.pt`` when it holds this
-    run; ``data``: the job's inputs when already loaded (lockstep: one load for every job); ``fused_optimizer``:
-    :func:`build_optimizer`'s ``fused``."""
+    run; ``data``: the job's inputs when already loaded (lockstep: one load for every job)."""
     seed = int(getattr(job, "seed", 0) or 0)
     data = data if data is not None else load_job_data(job, home, labels)
     head = model_head(job)
@@ -232,7 +235,7 @@ def setup_job(
     if channels_last:
         model.to(memory_format=torch.channels_last)
     loss.to(dev)
-    optimizer = build_optimizer(model, loss, recipe, dev, exact, fused_optimizer)
+    optimizer = build_optimizer(model, loss, recipe, dev, exact)
     # a loss with a ``linear_init`` hyperparameter (GR) trains the head alone for that many epochs first
     linear_init_epochs = int(job_hparams(job).get("linear_init", 0) or 0)
 

@@ -12,14 +12,15 @@ CPU; benchmarks/README.md). The val and test passes share their batches the same
 model scores them). Each job keeps its own work folder: checkpoints after every epoch, so a killed group
 resumes every job from its own last epoch (a job behind the others catches up first, alone). A group larger
 than the device holds trains in parts (:mod:`spmlbench.train.lockstep_memory`). On the CPU a fast-mode group
-trains in lanes: spawned processes with a share of the intra-op threads each, every one such a group over part of
-the jobs (:mod:`spmlbench.train.lockstep_lanes`; measured: two lanes of one thread beat one process of two).
+may train in lanes, when asked: spawned processes with a share of the intra-op threads each, every one such a
+group over part of the jobs (:mod:`spmlbench.train.lockstep_lanes`; two lanes of one thread beat one process of
+two by about 20%, at the price of another thread count's rounding).
 
-Numerics: with ``exact`` each job's optimiser is the one of a separate run, so on the CPU the numbers equal
-separate runs bit for bit (the same kernels on the same inputs). Otherwise (the fast mode) the optimisers are
-torch's fused Adam / SGD kernels (one pass over each tensor; on the CPU the default loop is half of a
-ResNet-18 step at 32 px): the numbers equal separate runs within float noise, and a job's numbers still do
-not depend on the group it trains in (its kernels are its own).
+Numerics: each job builds the optimiser a separate run of it builds (:func:`spmlbench.train.e2e_job.fused_kernels`:
+torch's fused Adam / SGD kernels unless ``exact``), steps on the same inputs and keeps its own global RNG stream,
+so on the CPU its numbers equal a separate run's bit for bit, with ``exact`` or without (tests/test_lockstep.py,
+tests/test_lockstep_fast.py), and do not depend on which jobs share its group. On CUDA the fast mode's bf16
+kernels are not deterministic, in a group or alone.
 
 Who can join (:func:`lockstep_key`): mode ``e2e`` jobs of a plain method (the linear head with a loss, no
 trainer of its own, no per-batch features): a method with its own head (BoostLU, MIME, SMILE) runs apart. Jobs join when they agree on dataset, seed, protocol seeds, backbone and weights, image size,
@@ -120,8 +121,8 @@ def train_lockstep(jobs: Sequence[Any], recipes: Sequence[E2ERecipe], workdirs: 
     whose training raises becomes a failed result; the others go on. ``image_size``: default the jobs' own
     (else the backbone's). More jobs than the device holds (:mod:`spmlbench.train.lockstep_memory`) train in
     parts, one after another. ``processes``: a fast-mode group on the CPU trains in up to this many spawned
-    processes (None: as many as pays off; :mod:`spmlbench.train.lockstep_lanes`), each with its share of the
-    intra-op threads (``progress`` is then not called). ``on_epoch``: after each epoch of the group (lanes: of
+    processes (:mod:`spmlbench.train.lockstep_lanes`; None or 1: this one), each with its share of the intra-op
+    threads (``progress`` is then not called). ``on_epoch``: after each epoch of the group (lanes: of
     the slowest lane), its epoch, the group's epochs, the jobs training and the best val mAP of any of them."""
     dev = resolve_device(device)
     sizes = [len(jobs)]
@@ -134,9 +135,8 @@ def train_lockstep(jobs: Sequence[Any], recipes: Sequence[E2ERecipe], workdirs: 
     lo = 0
     for n in sizes:
         part = (jobs[lo:lo + n], recipes[lo:lo + n], workdirs[lo:lo + n])
-        steps = _image_steps(part[0], part[1], home) if processes is None and dev.type == "cpu" and n > 1 else 0
         threads = torch.get_num_threads()
-        lanes = lane_count(n, dev, exact, processes, steps, threads)
+        lanes = lane_count(n, dev, exact, processes)
         if lanes > 1:
             out += _train_lanes(*part, lanes, max(1, threads // lanes), home=home, exact=exact, workers=workers,
                                 image_size=image_size, on_epoch=on_epoch)
@@ -145,14 +145,6 @@ def train_lockstep(jobs: Sequence[Any], recipes: Sequence[E2ERecipe], workdirs: 
                                 image_size=image_size, on_epoch=on_epoch)
         lo += n
     return out
-
-
-def _image_steps(jobs: Sequence[Any], recipes: Sequence[E2ERecipe], home: Any) -> int:
-    """Image-steps the group trains at most (epochs x training images, summed over its jobs)."""
-    from spmlbench.data.store import load_labels
-
-    train = int((load_labels(jobs[0].dataset, home)["split"].to_numpy() == "train").sum())
-    return train * sum(int(r.epochs) for r in recipes)
 
 
 def _train_lanes(jobs: Sequence[Any], recipes: Sequence[E2ERecipe], workdirs: Sequence[str | Path], lanes: int,
@@ -218,7 +210,7 @@ def _train_group(jobs: Sequence[Any], recipes: Sequence[E2ERecipe], workdirs: Se
                         job, home=home, dev=dev, workdir=wd, exact=exact, workers=workers, progress=None,
                         init_head=None, init_loss_state=None, recipe=recipe, backbone=backbone, weights=weights,
                         image_size=size, labels=None, hooks=Hooks(), fingerprint=fp, history=history,
-                        settings=settings, fused_optimizer=None if exact else True)
+                        settings=settings)
             except LossError as exc:  # the loss's own code raised while it was built: this job fails alone
                 results[i] = failed_result(history, dev, settings, str(exc))
                 continue

@@ -9,8 +9,10 @@ instead of one per group: small next to the models' steps).
 
 Numerics: a lane is :func:`spmlbench.train.lockstep.train_lockstep`'s in-process group with ``threads // lanes``
 intra-op threads, so its jobs' numbers equal an in-process group run with that thread count bit for bit
-(tests/test_lockstep_lanes.py); across thread counts convolutions round differently (float noise, as the fast
-mode allows). ``--exact`` groups and CUDA groups never split. Lanes exit when their caller dies (kill -9);
+(tests/test_lockstep_lanes.py; each record's ``settings`` names its thread count). Across thread counts oneDNN's
+convolutions round differently, and training from random weights amplifies that (digits, 2 epochs: up to 0.7
+test-mAP points), so lanes run only when asked (``run --processes N``); ``--exact`` groups and CUDA groups never
+split. Lanes exit when their caller dies (kill -9);
 every job keeps its own work folder, so a killed group resumes every job from its own last epoch.
 """
 
@@ -29,20 +31,12 @@ import torch.multiprocessing as tmp
 from spmlbench.errors import SpmlError
 from spmlbench.runtime import worker_setup
 
-LANES_MAX = 8  # processes of one group at most (each holds a torch runtime: about 0.3 GiB)
-AUTO_MIN_IMAGE_STEPS = 20_000  # auto splits a group only when it trains this many image-steps (models x epochs x
-# images): a lane's spawn and torch import (seconds) must be small next to the 20% it saves
-
-
-def lane_count(n_jobs: int, device: torch.device, exact: bool, processes: int | None, image_steps: int,
-               threads: int) -> int:
-    """How many processes a lockstep group of ``n_jobs`` trains in: one on CUDA, with ``exact`` or for a single
-    job; ``processes`` (None: auto, one per intra-op thread up to :data:`LANES_MAX` when the group trains at
-    least :data:`AUTO_MIN_IMAGE_STEPS` image-steps), at most one per job."""
-    if device.type != "cpu" or exact or n_jobs < 2:
+def lane_count(n_jobs: int, device: torch.device, exact: bool, processes: int | None) -> int:
+    """How many processes a lockstep group of ``n_jobs`` trains in: one on CUDA, with ``exact``, for a single job
+    or unless asked (``processes`` None: a lane's thread count rounds differently from a separate run's, so the
+    default keeps the numbers of separate runs); else ``processes``, at most one per job."""
+    if device.type != "cpu" or exact or n_jobs < 2 or processes is None:
         return 1
-    if processes is None:
-        processes = min(threads, LANES_MAX) if image_steps >= AUTO_MIN_IMAGE_STEPS else 1
     return max(1, min(int(processes), n_jobs))
 
 
