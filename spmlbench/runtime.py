@@ -4,6 +4,7 @@ and experiments."""
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import os
 import signal
@@ -130,3 +131,13 @@ def _exit_with_parent(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(PARENT_CHECK_S)
     os._exit(1)
+
+
+def terminate_workers(pool: cf.ProcessPoolExecutor) -> None:
+    """Stop a process pool's workers now, mid-task (after an error or an interrupt in their caller)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # no public API before Python 3.14
+    for proc in processes:
+        proc.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
+    for proc in processes:
+        proc.join(timeout=5)

@@ -153,11 +153,11 @@ def fused_kernels(recipe: E2ERecipe, exact: bool) -> bool:
     return not exact and recipe.optimizer in ("adam", "sgd")
 
 
-def build_optimizer(model: E2EModel, loss: nn.Module, recipe: E2ERecipe, device: torch.device, exact: bool,
-                    fused: bool | None = None) -> torch.optim.Optimizer:
-    """The job's optimiser over the backbone (``lr``), the head (``lr x head_lr_mult``) and the loss's own groups.
-    ``fused``: torch's fused kernels or its default ones (None: :func:`fused_kernels`)."""
-    fused = fused_kernels(recipe, exact) if fused is None else fused
+def build_optimizer(model: E2EModel, loss: nn.Module, recipe: E2ERecipe, device: torch.device,
+                    exact: bool) -> torch.optim.Optimizer:
+    """The job's optimiser over the backbone (``lr``), the head (``lr x head_lr_mult``) and the loss's own groups,
+    with the kernels of :func:`fused_kernels`."""
+    fused = fused_kernels(recipe, exact)
     groups: list[dict[str, Any]] = [
         {"params": list(model.backbone.parameters()), "lr": recipe.lr},
         {"params": list(model.head.parameters()), "lr": recipe.lr * recipe.head_lr_mult},

@@ -29,7 +29,7 @@ import torch
 import torch.multiprocessing as tmp
 
 from spmlbench.errors import SpmlError
-from spmlbench.runtime import worker_setup
+from spmlbench.runtime import terminate_workers, worker_setup
 
 def lane_count(n_jobs: int, device: torch.device, exact: bool, processes: int | None) -> int:
     """How many processes a lockstep group of ``n_jobs`` trains in: one on CUDA, with ``exact``, for a single job
@@ -108,7 +108,7 @@ def run_lanes(fn: Callable[..., list[Any]], calls: Sequence[tuple[Any, ...]], th
                 "a re-run resumes every job from its last epoch; use --processes 1 to train the group in one "
                 "process (or guard a script's entry point with 'if __name__ == \"__main__\":')") from None
     except BaseException:
-        _terminate(pool)
+        terminate_workers(pool)
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -124,11 +124,3 @@ def _drain(events: Any, on_event: Callable[[int, Any], None] | None, wait: float
         if on_event is not None:
             on_event(lane, event)
 
-
-def _terminate(pool: cf.ProcessPoolExecutor) -> None:
-    """Stop the workers now, mid-task."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())  # no public API before Python 3.14
-    for proc in processes:
-        proc.terminate()
-    for proc in processes:
-        proc.join(timeout=5)

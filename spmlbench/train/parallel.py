@@ -32,7 +32,7 @@ import torch
 import torch.multiprocessing as tmp
 
 from spmlbench.errors import ConfigError
-from spmlbench.runtime import available_cpus, worker_setup
+from spmlbench.runtime import available_cpus, terminate_workers, worker_setup
 
 from spmlbench.train.configs import EpochProgress, LinearData, ProgressFn, TrainConfig, ValHook
 from spmlbench.train.cost_model import CostModel, call_groups
@@ -285,14 +285,8 @@ class WorkerPool:
     def _terminate(self) -> None:
         """Stop the workers now, mid-task (after an error or an interrupt in the caller)."""
         pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        processes = list(getattr(pool, "_processes", {}).values())  # no public API before Python 3.14
-        for proc in processes:
-            proc.terminate()
-        pool.shutdown(wait=True, cancel_futures=True)
-        for proc in processes:
-            proc.join(timeout=5)
+        if pool is not None:
+            terminate_workers(pool)
 
 
 def train_linear_parallel(data: LinearData, configs: Sequence[TrainConfig], processes: int | None = 1, *,
