@@ -1,5 +1,7 @@
 """Where data, results and caches live: ``$SPMLBENCH_HOME`` (default from platformdirs), ``results/`` and
-``$SPMLBENCH_CACHE`` (default: the platform cache dir, ``$XDG_CACHE_HOME/spmlbench`` on Linux)."""
+``$SPMLBENCH_CACHE`` (default: the platform cache dir, ``$XDG_CACHE_HOME/spmlbench`` on Linux); and the data
+files the package ships (``spmlbench/data_manifests/``: dataset manifests, recipes, loss defaults, citations,
+experiments, published results), found the same way in a checkout and in an installed wheel."""
 
 from __future__ import annotations
 
@@ -12,6 +14,15 @@ from spmlbench.errors import ConfigError
 
 ENV_HOME = "SPMLBENCH_HOME"
 ENV_CACHE = "SPMLBENCH_CACHE"
+
+
+_SHIPPED = Path(__file__).resolve().parent / "data_manifests"
+
+
+def shipped(*parts: str) -> Path:
+    """A file or folder of the package's data, ``spmlbench/data_manifests/<parts>`` (package data: it is in the
+    wheel, so ``pip install .`` and ``pip install -e .`` find it alike)."""
+    return _SHIPPED.joinpath(*parts)
 
 
 def check_name(kind: str, name: str) -> str:

@@ -203,6 +203,20 @@ def test_manifest_dir_argument_and_env_override(tmp_path: Path, monkeypatch: pyt
     assert available_manifests() == ["toy"]
 
 
+def test_the_env_folder_replaces_only_dataset_manifests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a folder of one's own datasets: recipes, loss defaults and citations still come from the package
+    from spmlbench.data.citations import load_citations
+    from spmlbench.experiments.recipes import e2e_recipe, load_table
+    from spmlbench.losses import resolve_hparams
+
+    _write(tmp_path / "mine", "toy", GOOD.format(md5="0" * 32))
+    monkeypatch.setenv(ENV_MANIFESTS, str(tmp_path / "mine"))
+    assert available_manifests() == ["toy"]
+    assert e2e_recipe("gr", "voc").batch_size == 8 and load_table("recipes.toml", "linear")
+    assert resolve_hparams("gr", "coco").beta == (0.0, 10.0, -2.0, -8.0)  # loss_defaults.toml's COCO row
+    assert "gr" in load_citations().losses
+
+
 @pytest.mark.parametrize(
     ("body", "needle"),
     [

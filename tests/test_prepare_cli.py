@@ -11,6 +11,7 @@ import pytest
 
 from spmlbench.data import label_matrix, load_labels
 from spmlbench.data.registry import image_root
+from spmlbench.paths import shipped
 
 try:  # tests/ as a package or on sys.path (rootdir layout)
     from tests import fixtures_raw as fx
@@ -21,7 +22,7 @@ except ImportError:  # pragma: no cover
     from http_server import LoopbackServer, http_server  # type: ignore[no-redef]  # noqa: F401
     from test_protocol import reference_sample, reference_split  # type: ignore[no-redef]
 
-REPO_MANIFESTS = Path(__file__).resolve().parents[1] / "data_manifests"
+REPO_MANIFESTS = shipped()
 VOC_TAR = "VOCtrainval_11-May-2012.tar"
 # Hand-derived from fixtures_raw.VOC_TRAIN / VOC_VAL (see test_formats.test_voc).
 VOC_IMAGES = [

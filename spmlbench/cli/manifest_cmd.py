@@ -15,7 +15,7 @@ from spmlbench.cli.help import HELPERS
 def pin_zenodo(
     dataset: Annotated[str, typer.Argument(help="Dataset whose manifest lists Zenodo files (nuswide).")] = "nuswide",
     api: Annotated[Optional[str], typer.Option(help="Record API URL (default: the manifest's extra.zenodo_api).")] = None,
-    manifest_dir: Annotated[Optional[Path], typer.Option(help="Manifest folder (default: data_manifests/).")] = None,
+    manifest_dir: Annotated[Optional[Path], typer.Option(help="Manifest folder (default: spmlbench/data_manifests/).")] = None,
 ) -> None:
     """Read sizes and md5 of the dataset's Zenodo files from the record API and write them into its manifest."""
     from spmlbench.data.zenodo_pin import pin_manifest

@@ -20,7 +20,7 @@ def pseudo_labels(
                                "(loss aevlp: CLIP ViT-B/16, the image and its grid tiles).", metavar=choices(SOURCES),
                                rich_help_panel=SELECTION),
     clip_model: Optional[str] = typer.Option(None, "--clip-model", help="open_clip model name.",
-                                             show_default="data_manifests/pseudo_labels.toml", rich_help_panel=SELECTION),
+                                             show_default="spmlbench/data_manifests/pseudo_labels.toml", rich_help_panel=SELECTION),
     weights: Optional[str] = typer.Option(None, "--weights", help="CLIP weights: default (the manifest's open_clip "
                                           "tag), another open_clip tag, or none (random weights).",
                                           metavar="<default|TAG|none>", show_default="openai (digits: none)",

@@ -1,4 +1,4 @@
-"""BibTeX of the suite and of every built-in method (``data_manifests/citations.toml``).
+"""BibTeX of the suite and of every built-in method (``spmlbench/data_manifests/citations.toml``).
 
 ``spmlbench cite`` prints them; a method whose name the file does not hold (a plugin loss) is cited
 from the text its ``register_loss(citation=...)`` gives, as a ``@misc`` entry.
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from spmlbench.data.manifest import manifests_dir
+from spmlbench.paths import shipped
 from spmlbench.errors import ConfigError, DataError
 
 CITATIONS_FILE = "citations.toml"
@@ -48,8 +48,8 @@ def _load(path: str) -> Citations:
 
 
 def load_citations() -> Citations:
-    """The citations of ``data_manifests/citations.toml`` (cached)."""
-    return _load(str(manifests_dir() / CITATIONS_FILE))
+    """The citations of ``spmlbench/data_manifests/citations.toml`` (cached)."""
+    return _load(str(shipped(CITATIONS_FILE)))
 
 
 def cited_losses() -> list[str]:

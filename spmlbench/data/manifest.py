@@ -1,11 +1,12 @@
-"""Dataset manifests: ``data_manifests/<dataset>.toml`` read into frozen dataclasses.
+"""Dataset manifests: ``spmlbench/data_manifests/<dataset>.toml`` read into frozen dataclasses.
 
 A manifest holds every fact the code needs about one dataset's sources (file names, mirror
 URLs in order, sizes, md5/sha256), its class order, expected row counts, terms of use and
 citation. No URL or checksum lives in code.
 
-The folder is ``manifest_dir`` if given, else ``$SPMLBENCH_MANIFESTS``, else
-``<repo>/data_manifests`` (the package is installed editable).
+The folder is ``manifest_dir`` if given, else ``$SPMLBENCH_MANIFESTS``, else the shipped one
+(:func:`spmlbench.paths.shipped`). Only dataset manifests are looked up there: the package's other data (recipes,
+loss defaults, citations) always comes from the shipped folder.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from spmlbench.errors import DataError
+from spmlbench.paths import shipped
 
 ENV_MANIFESTS = "SPMLBENCH_MANIFESTS"
 
@@ -79,7 +81,7 @@ class Manifest:
         known = ", ".join(f.name for f in self.files) or "none"
         raise DataError(
             f"manifest {self.name}: no file named {name!r} (files: {known}); "
-            f"use one of the listed names or add it to data_manifests/{self.name}.toml"
+            f"use one of the listed names or add it to spmlbench/data_manifests/{self.name}.toml"
         )
 
     @property
@@ -89,13 +91,14 @@ class Manifest:
 
 
 def manifests_dir(manifest_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Return the manifest folder: the argument, else ``$SPMLBENCH_MANIFESTS``, else ``<repo>/data_manifests``."""
+    """Return the dataset manifest folder: the argument, else ``$SPMLBENCH_MANIFESTS``, else the shipped
+    ``spmlbench/data_manifests``."""
     if manifest_dir is not None:
         return Path(manifest_dir).expanduser()
     env = os.environ.get(ENV_MANIFESTS)
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parents[2] / "data_manifests"
+    return shipped()
 
 
 def available_manifests(manifest_dir: str | os.PathLike[str] | None = None) -> list[str]:

@@ -243,7 +243,7 @@ def _finish(
     if manifest is not None and manifest.class_names and tuple(fmt.class_names) != tuple(manifest.class_names):
         raise DataError(
             f"{dataset}: the raw data's class list ({len(fmt.class_names)} classes, first {fmt.class_names[:3]}) "
-            f"differs from data_manifests/{dataset}.toml; check the raw files or the manifest"
+            f"differs from spmlbench/data_manifests/{dataset}.toml; check the raw files or the manifest"
         )
     unlabeled = {"train": int((~fmt.y_train.any(axis=1)).sum()), "test": int((~fmt.y_test.any(axis=1)).sum())}
     found = {

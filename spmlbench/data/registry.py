@@ -109,7 +109,7 @@ FormatFn = Callable[[FormatInput], Formatted]
 class DatasetAdapter:
     """How one dataset is obtained and formatted.
 
-    ``manifest``: name of ``data_manifests/<name>.toml`` (None: built offline, no download).
+    ``manifest``: name of ``spmlbench/data_manifests/<name>.toml`` (None: built offline, no download).
     ``raw_files``: manifest files the formatter needs; each is downloaded unless ``--from``
     provides it (an archive is verified and extracted; a folder may hold it already extracted).
     ``user_supplied``: what ``--from`` must point to when part of the data is never downloaded

@@ -1,7 +1,7 @@
 """Jobs: one fully resolved training run (dataset, loss, hparams, seed, mode, settings) and its id.
 
 ``JobSpec`` is frozen and holds the *resolved* values (recipe defaults from
-``data_manifests/recipes.toml``, per-dataset loss defaults, user overrides), so its id (sha256 of
+``spmlbench/data_manifests/recipes.toml``, per-dataset loss defaults, user overrides), so its id (sha256 of
 its canonical JSON) changes whenever anything that affects the result changes.
 """
 

@@ -1,6 +1,6 @@
 """Training recipes resolved for one (loss, dataset, mode): the one place that reads them.
 
-Linear mode has two recipes (``data_manifests/recipes.toml``):
+Linear mode has two recipes (``spmlbench/data_manifests/recipes.toml``):
 
 - ``cole`` (default): Cole et al. 2021's linear protocol for every loss: a fixed epoch budget, no
   early stop, and (lr, batch) selected per (loss, dataset) on val mAP from a grid
@@ -9,10 +9,10 @@ Linear mode has two recipes (``data_manifests/recipes.toml``):
   comparable across losses.
 
 Modes ``e2e`` and ``linear-init`` always use each paper's own end-to-end recipe
-(``data_manifests/recipes_e2e.toml``): :func:`e2e_recipe` and :func:`linear_init_recipe` resolve it
+(``spmlbench/data_manifests/recipes_e2e.toml``): :func:`e2e_recipe` and :func:`linear_init_recipe` resolve it
 per (loss, dataset), :func:`job_recipes` with a job's own settings on top; the trainers get the
 resolved :class:`~spmlbench.train.e2e_recipe.E2ERecipe` / ``LinearPhaseRecipe`` and never read a file.
-Both files are found in the manifest folder (:func:`spmlbench.data.manifest.manifests_dir`).
+Both files ship with the package (:func:`spmlbench.paths.shipped`).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import tomllib
 from collections.abc import Mapping
 from typing import Any
 
-from spmlbench.data.manifest import manifests_dir
 from spmlbench.errors import ConfigError
+from spmlbench.paths import shipped
 from spmlbench.train.e2e_recipe import E2ERecipe, LinearPhaseRecipe
 from spmlbench.train.early_stop import canonical_rule
 
@@ -64,12 +64,12 @@ class LinearProtocol:
 
 
 def load_table(name: str, section: str) -> dict[str, Any]:
-    """Section ``section`` of the recipe file ``name`` in the manifest folder (ConfigError when unreadable)."""
-    path = manifests_dir() / name
+    """Section ``section`` of the shipped recipe file ``name`` (ConfigError when unreadable)."""
+    path = shipped(name)
     try:
         return dict(tomllib.loads(path.read_text(encoding="utf-8")).get(section, {}))
     except FileNotFoundError:
-        raise ConfigError(f"{path}: recipe file not found; restore data_manifests/{name}") from None
+        raise ConfigError(f"{path}: recipe file not found; restore spmlbench/data_manifests/{name}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML ({exc}); fix the file") from None
 

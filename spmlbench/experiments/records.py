@@ -65,9 +65,14 @@ def versions() -> dict[str, str]:
 
 @functools.cache
 def git_rev() -> str:
-    """The source tree's git revision (``+dirty`` when modified), or ``unknown``."""
+    """The source tree's git revision (``+dirty`` when modified), or ``unknown``: also for an installed wheel, whose
+    folder may lie inside somebody else's repository (whose revision says nothing of this code)."""
     root = Path(__file__).resolve().parents[2]
     try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        if not top or Path(top).resolve() != root:
+            return "unknown"
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                              timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,

@@ -1,6 +1,6 @@
 """Experiment specs: a versioned TOML file per table or figure, expanded into job dicts.
 
-A spec lives in ``data_manifests/experiments/<name>.toml`` (or any path ending in ``.toml``)::
+A spec lives in ``spmlbench/data_manifests/experiments/<name>.toml`` (or any path ending in ``.toml``)::
 
     version = 1
     name = "table1"
@@ -44,6 +44,7 @@ from typing import Any
 from spmlbench.errors import ConfigError
 from spmlbench.experiments.jobs import MAX_BATCH, MAX_EPOCHS
 from spmlbench.modes import MODES
+from spmlbench.paths import shipped
 
 SPEC_VERSION = 1
 # JobSpec fields an experiment group may override (dataset/loss/hparams/seed/mode come from the spec).
@@ -65,8 +66,8 @@ _AXIS_KEYS = {"name", "param", "index", "values"}
 
 
 def experiments_dir() -> Path:
-    """Return the folder holding the shipped experiment specs (``data_manifests/experiments``)."""
-    return Path(__file__).resolve().parents[2] / "data_manifests" / "experiments"
+    """Return the folder holding the shipped experiment specs (``spmlbench/data_manifests/experiments``)."""
+    return shipped("experiments")
 
 
 def available_experiments() -> list[str]:

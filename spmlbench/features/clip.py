@@ -2,7 +2,7 @@
 
 The OpenAI weights are loaded under the ``-quickgelu`` model names (open_clip 3.x builds GELU for the plain
 names: the wrong activation for those weights). Extra architectures (a tiny random-weight CLIP for offline
-runs and tests) are JSON configs in ``data_manifests/clip_models/``. Missing weights offline give a one-line
+runs and tests) are JSON configs in ``spmlbench/data_manifests/clip_models/``. Missing weights offline give a one-line
 error naming where open_clip looks for them.
 """
 
@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from spmlbench.errors import ConfigError
+from spmlbench.paths import shipped
 
-CONFIGS_DIR = Path(__file__).resolve().parents[2] / "data_manifests" / "clip_models"
+CONFIGS_DIR = shipped("clip_models")
 INSTALL_HINT = "the CLIP pseudo-label stage needs the clip extra; run pip install -e '.[clip]'"
 
 

@@ -6,7 +6,7 @@ view, plain and flipped: ``(2, V, C)`` flattened (``vlpl``: V = 1, the image; ``
 its grid x grid tiles). Its metadata: source, model, pretrained tag, prompt template, class names, transform,
 grid, GCN, versions, the text embeddings (float32, base64) and the sha256 of the values. A pseudo-label loss
 applies its own rule (temperature, threshold, top-k, eta) to these values at training time, drawing each
-epoch's flips under the job's seed, so no CLIP runs while training. Settings: data_manifests/pseudo_labels.toml.
+epoch's flips under the job's seed, so no CLIP runs while training. Settings: spmlbench/data_manifests/pseudo_labels.toml.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ from spmlbench.errors import ConfigError, DataError
 from spmlbench.features.backbones import IMAGENET_MEAN, IMAGENET_STD
 from spmlbench.features.clip import image_embeddings, load_clip, text_embeddings
 from spmlbench.features.store import check_finite, read_features, read_metadata, write_features
-from spmlbench.paths import dataset_dir
+from spmlbench.paths import dataset_dir, shipped
 from spmlbench.progress import Reporter, Sink
 
 SOURCES = ("vlpl", "damp")
 FORMAT = 1
-MANIFEST = Path(__file__).resolve().parents[2] / "data_manifests" / "pseudo_labels.toml"
+MANIFEST = shipped("pseudo_labels.toml")
 PART_ROWS = 256
 _MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
 _STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)

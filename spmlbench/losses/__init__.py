@@ -5,7 +5,7 @@
 
 ``build_loss`` gives the one-config module (logits (B, C) -> scalar); ``build_batched_loss`` gives
 M configs of one loss at once (logits (M, B, C) -> (M,)). Hyperparameters resolve as: dataclass
-(paper) defaults < per-dataset defaults (``data_manifests/loss_defaults.toml``) < user overrides.
+(paper) defaults < per-dataset defaults (``spmlbench/data_manifests/loss_defaults.toml``) < user overrides.
 
 Stateful losses need the training observed matrix: ROLE requires
 ``loss.init_state(observed_train, seed)`` before training (it initialises the label logits G);
@@ -22,13 +22,13 @@ import functools
 import importlib
 import tomllib
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spmlbench.errors import ConfigError, DataError
 from spmlbench.hparams import HParams, fmt, make_hparams, parse_override
 from spmlbench.losses.registry import LOSSES as _REGISTRY
 from spmlbench.losses.registry import LossDef, register_loss
+from spmlbench.paths import shipped
 
 if TYPE_CHECKING:
     from spmlbench.losses.base import BatchedLoss, SingleLoss
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 _LAZY = {"BatchedLoss": "spmlbench.losses.base", "SingleLoss": "spmlbench.losses.base",
          "Step": "spmlbench.losses.plain"}
 
-DEFAULTS_FILE = Path(__file__).resolve().parents[2] / "data_manifests" / "loss_defaults.toml"
+DEFAULTS_FILE = shipped("loss_defaults.toml")
 PATHS = ("auto", "fused", "plain")
 
 
@@ -89,7 +89,7 @@ def _manifest() -> Mapping[str, Any]:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise DataError(f"{DEFAULTS_FILE}: loss defaults file not found; restore "
-                        "data_manifests/loss_defaults.toml from the repository") from None
+                        "spmlbench/data_manifests/loss_defaults.toml from the repository") from None
 
 
 def list_losses() -> list[str]:

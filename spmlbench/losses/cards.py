@@ -39,7 +39,7 @@ class LossCard:
     year: int
     citation: str
     defaults: dict[str, Any]  # the hyperparameter dataclass's field defaults
-    per_dataset: dict[str, dict[str, Any]]  # data_manifests/loss_defaults.toml, by dataset
+    per_dataset: dict[str, dict[str, Any]]  # spmlbench/data_manifests/loss_defaults.toml, by dataset
     sources: dict[str, str]  # where those come from, by dataset
     resolved: dict[str, dict[str, Any] | None]  # defaults resolved for each dataset of per_dataset
     resolved_else: dict[str, Any] | None  # ... for any other dataset; None: a value is required there

@@ -23,14 +23,15 @@ import pandas as pd
 
 from spmlbench.errors import ConfigError, DataError
 from spmlbench.experiments.spec import Experiment
+from spmlbench.paths import shipped
 
 REFERENCE_COLUMNS = ["method", "label", "dataset", "setting", "map", "std", "source", "note"]
 MISSING_COLUMNS = ["run_id", "group", "dataset", "loss", "seed", "coords", "status", "job_id"]
 
 
 def reference_path() -> Path:
-    """Path of the published-results data file (``data_manifests/reference_results.csv``)."""
-    return Path(__file__).resolve().parents[2] / "data_manifests" / "reference_results.csv"
+    """Path of the published-results data file (``spmlbench/data_manifests/reference_results.csv``)."""
+    return shipped("reference_results.csv")
 
 
 def load_reference(path: str | os.PathLike[str] | None = None) -> pd.DataFrame:

@@ -207,7 +207,7 @@ def caveats(mode: str, datasets: Sequence[str], rows: Sequence[str]) -> list[str
         "mean ± sample std (n−1) over seeds; — = no result for this cell (never zero); n/a = published only; "
         "bold = best per column (full-label BCE is an upper bound and is not ranked); Δ = measured − published.",
         "Published numbers: ResNet-50, 448 px, end-to-end fine-tuning unless noted; each number's source is in "
-        "data_manifests/reference_results.csv.",
+        "spmlbench/data_manifests/reference_results.csv.",
     ]
     if mode == LINEAR:
         out.append(

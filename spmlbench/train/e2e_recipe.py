@@ -1,6 +1,6 @@
 """What the end-to-end trainers are told: a job's resolved recipe (e2e and LinearInit's linear phase).
 
-The values come from ``data_manifests/recipes_e2e.toml``, resolved per (loss, dataset) with the
+The values come from ``spmlbench/data_manifests/recipes_e2e.toml``, resolved per (loss, dataset) with the
 job's settings on top by :mod:`spmlbench.experiments.recipes`; the trainers never read the file.
 """
 
