@@ -15,7 +15,9 @@ Reported: image-steps/s (M x training images x timed epochs / training time; lan
 decoded per second, peak RSS (CPU: this process and its lanes, summed, sampled every 20 ms) or peak GPU memory
 per model, the CPU utilisation of the whole training call (CPU seconds of the process tree / wall seconds x
 cores; evaluation and spawns included), GPU utilisation over the training (CUDA, from nvidia-smi where present),
-and each lockstep variant's ratio to the separate runs of its numerics.
+and each lockstep variant's ratio to the separate runs of its numerics. A sixth child times the input pipeline
+alone (one job's training loader: decode, resize, flip, to the device, prepare; no model), which gives the share
+of a separate image-step that the lockstep shares and the ratio that sharing it accounts for.
 
     python benchmarks/e2e_lockstep.py --models 8                      # CPU: resnet18 at 48 px, 64 images
     python benchmarks/e2e_lockstep.py --models 8 --image-size 32 --threads 1
@@ -53,6 +55,31 @@ def _jobs(models: int, backbone: str, epochs: int, batch: int, exact: bool = Fal
                     "clean", "none", exact=exact) for loss in LOSSES[:models]]
 
 
+def _input_child(args: argparse.Namespace, home: Path, dev: torch.device) -> dict:
+    """The input pipeline alone, as one job's training builds it (decode, resize, flip, to the device, prepare):
+    seconds of the timed epoch, no model step."""
+    from spmlbench.experiments.recipes import job_recipes
+    from spmlbench.train.e2e_data import backbone_and_weights, load_job_data
+    from spmlbench.train.e2e_job import model_head, train_input
+    from spmlbench.train.e2e_model import build_model
+
+    job = _jobs(1, args.backbone, args.epochs, args.batch_size)[0]
+    recipe = job_recipes(job, {"eval_batch_size": 64})[0]
+    data = load_job_data(job, home)
+    _, spec = build_model(*backbone_and_weights(job, None), data.num_classes, 0, *model_head(job))
+    loader, sampler = train_input(data, spec, 0, recipe, args.image_size, dev, args.workers)
+    train_s = 0.0
+    for epoch in range(1, args.epochs + 1):
+        sampler.set_epoch(epoch)
+        t0 = time.perf_counter()
+        for x, _ in loader:
+            x = spec.prepare(x.to(dev, non_blocking=True), channels_last=dev.type == "cuda")
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        train_s = time.perf_counter() - t0
+    return {"variant": "input", "train_s": train_s, "decoded_s": args.images / train_s}
+
+
 def _child(args: argparse.Namespace) -> dict:
     """One variant in this process: its training seconds (timed epochs), decodes and peak memory."""
     from e2e_throughput import make_images
@@ -65,6 +92,11 @@ def _child(args: argparse.Namespace) -> dict:
     dev = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.only == "input":
+        with tempfile.TemporaryDirectory(prefix="spml-lockstep-") as tmp:
+            w, h = (int(v) for v in args.source_size.split("x"))
+            make_images(Path(tmp), args.images, w, h)
+            return _input_child(args, Path(tmp), dev)
     lockstep, exact = args.only in BASELINE, args.only in ("exact", "separate-exact")
     processes = (args.processes or torch.get_num_threads()) if args.only == "lanes" else 1
     rss = _TreeRss() if dev.type == "cpu" else None
@@ -112,7 +144,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads in each variant (default: torch's)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="which of " + ",".join(VARIANTS) + " to run")
     ap.add_argument("--processes", type=int, default=None, help="lanes: processes (default: one per torch thread)")
-    ap.add_argument("--only", choices=VARIANTS, help=argparse.SUPPRESS)
+    ap.add_argument("--only", choices=(*VARIANTS, "input"), help=argparse.SUPPRESS)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     variants = [v for v in VARIANTS if v in args.variants.split(",")]
@@ -131,7 +163,7 @@ def main() -> None:
         print(json.dumps(_child(args)))
         return
     out = {}
-    for variant in variants:
+    for variant in (*variants, "input"):
         cmd = [sys.executable, __file__, *sys.argv[1:], "--only", variant]
         util = _gpu_util_start() if cuda else None
         res = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parent)
@@ -141,8 +173,9 @@ def main() -> None:
         if util is not None:
             out[variant]["gpu_util_pct"] = _gpu_util_stop(util)
     ratios = {v: out[v]["image_steps_s"] / out[BASELINE[v]]["image_steps_s"] for v in variants if v in BASELINE}
+    ceiling = _ceiling(out, args.models)
     if args.json:
-        print(json.dumps({**out, "ratios": ratios}))
+        print(json.dumps({**out, "ratios": ratios, "ceiling": ceiling}))
         return
     print(f"device {out[variants[0]]['device']}  {args.backbone} @ {args.image_size}px  batch {args.batch_size}  "
           f"{args.models} models  {args.images} train images  threads {args.threads or torch.get_num_threads()}")
@@ -152,6 +185,22 @@ def main() -> None:
         r = out[v]
         print(f"{v:<15}{r['image_steps_s']:>15.1f}{r['decoded_s']:>11.1f}{r['peak_gib_per_model']:>16.3f}"
               f"{r['cpu_util_pct']:>12.1f}{r.get('gpu_util_pct', float('nan')):>12.1f}{ratios.get(v, 1.0):>16.2f}")
+    if ceiling:
+        print(f"input pipeline alone: {out['input']['decoded_s']:.1f} images/s, {100 * ceiling['input_share']:.1f}% "
+              f"of a separate run's image-step; decoding once for {args.models} models accounts for "
+              f"{ceiling['ratio']:.2f}x (what lockstep gains beyond it is other per-batch work done once; a "
+              "model's own step, the rest, is not shared)")
+
+
+def _ceiling(out: dict, models: int) -> dict:
+    """What sharing the input accounts for (Amdahl): a separate image-step takes S = 1 / rate, of which the
+    input pipeline alone takes D; with the input shared by M models it takes S - D + D / M, a ratio of
+    S / (S - D + D / M). Empty without the separate variant."""
+    if "separate" not in out:
+        return {}
+    step = 1.0 / out["separate"]["image_steps_s"]
+    share = min(1.0, (1.0 / out["input"]["decoded_s"]) / step)
+    return {"input_share": share, "ratio": 1.0 / (1.0 - share + share / models)}
 
 
 class _TreeRss:

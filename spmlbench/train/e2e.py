@@ -60,7 +60,6 @@ from spmlbench.train.e2e_job import (
     test_job,
     train_epoch,
 )
-from spmlbench.train.e2e_job import should_stop as _should_stop  # noqa: F401 - the stop rule, tested here
 from spmlbench.train.e2e_recipe import E2ERecipe
 from spmlbench.train.engine import fit
 from spmlbench.train.hooks import Hooks, TrainContext  # noqa: F401 - part of this module's interface

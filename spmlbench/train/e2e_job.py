@@ -32,7 +32,6 @@ from spmlbench.train.e2e_data import (
 )
 from spmlbench.train.e2e_model import E2EModel, build_model
 from spmlbench.train.e2e_recipe import E2ERecipe
-from spmlbench.train.early_stop import stops
 from spmlbench.train.engine import Member
 from spmlbench.train.hooks import Hooks, TrainContext
 from spmlbench.train.images import EpochBatchSampler, ImageDataset
@@ -141,11 +140,6 @@ def scores_map(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, list[
     return float(ap100.mean()) if ap100.numel() else 0.0, [float(v) for v in ap100]
 
 
-def should_stop(recipe: E2ERecipe, val_map: list[float]) -> bool:
-    """Early-stop rule after the latest epoch (best val epoch is reported either way)."""
-    return stops(recipe.early_stop, val_map)
-
-
 def fused_kernels(recipe: E2ERecipe, exact: bool) -> bool:
     """Whether a job's optimiser runs torch's fused Adam / SGD kernels (one pass over each tensor), on every device
     and whether the job trains alone or in lockstep: unless ``exact`` (torch's default kernels, the numbers of
@@ -248,20 +242,14 @@ def setup_job(
         history.update(copy.deepcopy(state["history"]))
         prune_best(workdir, int(history["best_epoch"]))
 
-    from spmlbench.train.seeding import epoch_orders
-
-    n_train = len(data.train_rows)
-    orders = epoch_orders(seed, n_train, recipe.epochs, spec.dim, data.num_classes)
-    train_ds = ImageDataset(data.image_root, [data.images[r] for r in data.train_rows], image_size=size,
-                            flip_seed=seed, mode=spec.mode)
+    train_loader, train_sampler = train_input(data, spec, seed, recipe, size, dev, workers)
     eval_ds = ImageDataset(data.image_root, data.images, image_size=size, mode=spec.mode)
     n_workers = default_workers(dev) if workers is None else int(workers)
-    train_sampler = EpochBatchSampler(orders, recipe.batch_size)
     eval_sampler = RowBatchSampler(data.val_rows, recipe.eval_batch_size)
     run = Run(
         job=job, data=data, recipe=recipe, model=model, spec=spec, loss=loss, optimizer=optimizer, device=dev,
         amp_dtype=torch.bfloat16 if settings["amp"] == "bf16" else None, channels_last=channels_last,
-        train_loader=eval_loader(train_ds, train_sampler, n_workers, dev), train_sampler=train_sampler,
+        train_loader=train_loader, train_sampler=train_sampler,
         eval_loader=eval_loader(eval_ds, eval_sampler, n_workers, dev), eval_sampler=eval_sampler,
         target_dev=data.train_target.to(dev), linear_init_epochs=linear_init_epochs,
         progress=progress or None, feature_loss=feature_loss,
@@ -270,6 +258,20 @@ def setup_job(
     if hooks.on_start is not None:
         hooks.on_start(ctx)
     return JobState(run, history, workdir, fingerprint, settings, hooks, ctx, data.val_labels.to(dev))
+
+
+def train_input(data: JobData, spec: Any, seed: int, recipe: E2ERecipe, image_size: int, dev: torch.device,
+                workers: int | None) -> tuple[DataLoader, EpochBatchSampler]:
+    """A job's training batches: the loader (decode, resize, the seed's flips; uint8, pinned for CUDA) over the
+    seed's epoch orders, and its sampler (``set_epoch`` picks the epoch)."""
+    from spmlbench.train.seeding import epoch_orders
+
+    orders = epoch_orders(seed, len(data.train_rows), recipe.epochs, spec.dim, data.num_classes)
+    train_ds = ImageDataset(data.image_root, [data.images[r] for r in data.train_rows], image_size=image_size,
+                            flip_seed=seed, mode=spec.mode)
+    sampler = EpochBatchSampler(orders, recipe.batch_size)
+    n_workers = default_workers(dev) if workers is None else int(workers)
+    return eval_loader(train_ds, sampler, n_workers, dev), sampler
 
 
 def start_epoch(st: JobState, epoch: int) -> None:

@@ -8,7 +8,7 @@ once val mAP falls more than ``points`` below the best). The reported epoch is a
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from spmlbench.errors import ConfigError
@@ -85,11 +85,3 @@ class EarlyStop:
         if self.drop is not None and value < self.best - self.drop:
             self.stopped = True
         return improved
-
-
-def stops(rule: str, val_map: Sequence[float]) -> bool:
-    """Whether ``rule`` stops training after the last epoch of the val mAP history ``val_map``."""
-    tracker = EarlyStop(rule)
-    for epoch, value in enumerate(val_map, 1):
-        tracker.update(epoch, value)
-    return tracker.stopped
