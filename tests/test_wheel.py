@@ -1,6 +1,7 @@
 """The installed package is whole: a wheel built from the checkout holds every shipped data file
 (spmlbench/data_manifests) and works from site-packages, away from the checkout (``pip install .`` or
-``pip install git+URL``, not only the editable install the README shows)."""
+``pip install git+URL``, not only the editable install the README shows); a copy pip installed from git records
+the commit it came from."""
 
 from __future__ import annotations
 
@@ -92,3 +93,24 @@ def test_an_installed_copy_reads_its_data_and_plans_a_run(wheel: Path, tmp_path:
     cite = subprocess.run([sys.executable, "-m", "spmlbench", "cite", "gr"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
     assert cite.returncode == 0 and "@" in cite.stdout, cite.stderr[-2000:]
+
+
+def test_a_copy_installed_from_git_records_its_commit(tmp_path: Path) -> None:
+    pytest.importorskip("setuptools", minversion="77")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("the tests do not run from a git checkout")
+    site = tmp_path / "site"
+    # what `pip install git+URL` does: clone the committed tree, build the wheel, install it (PEP 610 record)
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                           "--no-index", "--target", str(site), f"git+file://{ROOT}"], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    probe = subprocess.run([sys.executable, "-c", "import spmlbench; from spmlbench.experiments.records import "
+                            "git_rev; print(spmlbench.__file__); print(git_rev())"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    where, rev = probe.stdout.split()
+    assert Path(where).resolve().is_relative_to(site.resolve())
+    assert rev == head.stdout.strip()

@@ -65,21 +65,43 @@ def versions() -> dict[str, str]:
 
 @functools.cache
 def git_rev() -> str:
-    """The source tree's git revision (``+dirty`` when modified), or ``unknown``: also for an installed wheel, whose
-    folder may lie inside somebody else's repository (whose revision says nothing of this code)."""
-    root = Path(__file__).resolve().parents[2]
+    """The git revision of the code that runs: a checkout's (``+dirty`` when modified), else the commit pip
+    recorded when it installed this copy from git (``pip install git+URL``: PEP 610's ``direct_url.json``), else
+    ``unknown`` (a copy inside somebody else's repository never takes that repository's revision)."""
+    return _checkout_rev(Path(__file__).resolve().parents[2]) or _installed_rev() or "unknown"
+
+
+def _checkout_rev(root: Path) -> str | None:
+    """``root``'s HEAD (``+dirty`` when modified) when ``root`` is the top of a git checkout, else None."""
     try:
         top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True,
                              timeout=10, check=True).stdout.strip()
         if not top or Path(top).resolve() != root:
-            return "unknown"
+            return None
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                              timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return rev + ("+dirty" if dirty else "") if rev else "unknown"
+        return None
+    return rev + ("+dirty" if dirty else "") if rev else None
+
+
+def _installed_rev() -> str | None:
+    """The git commit pip installed this copy from (None: not installed from git, or the metadata found is of
+    another copy than the one running)."""
+    import importlib.metadata
+
+    try:
+        dist = importlib.metadata.distribution("spmlbench")
+        if Path(str(dist.locate_file("spmlbench/__init__.py"))).resolve() != Path(__file__).resolve().parents[1] / \
+                "__init__.py":
+            return None
+        info = json.loads(dist.read_text("direct_url.json") or "{}").get("vcs_info", {})
+    except (importlib.metadata.PackageNotFoundError, OSError, ValueError, AttributeError):
+        return None
+    commit = info.get("commit_id") if isinstance(info, dict) and info.get("vcs") == "git" else None
+    return str(commit) if commit else None
 
 
 _SCHEMA = pa.schema([
