@@ -19,6 +19,24 @@ def cache_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture
+def restore_registry() -> Iterator[None]:
+    """A test that loads plugins leaves the registries as it found them: the losses, the methods composed on
+    first use (which a plugin load forgets) and the heads."""
+    from spmlbench.heads import HEADS
+    from spmlbench.losses import LOSSES
+
+    LOSSES.ensure_loaded()
+    losses, unlisted, heads = dict(LOSSES._entries), set(LOSSES._unlisted), dict(HEADS._entries)
+    yield
+    LOSSES._entries.clear()
+    LOSSES._entries.update(losses)
+    LOSSES._unlisted.clear()
+    LOSSES._unlisted.update(unlisted)
+    HEADS._entries.clear()
+    HEADS._entries.update(heads)
+
+
+@pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty SPMLBENCH_HOME for this test."""
     h = tmp_path / "spml_home"

@@ -3,22 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-
-import pytest
 
 from spmlbench.data.citations import bibtex, cited_losses, load_citations
-
-
-@pytest.fixture
-def restore_registry() -> Iterator[None]:
-    """A test that loads a plugin leaves the registry as it found it."""
-    from spmlbench.losses import LOSSES
-
-    before = dict(LOSSES._entries)
-    yield
-    LOSSES._entries.clear()
-    LOSSES._entries.update(before)
 
 
 def keys(text: str) -> list[str]:

@@ -7,7 +7,6 @@ import json
 import math
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,13 +39,7 @@ def f(hp, logits, observed):
 '''
 
 
-@pytest.fixture(autouse=True)
-def restore_registry() -> Iterator[None]:
-    """Every test starts and ends with the built-ins (and the example) only."""
-    before = dict(LOSSES._entries)
-    yield
-    LOSSES._entries.clear()
-    LOSSES._entries.update(before)
+pytestmark = pytest.mark.usefixtures("restore_registry")  # every test starts and ends with the built-ins only
 
 
 def write_plugin(tmp_path: Path, name: str = "mine", scale: float = 0.5, file: str = "plugin.py") -> Path:
@@ -94,7 +87,7 @@ def test_plugin_errors_are_one_line_with_file_and_fix(tmp_path: Path) -> None:
         load_plugin(str(boom))
     nothing = tmp_path / "nothing.py"
     nothing.write_text("x = 1\n")
-    with pytest.raises(ConfigError, match="registered no loss"):
+    with pytest.raises(ConfigError, match="registered no loss and no head"):
         load_plugin(str(nothing))
     no_formula = tmp_path / "noformula.py"
     no_formula.write_text(PLUGIN.format(name="nof", scale=0.5).split("@register_loss")[0] + "register_loss('nof', params=P, formula=3)\n")

@@ -17,11 +17,12 @@ from spmlbench.features.store import read_features, read_images, write_features
 from spmlbench.paths import features_path, labels_path
 from spmlbench.losses import LOSSES
 from test_linear_support import write_dataset
-from test_loss_plugins import restore_registry  # noqa: F401 - fixture: each test ends with the built-ins only
 from test_reliability_inputs import RUN, one_line
 from test_run_experiment import write_spec
 from test_run_modes import E2E, write_images
 from test_e2e import micro  # noqa: F401 - fixture: backbone name "micro" resolves to a two-conv net
+
+pytestmark = pytest.mark.usefixtures("restore_registry")  # each test ends with the built-ins only
 
 MY_LOSS = (Path(__file__).resolve().parents[1] / "examples" / "my_loss.py").read_text(encoding="utf-8")
 FORMULA = "    return torch.where(observed, -torch.log(p + hp.eps), -hp.neg_weight * torch.log(1 - p + hp.eps))\n"
@@ -117,7 +118,7 @@ def test_plugin_check_raising_and_plugin_names(cli, home: Path, tmp_path: Path) 
     one_line(cli(*RUN, "--losses", "an", "--plugin", "../x", "--out", str(out)),
              "--plugin ../x: no such file or importable module")
     one_line(cli(*RUN, "--losses", "an", "--plugin", "os", "--out", str(out)),  # accepted silently, before
-             "--plugin os: the module registered no loss")
+             "--plugin os: the module registered no loss and no head")
     assert not out.exists()
 
 

@@ -31,7 +31,7 @@ def run(
     dataset: Optional[str] = typer.Option(None, "--dataset", hidden=True, help="old name of --datasets (one dataset)"),
     losses: str = typer.Option("all", "--losses", help="comma list of loss names, or all", metavar="<all|name,...>",
                                rich_help_panel=SELECTION),
-    plugin: list[str] = typer.Option([], "--plugin", help="your own losses: a .py file or module (repeatable)",
+    plugin: list[str] = typer.Option([], "--plugin", help="your own losses or heads: a .py file or module (repeatable)",
                                      metavar="<file.py|module>", rich_help_panel=SELECTION),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="comma list of seeds", metavar="<int,...>",
                                         show_default=f"{DEFAULT_SEEDS_TEXT} or the experiment's", rich_help_panel=SELECTION),

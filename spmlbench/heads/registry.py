@@ -17,16 +17,14 @@ The losses package composes each declared method into a registered loss of that 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import sys
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from spmlbench.errors import ConfigError
 from spmlbench.hparams import HParams
 from spmlbench.modes import MODES
-from spmlbench.registry import Registry
+from spmlbench.registry import Registry, code_origin
 
 CONSUMES = ("pooled", "map")
 DEFAULT_HEAD = "linear"  # the head of every plain loss
@@ -63,6 +61,7 @@ class HeadDef:
     methods: tuple[Method, ...] = ()
     citation: str = ""
     origin: str = ""
+    source_hash: str = ""  # sha256 (16 hex) of a head defined outside the package (a plugin file); "" built in
 
     def option_names(self) -> tuple[str, ...]:
         """The hyperparameters the head reads (its options' fields)."""
@@ -86,8 +85,8 @@ def register_head(name: str, *, build: Build, title: str = "", consumes: str = "
                   modes: tuple[str, ...] = ("e2e",), options: type[HParams] | None = None,
                   methods: tuple[Method, ...] = (), **flags: Any) -> HeadDef:
     """Register head ``name`` (see the module docstring); returns its :class:`HeadDef`."""
-    caller = sys._getframe(1).f_globals.get("__file__", "?")
-    origin = str(Path(caller).resolve()) if caller != "?" else inspect.getsourcefile(build) or "?"
+    caller = sys.modules.get(sys._getframe(1).f_globals.get("__name__", ""))  # the head's file registers it
+    origin, source_hash = code_origin(caller if caller is not None else build)
     if not name.isidentifier() or name != name.lower():
         raise ConfigError(f"{origin}: head name {name!r}: must be a lowercase identifier, e.g. 'attn_pool'")
     if consumes not in CONSUMES:
@@ -99,7 +98,7 @@ def register_head(name: str, *, build: Build, title: str = "", consumes: str = "
         raise ConfigError(f"{origin}: head {name!r}: options must be a frozen dataclass subclassing "
                           "spmlbench.hparams.HParams")
     head = HeadDef(name=name, title=title or name, build=build, consumes=consumes, modes=tuple(modes),
-                   options=options, methods=tuple(methods), origin=origin, **flags)
+                   options=options, methods=tuple(methods), origin=origin, source_hash=source_hash, **flags)
     if name in HEADS:
         if HEADS.get(name).origin != origin:
             raise ConfigError(f"head {name!r} from {origin}: that name is already registered by "

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from pathlib import Path
 from typing import Any
 
 from spmlbench.errors import ConfigError
 from spmlbench.heads import DEFAULT_HEAD, HEADS, HeadDef, Method, method_of
 from spmlbench.hparams import HParams
-from spmlbench.losses.registry import LOSSES, PACKAGE_DIR, LossDef
+from spmlbench.losses.registry import LOSSES, LossDef
 
 METADATA = ("title", "paper", "year", "citation", "order", "reference", "step_cost")  # what a method may state
 
@@ -39,15 +38,11 @@ def composed_params(name: str, loss_params: type[HParams], options: type[HParams
 
 
 def _origin(head: HeadDef, base: LossDef) -> tuple[str, str]:
-    """``(file, source hash)`` of a composition: the head's file; a hash unless head and loss are built in."""
-    path = Path(head.origin)
-    if PACKAGE_DIR in path.parents:
-        return str(path.relative_to(PACKAGE_DIR.parent)), base.source_hash
-    try:
-        text = path.read_bytes()
-    except OSError:
-        text = head.origin.encode()
-    return str(path), hashlib.sha256(text + base.source_hash.encode()).hexdigest()[:16]
+    """``(file, source hash)`` of a composition: the head's file; a hash of the head's and the loss's sources
+    unless both are built in (a plugin head's hash is its file's sha, the same wherever its text is shipped)."""
+    if not head.source_hash:
+        return head.origin, base.source_hash
+    return head.origin, hashlib.sha256(f"{head.source_hash}:{base.source_hash}".encode()).hexdigest()[:16]
 
 
 def compose(head: HeadDef, method: Method, base: LossDef) -> LossDef:

@@ -1,12 +1,14 @@
-"""A researcher's own losses, without forking: plugin files, importable modules and entry points.
+"""A researcher's own losses and heads, without forking: plugin files, importable modules and entry points.
 
 ``spmlbench run --losses gr,an,mine --plugin my_losses.py`` imports ``my_losses.py`` (a file path or an
-importable module name), whose ``register_loss`` calls add its losses to the registry. Installed packages
-register through the entry-point group ``spmlbench.losses`` (each entry point names a module to import).
+importable module name), whose ``register_loss`` calls add its losses to the registry, and whose
+``register_head`` calls add heads (``--losses myhead_an``: any loss on that head; docs/adding-a-method.md).
+Installed packages register through the entry-point group ``spmlbench.losses`` (each entry point names a module
+to import).
 
 A plugin file travels as its source text (:class:`PluginSource`) to the worker processes and Ray tasks
-that train its losses (:func:`install`), and its sha256 is part of the job id of every job of its losses,
-so an edited plugin re-runs.
+that train its losses or its heads' methods (:func:`install`), and its sha256 is part of the job id of every
+job of them, so an edited plugin re-runs.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from pathlib import Path
 from spmlbench.errors import ConfigError
 from spmlbench.hparams import raising_line
 from spmlbench.losses.registry import LOSSES
+from spmlbench.registry import PLUGIN_MARK, plugin_of
 
 ENTRY_POINT_GROUP = "spmlbench.losses"
-MARK = "__spmlbench_plugin__"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +68,7 @@ def install(source: PluginSource) -> list[str]:
     before = set(LOSSES.names())
     module = types.ModuleType(source.module)
     module.__file__ = source.path
-    setattr(module, MARK, source)
+    setattr(module, PLUGIN_MARK, source)
     linecache.cache[source.path] = (len(source.text), None, source.text.splitlines(True), source.path)
     try:
         code = compile(source.text, source.path, "exec")
@@ -83,11 +85,26 @@ def install(source: PluginSource) -> list[str]:
         line = _plugin_line(exc, source.path)
         raise ConfigError(f"{source.path}:{line}: import error in the plugin: {type(exc).__name__}: {exc}; "
                           "fix the plugin") from None
+    LOSSES.forget_composed()
     names = [n for n in LOSSES.names() if n not in before or LOSSES.get(n).origin == source.path]
-    if not names:
-        raise ConfigError(f"{source.path}: the plugin registered no loss; call spmlbench.losses.register_loss(...) "
-                          "in it (see docs/adding-a-loss.md)")
+    if not names + _new_heads(source.path):
+        raise ConfigError(f"{source.path}: the plugin registered no loss and no head; call "
+                          "spmlbench.losses.register_loss(...) in it (see docs/adding-a-loss.md), or "
+                          "spmlbench.heads.register_head(...) (docs/adding-a-method.md)")
     return names
+
+
+def _new_heads(origin: str) -> list[str]:
+    """The heads registered from file ``origin``; the methods they declare are composed (when the losses are
+    already loaded: else their first lookup composes every head's)."""
+    from spmlbench.heads import HEADS  # the heads import torch: a listing from the cached cards does not
+
+    heads = [HEADS.get(n) for n in HEADS.names() if HEADS.get(n).origin == origin]
+    if heads and LOSSES.loaded:
+        from spmlbench.losses.methods import compose_methods
+
+        compose_methods(heads)
+    return [h.name for h in heads]
 
 
 def _plugin_line(exc: BaseException, path: str) -> int | str:
@@ -118,9 +135,10 @@ def load_plugin(spec: str) -> list[str]:
                           f"{type(exc).__name__}: {exc}; fix the plugin") from None
     file = str(Path(module.__file__).resolve()) if getattr(module, "__file__", None) else spec
     names = [n for n in LOSSES.names() if n not in before or LOSSES.get(n).origin == file]
-    if not names:  # '--plugin os' was accepted silently
-        raise ConfigError(f"--plugin {spec}: the module registered no loss; call spmlbench.losses.register_loss(...) "
-                          "in it (see docs/adding-a-loss.md), or drop the --plugin")
+    if not names + _new_heads(file):  # '--plugin os' was accepted silently
+        raise ConfigError(f"--plugin {spec}: the module registered no loss and no head; call "
+                          "spmlbench.losses.register_loss(...) or spmlbench.heads.register_head(...) in it (see "
+                          "docs/adding-a-loss.md), or drop the --plugin")
     return names
 
 
@@ -149,13 +167,18 @@ def load_plugins(specs: Sequence[str] = (), entry_points: bool = True) -> list[s
 
 
 def sources_for(losses: Iterable[str]) -> list[PluginSource]:
-    """The plugin files that define ``losses`` (built-ins and installed modules need none), for workers."""
+    """The plugin files that define ``losses`` (method names) or their heads (built-ins and installed modules need
+    none), for workers."""
+    from spmlbench.heads import method_of
+
+    installed = {(s.path, s.sha): s for s in (plugin_of(m) for m in list(sys.modules.values()))
+                 if isinstance(s, PluginSource)}
     out: dict[str, PluginSource] = {}
     for name in losses:
-        formula = LOSSES.get(name).formula
-        source = getattr(sys.modules.get(getattr(formula, "__module__", "")), MARK, None)
-        if isinstance(source, PluginSource):
-            out[source.path] = source
+        loss, head = LOSSES.get(name), method_of(name).head
+        for source in (plugin_of(loss.formula), installed.get((head.origin, head.source_hash))):
+            if isinstance(source, PluginSource):
+                out[source.path] = source
     return list(out.values())
 
 

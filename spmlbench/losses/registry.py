@@ -19,21 +19,17 @@ imported: ``spmlbench losses`` lists them from their cached cards (:mod:`spmlben
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib
-import inspect
 import pkgutil
 import sys
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from spmlbench.errors import ConfigError
 from spmlbench.hparams import HParams
-from spmlbench.registry import Registry
+from spmlbench.registry import Registry, code_origin
 
-PACKAGE_DIR = Path(__file__).resolve().parents[1]
 BUILTIN_PACKAGE = "spmlbench.losses.builtin"
 VECTORIZE = ("broadcast", "loop")
 Formula = Callable[..., Any]
@@ -84,23 +80,6 @@ class LossDef:
         module, _, attr = ref.partition(":")
         __import__(module)
         return getattr(sys.modules[module], attr)
-
-
-def _origin(formula: Formula) -> tuple[str, str]:
-    """``(file, source hash)`` of the module defining ``formula`` (no hash inside the package)."""
-    plugin = getattr(sys.modules.get(getattr(formula, "__module__", "")), "__spmlbench_plugin__", None)
-    if plugin is not None:  # installed by spmlbench.losses.plugins (the file, or its text shipped to a worker)
-        return plugin.path, plugin.sha
-    try:
-        path = Path(inspect.getsourcefile(formula) or "").resolve()
-    except TypeError:
-        return "<unknown>", ""
-    if PACKAGE_DIR in path.parents:
-        return str(path.relative_to(PACKAGE_DIR.parent)), ""
-    try:
-        return str(path), hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    except OSError:
-        return str(path), hashlib.sha256(inspect.getsource(formula).encode()).hexdigest()[:16]
 
 
 class LossRegistry(Registry[LossDef]):
@@ -175,6 +154,13 @@ class LossRegistry(Registry[LossDef]):
         else:
             self._unlisted.add(definition.name)
 
+    def forget_composed(self) -> None:
+        """Drop the ``<head>_<loss>`` methods composed on first use (a plugin file loaded again may have changed
+        their head or loss: the next lookup composes them anew, with the new source hash)."""
+        for name in self._unlisted:
+            self._entries.pop(name, None)
+        self._unlisted.clear()
+
     def get(self, name: str) -> LossDef:
         """The loss or method ``name``; ``<head>_<loss>`` composes that head with that loss on first use; an
         unknown name raises ConfigError listing the known ones."""
@@ -237,7 +223,7 @@ def _register(name: str, params: Any, formula: Any, title: str, paper: str, year
     while frame.f_back is not None and frame.f_globals.get("__name__") == __name__:
         frame = frame.f_back
     caller = frame.f_globals.get("__file__", "?")  # the module calling register_loss
-    origin, source_hash = _origin(formula) if callable(formula) else (str(caller), "")
+    origin, source_hash = code_origin(formula) if callable(formula) else (str(caller), "")
     if not name.isidentifier() or name != name.lower():
         raise ConfigError(f"{origin}: loss name {name!r}: must be a lowercase identifier, e.g. 'my_loss'")
     from spmlbench.heads import method_of
