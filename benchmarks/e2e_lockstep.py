@@ -17,7 +17,8 @@ per model, the CPU utilisation of the whole training call (CPU seconds of the pr
 cores; evaluation and spawns included), GPU utilisation over the training (CUDA, from nvidia-smi where present),
 and each lockstep variant's ratio to the separate runs of its numerics. A sixth child times the input pipeline
 alone (one job's training loader: decode, resize, flip, to the device, prepare; no model), which gives the share
-of a separate image-step that the lockstep shares and the ratio that sharing it accounts for.
+of a separate image-step that the lockstep shares and the ratio that sharing it accounts for. Each row is printed
+as its variant finishes, so a run cut short by a time limit (gpu_checks.sh) keeps what it measured.
 
     python benchmarks/e2e_lockstep.py --models 8                      # CPU: resnet18 at 48 px, 64 images
     python benchmarks/e2e_lockstep.py --models 8 --image-size 32 --threads 1
@@ -162,8 +163,8 @@ def main() -> None:
     if args.only:
         print(json.dumps(_child(args)))
         return
-    out = {}
-    for variant in (*variants, "input"):
+    out: dict[str, dict] = {}
+    for variant in (*variants, "input"):  # each row printed as it comes: a run cut short keeps what it measured
         cmd = [sys.executable, __file__, *sys.argv[1:], "--only", variant]
         util = _gpu_util_start() if cuda else None
         res = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parent)
@@ -172,24 +173,38 @@ def main() -> None:
         out[variant] = json.loads(res.stdout.strip().splitlines()[-1])
         if util is not None:
             out[variant]["gpu_util_pct"] = _gpu_util_stop(util)
-    ratios = {v: out[v]["image_steps_s"] / out[BASELINE[v]]["image_steps_s"] for v in variants if v in BASELINE}
+        if not args.json:
+            _print_row(args, out, variant)
+    ratios = {v: _ratio(out, v) for v in variants if v in BASELINE}
     ceiling = _ceiling(out, args.models)
     if args.json:
         print(json.dumps({**out, "ratios": ratios, "ceiling": ceiling}))
-        return
-    print(f"device {out[variants[0]]['device']}  {args.backbone} @ {args.image_size}px  batch {args.batch_size}  "
-          f"{args.models} models  {args.images} train images  threads {args.threads or torch.get_num_threads()}")
-    print(f"{'variant':<15}{'image-steps/s':>15}{'decoded/s':>11}{'peak GiB/model':>16}{'CPU util %':>12}"
-          f"{'GPU util %':>12}{'x its separate':>16}")
-    for v in variants:
-        r = out[v]
-        print(f"{v:<15}{r['image_steps_s']:>15.1f}{r['decoded_s']:>11.1f}{r['peak_gib_per_model']:>16.3f}"
-              f"{r['cpu_util_pct']:>12.1f}{r.get('gpu_util_pct', float('nan')):>12.1f}{ratios.get(v, 1.0):>16.2f}")
-    if ceiling:
+    elif ceiling:
         print(f"input pipeline alone: {out['input']['decoded_s']:.1f} images/s, {100 * ceiling['input_share']:.1f}% "
               f"of a separate run's image-step; decoding once for {args.models} models accounts for "
               f"{ceiling['ratio']:.2f}x (what lockstep gains beyond it is other per-batch work done once; a "
-              "model's own step, the rest, is not shared)")
+              "model's own step, the rest, is not shared)", flush=True)
+
+
+def _ratio(out: dict, variant: str) -> float:
+    """A lockstep variant's image-steps/s over its baseline's (1.0 for a baseline)."""
+    base = BASELINE.get(variant)
+    return out[variant]["image_steps_s"] / out[base]["image_steps_s"] if base else 1.0
+
+
+def _print_row(args: argparse.Namespace, out: dict, variant: str) -> None:
+    """The table's header (before the first row) and ``variant``'s row (the input child has none)."""
+    if variant == "input":
+        return
+    if len(out) == 1:
+        print(f"device {out[variant]['device']}  {args.backbone} @ {args.image_size}px  batch {args.batch_size}  "
+              f"{args.models} models  {args.images} train images  threads {args.threads or torch.get_num_threads()}")
+        print(f"{'variant':<15}{'image-steps/s':>15}{'decoded/s':>11}{'peak GiB/model':>16}{'CPU util %':>12}"
+              f"{'GPU util %':>12}{'x its separate':>16}")
+    r = out[variant]
+    print(f"{variant:<15}{r['image_steps_s']:>15.1f}{r['decoded_s']:>11.1f}{r['peak_gib_per_model']:>16.3f}"
+          f"{r['cpu_util_pct']:>12.1f}{r.get('gpu_util_pct', float('nan')):>12.1f}{_ratio(out, variant):>16.2f}",
+          flush=True)
 
 
 def _ceiling(out: dict, models: int) -> dict:
