@@ -77,6 +77,7 @@ def model_head(job: Any) -> tuple[str, Any]:
 
 
 def prepare_input(run: Run, x: torch.Tensor) -> torch.Tensor:
+    """A loader's uint8 batch on the run's device, normalised as its backbone expects (channels-last on CUDA)."""
     x = x.to(run.device, non_blocking=True)
     return run.spec.prepare(x, channels_last=run.channels_last)
 
@@ -176,10 +177,12 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Mapping[str, A
 
 
 def best_path(workdir: Path, epoch: int) -> Path:
+    """The checkpoint of the best val epoch ``epoch`` in a job's work folder."""
     return workdir / f"best-e{epoch}.pt"
 
 
 def prune_best(workdir: Path, keep: int) -> None:
+    """Delete every best-epoch checkpoint of ``workdir`` but epoch ``keep``'s."""
     for p in workdir.glob("best-e*.pt"):
         if p.name != best_path(workdir, keep).name:
             p.unlink(missing_ok=True)
