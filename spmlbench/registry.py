@@ -42,6 +42,7 @@ def code_origin(obj: Any) -> tuple[str, str]:
     except OSError:
         return str(path), hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()[:16]
 
+
 T = TypeVar("T")
 
 

@@ -92,10 +92,10 @@ def _installed_rev() -> str | None:
     another copy than the one running)."""
     import importlib.metadata
 
+    running = Path(__file__).resolve().parents[1] / "__init__.py"
     try:
         dist = importlib.metadata.distribution("spmlbench")
-        if Path(str(dist.locate_file("spmlbench/__init__.py"))).resolve() != Path(__file__).resolve().parents[1] / \
-                "__init__.py":
+        if Path(str(dist.locate_file("spmlbench/__init__.py"))).resolve() != running:
             return None
         info = json.loads(dist.read_text("direct_url.json") or "{}").get("vcs_info", {})
     except (importlib.metadata.PackageNotFoundError, OSError, ValueError, AttributeError):
