@@ -155,3 +155,33 @@ def test_fused_kernels_for_sgd_and_across_a_resume(micro: str) -> None:
     r = E2ERecipe("test", "adamax", 0.9, 1e-4, 0.1, 10.0, 8, 1, "none", 16, "test")
     assert not e2e_job.fused_kernels(r, exact=False) and e2e_job.fused_kernels(dataclasses.replace(r, optimizer="sgd"), False)
     assert isinstance(e2e_job.build_optimizer(model, torch.nn.Identity(), r, cpu, False), torch.optim.Adamax)
+
+
+@pytest.mark.gpu
+def test_cuda_memory_probe_and_lockstep(tiny: Path, micro: str, tmp_path: Path) -> None:
+    """On CUDA: the probe measures what a model keeps (at least its 4 Adam copies) and a step's activations; a
+    group with ``exact`` gives its separate runs' numbers bit for bit, the fast mode (bf16) finite ones."""
+    from spmlbench.train.e2e import train_e2e
+    from spmlbench.train.e2e_model import build_model
+    from spmlbench.train.lockstep_memory import PROBE_CLASSES
+    from test_e2e import recipe
+
+    dev = torch.device("cuda")
+    model, _ = build_model(micro.split(":")[0], "none", PROBE_CLASSES, 0)
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    one = step_memory(micro.split(":")[0], SIZE, 8, dev)
+    assert one.resident >= 4 * params and one.transient > 0
+    for exact in (True, False):
+        jobs = _jobs(tiny, micro, epochs=2, exact=exact)[:3]
+        root = tmp_path / str(exact)
+        together = lockstep.train_lockstep(jobs, [recipe(j) for j in jobs], [root / f"{i}" for i in range(3)],
+                                           home=tiny, device="cuda", workers=0, image_size=SIZE, exact=exact)
+        for i, job in enumerate(jobs):
+            got = together[i]
+            assert got.status == "ok", (job.loss, got.error)
+            assert all(math.isfinite(v) for v in [*got.val_map, got.test_map])
+            if exact:
+                alone = train_e2e(job, recipe=recipe(job), home=tiny, device="cuda", workdir=root / f"alone{i}",
+                                  workers=0, progress=False, image_size=SIZE, exact=True)
+                assert (got.val_map, got.train_loss, got.test_map) == \
+                    (alone.val_map, alone.train_loss, alone.test_map), job.loss
