@@ -1,8 +1,9 @@
 """Per-step cost of every loss's batched form: forward + backward at linear-probe sizes.
 
-For every registered loss (the CLIP pseudo-label losses on synthetic cached cosines), M configs (default 3) of the batched module are evaluated on logits
-(M, B, C) (default B = 8, C = 20, VOC size) and the sum of the M losses is back-propagated, the
-way ``spmlbench.train.linear`` calls it once per minibatch step. Batches cycle through a fixed set
+For every registered loss (the CLIP pseudo-label losses on synthetic cached cosines), M configs (default 3)
+of the batched module are evaluated on logits (M, B, C) (default B = 8, C = 20, VOC size) and the sum of
+the M losses is back-propagated, the way ``spmlbench.train.linear`` calls it once per minibatch step.
+Batches cycle through a fixed set
 of random training rows (index (B,), observed (B, C) taken from an (N, C) observed matrix with one
 positive per row). Schedules are set to a mid-training epoch (``--epoch`` of ``--epochs``) so that
 LL selection, SPLC switching, GR schedules and EM-APL pseudo-labels are active.
