@@ -160,7 +160,7 @@ def main() -> None:
     size = args.image_size or (448 if cuda else 64)
     w, h = (int(v) for v in (args.source_size or ("500x375" if cuda else "96x72")).split("x"))
     backbone = args.backbone or ("resnet50" if cuda else "resnet18")
-    workers = default_workers(dev) if args.workers is None else args.workers
+    workers = default_workers(dev, args.workers)
     ref_workers = args.ref_workers if cuda else 0  # CPU: no worker start-up cost skewing a tiny run
 
     with tempfile.TemporaryDirectory(prefix="spml-e2e-bench-") as tmp:

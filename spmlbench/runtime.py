@@ -96,8 +96,11 @@ def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def default_workers(device: torch.device) -> int:
-    """Image decode workers: most cores on CUDA (decoding is the bottleneck), few on CPU (compute shares them)."""
+def default_workers(device: torch.device, asked: int | None = None) -> int:
+    """Image decode workers: ``asked`` when given, else most cores on CUDA (decoding is the bottleneck), few on
+    CPU (compute shares them)."""
+    if asked is not None:
+        return int(asked)
     cpus = available_cpus()
     if device.type == "cuda":
         return max(1, min(16, cpus - 1))

@@ -247,13 +247,12 @@ def setup_job(
 
     train_loader, train_sampler = train_input(data, spec, seed, recipe, size, dev, workers)
     eval_ds = ImageDataset(data.image_root, data.images, image_size=size, mode=spec.mode)
-    n_workers = default_workers(dev) if workers is None else int(workers)
     eval_sampler = RowBatchSampler(data.val_rows, recipe.eval_batch_size)
     run = Run(
         job=job, data=data, recipe=recipe, model=model, spec=spec, loss=loss, optimizer=optimizer, device=dev,
         amp_dtype=torch.bfloat16 if settings["amp"] == "bf16" else None, channels_last=channels_last,
         train_loader=train_loader, train_sampler=train_sampler,
-        eval_loader=eval_loader(eval_ds, eval_sampler, n_workers, dev), eval_sampler=eval_sampler,
+        eval_loader=eval_loader(eval_ds, eval_sampler, default_workers(dev, workers), dev), eval_sampler=eval_sampler,
         target_dev=data.train_target.to(dev), linear_init_epochs=linear_init_epochs,
         progress=progress or None, feature_loss=feature_loss,
     )
@@ -273,8 +272,7 @@ def train_input(data: JobData, spec: Any, seed: int, recipe: E2ERecipe, image_si
     train_ds = ImageDataset(data.image_root, [data.images[r] for r in data.train_rows], image_size=image_size,
                             flip_seed=seed, mode=spec.mode)
     sampler = EpochBatchSampler(orders, recipe.batch_size)
-    n_workers = default_workers(dev) if workers is None else int(workers)
-    return eval_loader(train_ds, sampler, n_workers, dev), sampler
+    return eval_loader(train_ds, sampler, default_workers(dev, workers), dev), sampler
 
 
 def start_epoch(st: JobState, epoch: int) -> None:

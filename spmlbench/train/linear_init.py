@@ -140,7 +140,7 @@ def train_linear_init(
             else:
                 with backend_flags(dev, exact):
                     feats = image_features(backbone, weights, data, image_size=size, device=dev, exact=exact,
-                                             workers=default_workers(dev) if workers is None else workers)
+                                             workers=default_workers(dev, workers))
                 source = "extracted"
         else:
             feats = torch.as_tensor(features, dtype=torch.float32)

@@ -31,6 +31,7 @@ import torch.multiprocessing as tmp
 from spmlbench.errors import SpmlError
 from spmlbench.runtime import terminate_workers, worker_setup
 
+
 def lane_count(n_jobs: int, device: torch.device, exact: bool, processes: int | None) -> int:
     """How many processes a lockstep group of ``n_jobs`` trains in: one on CUDA, with ``exact``, for a single job
     or unless asked (``processes`` None: a lane's thread count rounds differently from a separate run's, so the
